@@ -55,7 +55,7 @@ def tiny_llama(
     kv_heads: int = 2,
     seed: int = 0,
 ) -> LlamaForCausalLM:
-    """A randomly initialised Llama (GQA when kv_heads < heads), fp32, eval mode off."""
+    """A randomly initialised Llama (GQA when kv_heads < heads), fp32, in eval mode."""
     torch.manual_seed(seed)
     cfg = LlamaConfig(
         vocab_size=vocab_size,
@@ -70,11 +70,11 @@ def tiny_llama(
         eos_token_id=2,
         tie_word_embeddings=False,
     )
-    return LlamaForCausalLM(cfg)
+    return LlamaForCausalLM(cfg).eval()
 
 
 def tiny_gpt2(vocab_size: int = 400, hidden: int = 64, layers: int = 4, heads: int = 4, seed: int = 0) -> GPT2LMHeadModel:
-    """A randomly initialised GPT-2 (Conv1D projections, fused c_attn)."""
+    """A randomly initialised GPT-2 (Conv1D projections, fused c_attn), in eval mode (no dropout)."""
     torch.manual_seed(seed)
     cfg = GPT2Config(
         vocab_size=vocab_size,
@@ -86,4 +86,4 @@ def tiny_gpt2(vocab_size: int = 400, hidden: int = 64, layers: int = 4, heads: i
         bos_token_id=1,
         eos_token_id=2,
     )
-    return GPT2LMHeadModel(cfg)
+    return GPT2LMHeadModel(cfg).eval()
