@@ -1,0 +1,88 @@
+"""Apply a mask file to its backbone and save a plain, masked Hugging Face checkpoint.
+
+    python -m mft_search.apply --backbone PATH_OR_ID --mask best/mask.safetensors --out masked/
+
+The output loads with `AutoModelForCausalLM.from_pretrained(out)` without mft_search installed:
+the masked weights are simply zero. It is written to a temporary directory next to `--out` and
+renamed into place, so a failed run leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from . import cli
+from .errors import ConfigError
+from .maskfile import load_mask_file, verify_for_model
+
+
+def load_backbone(source: str, *, dtype: torch.dtype | str = "float32", revision: str | None = None,
+                  trust_remote_code: bool = False):
+    """A causal LM from a local directory or hub id, safetensors only (never a pickle)."""
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, revision=revision, trust_remote_code=trust_remote_code, use_safetensors=True
+        )
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"backbone: cannot load '{source}' as a causal LM with safetensors weights ({exc})") from None
+
+
+def apply_mask(backbone: str, mask_path: str | Path, out: str | Path, *, revision: str | None = None,
+               trust_remote_code: bool = False) -> Path:
+    """Write `backbone` with the mask multiplied in to `out`; returns `out`."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"--out: {out} exists and is not empty; choose a new directory")
+    mask_file = load_mask_file(mask_path)
+    model = load_backbone(backbone, dtype=getattr(torch, mask_file.meta["dtype"]), revision=revision,
+                          trust_remote_code=trust_remote_code)
+    verify_for_model(mask_file, model)
+    with torch.no_grad():
+        for name, mask in mask_file.masks.items():
+            weight = model.get_submodule(name).weight
+            weight.mul_(mask.to(device=weight.device, dtype=weight.dtype))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        _save_tokenizer(backbone, staging, revision, trust_remote_code)
+        if out.exists():
+            out.rmdir()
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def _save_tokenizer(backbone: str, dest: Path, revision: str | None, trust_remote_code: bool) -> None:
+    # A backbone without a tokenizer is still a valid checkpoint: the user brings their own.
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(backbone, revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        print(f"note: no tokenizer found with {backbone}; the checkpoint has weights only", file=sys.stderr)
+        return
+    tokenizer.save_pretrained(dest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mft_search.apply", description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", required=True, help="the backbone the mask was learned on (path or hub id)")
+    parser.add_argument("--mask", required=True, help="mask file written by a sweep")
+    parser.add_argument("--out", required=True, help="new directory for the masked checkpoint")
+    parser.add_argument("--revision", default=None, help="hub revision of the backbone")
+    parser.add_argument("--trust-remote-code", action="store_true", help="run the backbone's own code (off by default)")
+    args = parser.parse_args(argv)
+    out = apply_mask(args.backbone, args.mask, args.out, revision=args.revision, trust_remote_code=args.trust_remote_code)
+    print(f"masked checkpoint written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
