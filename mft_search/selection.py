@@ -8,6 +8,8 @@ sort of a large module would need several copies of it.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -18,19 +20,47 @@ def kept_count(numel: int, ratio: float) -> int:
 
 def top_k_mask(values: torch.Tensor, k: int) -> torch.Tensor:
     """Bool mask of `values`' shape keeping exactly the k largest entries; ties by lowest index."""
-    flat = values.detach().reshape(-1)
+    flat = values.detach().reshape(-1).float()
     n = flat.numel()
     if k >= n:
         return torch.ones_like(values, dtype=torch.bool)
     if k <= 0:
         return torch.zeros_like(values, dtype=torch.bool)
-    # The k-th largest is the (n - k + 1)-th smallest.
-    cut = flat.float().kthvalue(n - k + 1).values
+    cut = kth_largest(flat, k)
     above = flat > cut
     tied = flat == cut
     room = k - int(above.sum())
+    if room == int(tied.sum()):  # the usual case with continuous scores: no tie to break
+        return (above | tied).view_as(values)
     keep = above | (tied & (torch.cumsum(tied, 0) <= room))
     return keep.view_as(values)
+
+
+_SAMPLE = 8192
+
+
+def kth_largest(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th largest value of a 1-D tensor, exactly.
+
+    A strided sample brackets the answer in a narrow band [lo, hi]; `kthvalue` then runs on
+    the band only (a few percent of the tensor), about twice as fast on CPU as on the whole.
+    When the sample misjudges the band the full `kthvalue` answers, so the result is exact.
+    """
+    n = flat.numel()
+    if n < 8 * _SAMPLE:
+        return flat.kthvalue(n - k + 1).values
+    sample = torch.sort(flat[:: n // _SAMPLE], descending=True).values
+    m = sample.numel()
+    rank = k * m / n  # expected position of the answer in the sample
+    margin = 4 * math.sqrt(m) + 16
+    hi = sample[max(int(rank - margin), 0)]
+    lo = sample[min(int(rank + margin), m - 1)]
+    above_hi = int((flat > hi).sum())
+    band = flat[(flat >= lo) & (flat <= hi)]
+    r = k - above_hi  # the answer's rank inside the band, largest first
+    if not 1 <= r <= band.numel():
+        return flat.kthvalue(n - k + 1).values
+    return band.kthvalue(band.numel() - r + 1).values
 
 
 def local_mask(scores: torch.Tensor, ratio: float) -> torch.Tensor:

@@ -68,6 +68,22 @@ def test_top_k_matches_a_stable_sort_reference():
         assert torch.equal(top_k_mask(values, k).reshape(-1), expected)
 
 
+@pytest.mark.parametrize("make", [
+    lambda g: torch.randn(300_000, generator=g),
+    lambda g: torch.randint(0, 50, (300_000,), generator=g).float(),  # heavy ties at the cut
+    lambda g: torch.cat([torch.zeros(290_000), torch.randn(10_000, generator=g)]),  # sample misses the tail
+    lambda g: torch.sort(torch.randn(300_000, generator=g)).values,  # sorted: a strided sample is biased
+])
+@pytest.mark.parametrize("ratio", [0.02, 0.1, 0.5, 0.97])
+def test_large_tensors_select_exactly_what_a_stable_sort_selects(make, ratio):
+    values = make(torch.Generator().manual_seed(0))
+    k = kept_count(values.numel(), ratio)
+    order = torch.sort(-values, stable=True).indices
+    expected = torch.zeros(values.numel(), dtype=torch.bool)
+    expected[order[:k]] = True
+    assert torch.equal(top_k_mask(values, k), expected)
+
+
 def test_local_mode_ranks_by_magnitude_and_global_by_raw_score():
     scores = torch.tensor([[-0.5, 0.1, 0.2, -0.01]])
     assert local_mask(scores, 0.5).tolist() == [[True, False, True, False]]
