@@ -16,22 +16,11 @@ import tempfile
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from . import cli
+from .backbone import DTYPES, BackboneSpec, load_model, load_tokenizer
 from .errors import ConfigError
 from .maskfile import load_mask_file, verify_for_model
-
-
-def load_backbone(source: str, *, dtype: torch.dtype | str = "float32", revision: str | None = None,
-                  trust_remote_code: bool = False):
-    """A causal LM from a local directory or hub id, safetensors only (never a pickle)."""
-    try:
-        return AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype, revision=revision, trust_remote_code=trust_remote_code, use_safetensors=True
-        )
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"backbone: cannot load '{source}' as a causal LM with safetensors weights ({exc})") from None
 
 
 def apply_mask(backbone: str, mask_path: str | Path, out: str | Path, *, revision: str | None = None,
@@ -41,8 +30,8 @@ def apply_mask(backbone: str, mask_path: str | Path, out: str | Path, *, revisio
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"--out: {out} exists and is not empty; choose a new directory")
     mask_file = load_mask_file(mask_path)
-    model = load_backbone(backbone, dtype=getattr(torch, mask_file.meta["dtype"]), revision=revision,
-                          trust_remote_code=trust_remote_code)
+    spec = BackboneSpec(source=backbone, revision=revision, trust_remote_code=trust_remote_code)
+    model = load_model(spec, DTYPES[mask_file.meta["dtype"]])
     verify_for_model(mask_file, model)
     with torch.no_grad():
         for name, mask in mask_file.masks.items():
@@ -52,7 +41,7 @@ def apply_mask(backbone: str, mask_path: str | Path, out: str | Path, *, revisio
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
         model.save_pretrained(staging, safe_serialization=True)
-        _save_tokenizer(backbone, staging, revision, trust_remote_code)
+        _save_tokenizer(spec, staging)
         if out.exists():
             out.rmdir()
         staging.rename(out)
@@ -61,12 +50,12 @@ def apply_mask(backbone: str, mask_path: str | Path, out: str | Path, *, revisio
     return out
 
 
-def _save_tokenizer(backbone: str, dest: Path, revision: str | None, trust_remote_code: bool) -> None:
+def _save_tokenizer(spec: BackboneSpec, dest: Path) -> None:
     # A backbone without a tokenizer is still a valid checkpoint: the user brings their own.
     try:
-        tokenizer = AutoTokenizer.from_pretrained(backbone, revision=revision, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError):
-        print(f"note: no tokenizer found with {backbone}; the checkpoint has weights only", file=sys.stderr)
+        tokenizer = load_tokenizer(spec)
+    except ConfigError:
+        print(f"note: no tokenizer found with {spec.source}; the checkpoint has weights only", file=sys.stderr)
         return
     tokenizer.save_pretrained(dest)
 
