@@ -15,12 +15,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
 from . import cli
 from .backbone import DTYPES, BackboneSpec, load_model, load_tokenizer
 from .errors import ConfigError
 from .maskfile import load_mask_file, verify_for_model
+from .masking import multiply_masks_in
 
 
 def apply_mask(backbone: str, mask_path: str | Path, out: str | Path, *, revision: str | None = None,
@@ -33,10 +32,7 @@ def apply_mask(backbone: str, mask_path: str | Path, out: str | Path, *, revisio
     spec = BackboneSpec(source=backbone, revision=revision, trust_remote_code=trust_remote_code)
     model = load_model(spec, DTYPES[mask_file.meta["dtype"]])
     verify_for_model(mask_file, model)
-    with torch.no_grad():
-        for name, mask in mask_file.masks.items():
-            weight = model.get_submodule(name).weight
-            weight.mul_(mask.to(device=weight.device, dtype=weight.dtype))
+    multiply_masks_in(model, mask_file.masks)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:

@@ -36,3 +36,13 @@ def random_masks(shapes: dict[str, torch.Size], kept: dict[str, int], seed: int)
 def l1_masks(weights: dict[str, torch.Tensor], kept: dict[str, int]) -> dict[str, torch.Tensor]:
     """Magnitude masks keeping the `kept[name]` largest |W| of each module (ties by index)."""
     return {name: top_k_mask(w.detach().float().abs(), kept[name]) for name, w in weights.items()}
+
+
+def baseline_masks(model: torch.nn.Module, kind: str, kept: dict[str, int], seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random or L1 masks for the named modules of a plain `model`, at the given kept counts."""
+    weights = {name: model.get_submodule(name).weight for name in kept}
+    if kind == "random":
+        return random_masks({n: w.shape for n, w in weights.items()}, kept, seed)
+    if kind == "l1":
+        return l1_masks(weights, kept)
+    raise ValueError(f"unknown baseline {kind!r}")

@@ -215,14 +215,20 @@ def detach_masks(model: nn.Module) -> None:
         _replace(model, name, module._base)
 
 
+def multiply_masks_in(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    """W *= M for each named plain module: what a masked checkpoint is made of."""
+    with torch.no_grad():
+        for name, mask in masks.items():
+            weight = model.get_submodule(name).weight
+            weight.mul_(mask.to(device=weight.device, dtype=weight.dtype))
+
+
 def materialize(model: nn.Module) -> dict[str, torch.Tensor]:
     """Multiply each mask into its weight in place and restore plain nn.Linear / Conv1D.
 
     Returns the masks that were applied. After this the model needs no mft_search code.
     """
     masks = current_masks(model)
-    with torch.no_grad():
-        for name, module in masked_modules(model).items():
-            module.weight.mul_(masks[name].to(module.weight.dtype))
     detach_masks(model)
+    multiply_masks_in(model, masks)
     return masks
