@@ -108,3 +108,10 @@ def test_two_processes_match_one(model, tok, tmp_path):
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     for rank in range(2):
         assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == expected
+
+
+def test_tokenizer_without_pad_token_pads_with_eos(model):
+    no_pad = tiny_tokenizer()
+    no_pad.pad_token = None
+    texts = generate(model, no_pad, PROMPTS[:3], SETTINGS)
+    assert len(texts) == 3 and no_pad.pad_token is None

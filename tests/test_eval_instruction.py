@@ -53,12 +53,22 @@ def test_all_prompts_load_and_every_checker_runs_offline(no_network):
 GERMAN = "Das Wetter ist heute sehr schön und wir gehen am Nachmittag mit den Kindern in den Park spazieren."
 ENGLISH = "The weather is very nice today and we are going for a walk in the park with the children."
 CASES = {
-    "keywords:existence": ({"keywords": ["correlated", "experiencing"]}, "Prices correlated while experiencing growth.", "Prices rose."),
-    "keywords:frequency": ({"relation": "at least", "keyword": "story", "frequency": 2}, "A story in a story.", "One story."),
+    "keywords:existence": (
+        {"keywords": ["correlated", "experiencing"]},
+        "Prices correlated while experiencing growth.",
+        "Prices rose.",
+    ),
+    "keywords:frequency": (
+        {"relation": "at least", "keyword": "story", "frequency": 2}, "A story in a story.", "One story."
+    ),
     "keywords:forbidden_words": ({"forbidden_words": ["rock"]}, "I like jazz.", "I like rock music."),
-    "keywords:letter_frequency": ({"let_relation": "at least", "letter": "z", "let_frequency": 3}, "zebra zoo zig", "zebra"),
+    "keywords:letter_frequency": (
+        {"let_relation": "at least", "letter": "z", "let_frequency": 3}, "zebra zoo zig", "zebra"
+    ),
     "language:response_language": ({"language": "de"}, GERMAN, ENGLISH),
-    "length_constraints:number_sentences": ({"relation": "less than", "num_sentences": 3}, "One. Two.", "One. Two. Three. Four."),
+    "length_constraints:number_sentences": (
+        {"relation": "less than", "num_sentences": 3}, "One. Two.", "One. Two. Three. Four."
+    ),
     "length_constraints:number_paragraphs": ({"num_paragraphs": 2}, "First part.\n***\nSecond part.", "Only one part."),
     "length_constraints:number_words": ({"relation": "at least", "num_words": 5}, "one two three four five", "one two"),
     "length_constraints:nth_paragraph_first_word": (
@@ -80,7 +90,9 @@ CASES = {
     "detectable_format:title": ({}, "<<Ode to Rain>>\nIt rains.", "Ode to Rain\nIt rains."),
     "combination:two_responses": ({}, "Answer one.\n******\nAnswer two.", "Answer one."),
     "combination:repeat_prompt": ({"prompt_to_repeat": "Say hi to Bob."}, "Say hi to Bob. Hi, Bob!", "Hi, Bob!"),
-    "startend:end_checker": ({"end_phrase": "Any other questions?"}, "Done. Any other questions?", "Any other questions? Done."),
+    "startend:end_checker": (
+        {"end_phrase": "Any other questions?"}, "Done. Any other questions?", "Any other questions? Done."
+    ),
     "change_case:capital_word_frequency": (
         {"capital_relation": "less than", "capital_frequency": 2},
         "we are FINE today.",
@@ -128,5 +140,6 @@ def test_evaluator_end_to_end_on_a_tiny_model():
         pytest.skip(f"IFEval data not found at {DATA} (the shared data folder is absent)")
     evaluator = IFEvalEvaluator()
     problems = evaluator.load(str(DATA), limit=6)
-    result = evaluator.evaluate(tiny_llama(layers=2), tiny_tokenizer(), problems, GenerationSettings(max_new_tokens=8, batch_size=3))
+    settings = GenerationSettings(max_new_tokens=8, batch_size=3)
+    result = evaluator.evaluate(tiny_llama(layers=2), tiny_tokenizer(), problems, settings)
     assert evaluator.metric in result and all(0.0 <= v <= 1.0 for v in result.values())

@@ -102,7 +102,10 @@ def test_math_not_equivalent(prediction, reference):
 
 def test_math_loads_boxed_reference(tmp_path):
     path = tmp_path / "math.jsonl"
-    rows = [{"problem": "1+1?", "solution": r"It is $\boxed{2}$."}, {"problem": "Half?", "solution": r"$\boxed{\frac12}$"}]
+    rows = [
+        {"problem": "1+1?", "solution": r"It is $\boxed{2}$."},
+        {"problem": "Half?", "solution": r"$\boxed{\frac12}$"},
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     problems = MATHEvaluator().load(str(path))
     assert [p.reference for p in problems] == ["2", r"\frac12"]
@@ -119,7 +122,8 @@ def test_gsm8k_fewshot_prompt_strips_calculator_notes():
 def test_gsm8k_end_to_end_on_a_tiny_model():
     evaluator = GSM8KEvaluator()
     problems = evaluator.load(str(_gsm8k("test")), limit=8)
-    result = evaluator.evaluate(tiny_llama(layers=2), tiny_tokenizer(), problems, GenerationSettings(max_new_tokens=16, batch_size=4))
+    settings = GenerationSettings(max_new_tokens=16, batch_size=4)
+    result = evaluator.evaluate(tiny_llama(layers=2), tiny_tokenizer(), problems, settings)
     assert set(result) == {"accuracy", "accuracy_strict", "accuracy_flexible"}
     assert all(0.0 <= v <= 1.0 for v in result.values())
     assert result[evaluator.metric] == result["accuracy_strict"]

@@ -55,7 +55,8 @@ def prepare_offline_checkers() -> Path:
     (model_dir / "collocations.tab").write_text("".join(f"{a}\t{b}\n" for a, b in sorted(params.collocations)))
     (model_dir / "sent_starters.txt").write_text("".join(f"{w}\n" for w in sorted(params.sent_starters)))
     (model_dir / "abbrev_types.txt").write_text("".join(f"{w}\n" for w in sorted(params.abbrev_types)))
-    (model_dir / "ortho_context.tab").write_text("".join(f"{w}\t{n}\n" for w, n in sorted(params.ortho_context.items())))
+    ortho = sorted(params.ortho_context.items())
+    (model_dir / "ortho_context.tab").write_text("".join(f"{w}\t{n}\n" for w, n in ortho))
     nltk.data.path.insert(0, str(root))
     return root
 

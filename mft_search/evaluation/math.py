@@ -187,14 +187,17 @@ class GSM8KEvaluator:
         completions = generate(model, tokenizer, [p.prompt for p in problems], settings)
         strict = _mean([extract_gsm8k_strict(c) == p.reference for c, p in zip(completions, problems)])
         flexible = _mean([extract_gsm8k_flexible(c) == p.reference for c, p in zip(completions, problems)])
-        return {"accuracy": strict if self.strict else flexible, "accuracy_strict": strict, "accuracy_flexible": flexible}
+        primary = strict if self.strict else flexible
+        return {"accuracy": primary, "accuracy_strict": strict, "accuracy_flexible": flexible}
 
 
 def _gsm8k_question(question: str) -> str:
     return f"Question: {question}\nAnswer:"
 
 
-MATH_PROMPT = "Problem:\n{problem}\n\nSolve the problem step by step and put the final answer in \\boxed{{}}.\n\nSolution:"
+MATH_PROMPT = (
+    "Problem:\n{problem}\n\nSolve the problem step by step and put the final answer in \\boxed{{}}.\n\nSolution:"
+)
 MATH_STOP = ("Problem:", "</s>", "<|im_end|>", "<|eot_id|>")
 
 
