@@ -1,0 +1,103 @@
+"""Tokenise once: the tokenised set is cached as Parquet under a content fingerprint.
+
+Every trial of a sweep asks for the same data; the first tokenises and writes, the others read.
+The key covers everything that changes the tokens: the tokenizer (model, special tokens, chat
+template), the data (file contents, or hub id + revision) and every DataSpec field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import datasets
+import pyarrow.parquet as pq
+from transformers import PreTrainedTokenizerBase
+
+from .encode import tokenize_examples
+from .load import Part, local_files, select_examples
+from .spec import DataSpec
+
+# Bump when the tokenised output of the same inputs changes, to retire old cache files.
+CACHE_VERSION = 1
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """sha256 of what decides the tokens: model, normaliser, pre-tokeniser, specials, template."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        body = json.loads(backend.to_str())
+        # Calls with padding=/truncation= leave their settings on the backend: not identity.
+        body.pop("padding", None)
+        body.pop("truncation", None)
+    else:
+        body = sorted(tokenizer.get_vocab().items())
+    return _sha256(
+        {
+            "class": type(tokenizer).__name__,
+            "tokenizer": body,
+            "special_tokens": tokenizer.special_tokens_map,
+            "special_ids": tokenizer.all_special_ids,
+            "chat_template": tokenizer.chat_template,
+        }
+    )
+
+
+def data_fingerprint(spec: DataSpec) -> list[tuple[str, str]] | None:
+    """(file name, sha256 of contents) of each local file; None for a hub id (keyed by spec)."""
+    files = local_files(spec.source)
+    if files is None:
+        return None
+    return [(f.name, _file_sha256(f)) for f in files]
+
+
+def fingerprint(spec: DataSpec, tokenizer: PreTrainedTokenizerBase, part: Part = "train") -> str:
+    return _sha256(
+        {
+            "version": CACHE_VERSION,
+            "part": part,
+            "spec": spec.model_dump(mode="json"),
+            "data": data_fingerprint(spec),
+            "tokenizer": tokenizer_fingerprint(tokenizer),
+        }
+    )
+
+
+def tokenized_dataset(
+    spec: DataSpec, tokenizer: PreTrainedTokenizerBase, cache_dir: str | os.PathLike[str], part: Part = "train"
+) -> datasets.Dataset:
+    """The tokenised `part` of `spec`: read from cache_dir, or tokenised and written there once."""
+    path = Path(cache_dir) / f"{part}-{fingerprint(spec, tokenizer, part)}.parquet"
+    if path.exists():
+        return datasets.Dataset(pq.read_table(path))
+    ds = tokenize_examples(select_examples(spec, part), spec, tokenizer)
+    _write_atomic(ds, path)
+    return ds
+
+
+def _write_atomic(ds: datasets.Dataset, path: Path) -> None:
+    # Readers see no file or a whole one: concurrent trials may race, never read half a file.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        pq.write_table(ds.data.table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _sha256(obj: object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
