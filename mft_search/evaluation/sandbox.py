@@ -205,7 +205,8 @@ def _kill_group(pgid: int) -> None:
 def _result(code: int, err: str, log: str, duration: float, isolation: tuple[str, ...]) -> SandboxResult:
     if code == 0:
         return SandboxResult("passed", "", duration, isolation)
-    if code == _SETUP_FAILED or (code != 0 and err.strip()):
+    # The program's own output goes to the log: anything on the launcher's stderr is ours.
+    if code == _SETUP_FAILED or err.strip():
         return SandboxResult("error", (err or log).strip()[-2000:], duration, isolation)
     if code > 128 and code - 128 in signal.valid_signals():
         reason = f"killed by {signal.Signals(code - 128).name}"
