@@ -82,9 +82,11 @@ class _StraightThrough(torch.autograd.Function):
 class MaskedLinear(nn.Module):
     """A frozen nn.Linear or GPT-2 Conv1D whose weight is multiplied by a learned binary mask.
 
-    The mask is cached and recomputed only when the scores change (their in-place version
-    counter moves, i.e. once per optimiser step), not on every forward, micro-batch or
-    activation-checkpoint recompute. `fixed_mask` overrides the scores (baselines, mask files).
+    The mask is cached and recomputed only when the scores change, i.e. once per optimiser
+    step, not on every forward, micro-batch or activation-checkpoint recompute. A change is seen
+    through the scores' in-place version counter, or told by `refresh_masks` (FSDP2 gathers the
+    scores into a buffer whose counter does not follow the optimiser's updates of the shards).
+    `fixed_mask` overrides the scores (baselines, mask files).
     """
 
     def __init__(self, base: nn.Module, mode: Mode, ratio: float, threshold: float) -> None:
@@ -180,6 +182,12 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
 def masked_modules(model: nn.Module) -> dict[str, MaskedLinear]:
     """Every MaskedLinear in `model`, by full name."""
     return {n: m for n, m in model.named_modules() if isinstance(m, MaskedLinear)}
+
+
+def refresh_masks(model: nn.Module) -> None:
+    """Tell every masked module its scores changed: call after each optimiser step."""
+    for module in masked_modules(model).values():
+        module._cache = None
 
 
 def score_parameters(model: nn.Module) -> list[nn.Parameter]:

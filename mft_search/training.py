@@ -16,6 +16,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from .masking import refresh_masks
+
 
 class TrainSettings(BaseModel):
     """Optimiser and schedule of a training run (MFT trains scores, FFT trains weights)."""
@@ -83,7 +85,8 @@ def train_step(model: nn.Module, micro_batches: list[dict[str, torch.Tensor]], o
         last = i == len(micro_batches) - 1
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
-            loss = model(**batch).loss * scored_tokens(batch["labels"])
+            # use_cache=False: with a KV cache, packed examples would attend to each other
+            loss = model(**batch, use_cache=False).loss * scored_tokens(batch["labels"])
             (loss * scale).backward()
         loss_sum += float(loss.detach())
     params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -92,4 +95,5 @@ def train_step(model: nn.Module, micro_batches: list[dict[str, torch.Tensor]], o
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
+    refresh_masks(model)
     return _global_sum(loss_sum, device) / global_tokens

@@ -48,7 +48,10 @@ def evaluate_loss(model: torch.nn.Module, batches: Iterable[Mapping[str, torch.T
 
 
 def _batch_totals(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
+    # Packed rows carry restarting position_ids and no attention mask; without a KV cache
+    # transformers keeps their examples apart.
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    logits = model(**inputs, use_cache=False).logits
     labels = batch["labels"][:, 1:]
     # fp32 for the softmax: bf16 logits round the log-probabilities of large vocabularies.
     nll = F.cross_entropy(

@@ -1,0 +1,221 @@
+"""One trial's work on one worker, in plain torch: the train layer's logic without Ray.
+
+A `TrialJob` says what to run: MFT (learn a mask), FFT (train the weights: builds the demo
+backbone and the paper's continued-FFT control) or evaluate (the unmasked backbone, a random or
+L1 baseline, or a learned mask file). `run_job` runs it on this rank against a `Session` that
+reports metrics and checkpoints: worker.py gives it Ray Train's, tests give it a local one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from .backbone import BackboneSpec, load_model, load_tokenizer
+from .baselines import baseline_masks, kept_counts_for_ratio
+from .checkpoint import gather_trainable, load_progress, load_trainable, save_state
+from .evaluation.spec import EvalSpec
+from .data import DataSpec
+from .evaluation import get_evaluator
+from .evaluation.loss import evaluate_loss
+from .maskfile import backbone_fingerprint, load_mask_file, save_mask_file, verify_for_model
+from .masking import MaskSpec, attach_masks, multiply_masks_in
+from .parallel import is_sharded, unwrap, wrap_model
+from .selection import global_mask, local_mask
+from .training import TrainSettings, make_optimizer, train_step
+from .training_data import TrainingData
+
+Kind = Literal["mft", "fft", "evaluate"]
+Baseline = Literal["unmasked", "random", "l1", "learned"]
+
+
+class TrialJob(BaseModel):
+    """Everything one trial needs; built by the sweep from the config and the sampled point."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    kind: Kind
+    backbone: BackboneSpec
+    data: DataSpec | None = None  # SFT data (mft/fft); its validation carve-out gives val_loss
+    evaluation: EvalSpec | None = None  # the domain metric; None makes -val_loss the metric
+    mask: MaskSpec | None = None  # mft; for random/l1 without a mask file, the modules and ratio
+    baseline: Baseline = "unmasked"  # evaluate: what to evaluate
+    mask_file: str | None = None  # evaluate "learned": the mask; random/l1: match its counts
+    train: TrainSettings = TrainSettings()
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    cache_dir: str  # tokenised data, shared by all trials of a sweep
+    artifact_dir: str  # masks (mft) or weights (fft) at every evaluation point
+
+
+class Session(Protocol):
+    """What a job needs from its runtime: placement, reporting, resuming."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None: ...
+
+    def latest_checkpoint(self) -> Path | None: ...
+
+    def new_checkpoint_dir(self) -> Path: ...
+
+
+def run_job(job: TrialJob, session: Session) -> None:
+    """Run `job` on this rank; every rank calls it, and rank 0's reports are the trial's."""
+    torch.manual_seed(job.train.seed)
+    tokenizer = load_tokenizer(job.backbone)
+    model = load_model(job.backbone, job.backbone.torch_dtype(session.device.type == "cuda"))
+    if job.kind == "evaluate":
+        _apply_evaluated_mask(job, model)
+        model.to(session.device)
+        session.report(_evaluate(job, model, tokenizer, None), None)
+        return
+    fingerprint = backbone_fingerprint(model, _mask_module_names(model, job)) if job.kind == "mft" else ""
+    if job.kind == "mft":
+        attach_masks(model, job.mask)
+    _Trainer(job, session, model.to(session.device), tokenizer, fingerprint).run()
+
+
+def _mask_module_names(model, job: TrialJob) -> list[str]:
+    from .architectures import module_names, resolve_kinds
+
+    kinds = resolve_kinds(model.config.model_type, job.mask.kinds)
+    return module_names(model.config.model_type, tuple(job.mask.blocks), kinds)
+
+
+def _apply_evaluated_mask(job: TrialJob, model) -> None:
+    if job.baseline == "unmasked":
+        return
+    if job.baseline == "learned" or job.mask_file:
+        mask_file = load_mask_file(job.mask_file)
+        verify_for_model(mask_file, model)
+    if job.baseline == "learned":
+        multiply_masks_in(model, mask_file.masks)
+        return
+    if job.mask_file:  # same modules and per-module counts as the learned mask (global masks too)
+        kept = mask_file.kept
+    else:
+        names = _mask_module_names(model, job)
+        kept = kept_counts_for_ratio({n: model.get_submodule(n).weight.shape for n in names}, job.mask.ratio)
+    multiply_masks_in(model, baseline_masks(model, job.baseline, kept, job.mask.seed if job.mask else 0))
+
+
+def _evaluate(job: TrialJob, model, tokenizer, val_batches) -> dict[str, float]:
+    """Validation loss (when batches are given) and the domain metric; `metric` is higher-better."""
+    metrics: dict[str, float] = {}
+    if val_batches is not None:
+        loss = evaluate_loss(model, val_batches)
+        metrics.update(val_loss=loss["loss"], val_perplexity=loss["perplexity"])
+    if job.evaluation is not None:
+        evaluator = get_evaluator(job.evaluation.evaluator)
+        problems = evaluator.load(job.evaluation.source, job.evaluation.limit)
+        scores = evaluator.evaluate(unwrap(model), tokenizer, problems, job.evaluation.generation_settings())
+        metrics.update({f"eval_{k}": float(v) for k, v in scores.items()})
+        metrics["metric"] = float(scores[evaluator.metric])
+    elif "val_loss" in metrics:
+        metrics["metric"] = -metrics["val_loss"]
+    return metrics
+
+
+class _Trainer:
+    """The MFT / FFT loop on one rank: steps, evaluation points, checkpoints, resume."""
+
+    def __init__(self, job: TrialJob, session: Session, model, tokenizer, fingerprint: str) -> None:
+        self.job, self.session, self.tokenizer, self.fingerprint = job, session, tokenizer, fingerprint
+        self.data = TrainingData(job.data, tokenizer, Path(job.cache_dir), job.train, session.rank,
+                                 session.world_size)
+        self.total_steps = max(1, math.ceil(job.train.epochs * self.data.steps_per_epoch))
+        self.progress: dict[str, Any] = {"step": 0, "report": 0}
+        resume = session.latest_checkpoint()
+        if resume is not None:
+            load_trainable(resume, model, job.kind)
+        if job.train.activation_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.model = wrap_model(model, job.strategy, session.device)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer, self.scheduler = make_optimizer(params, job.train, self.total_steps)
+        if resume is not None:
+            self.progress = load_progress(resume, self.optimizer, self.scheduler)
+        self.eval_every = job.train.eval_every_steps or self.data.steps_per_epoch
+
+    def run(self) -> None:
+        losses: list[float] = []
+        start = time.perf_counter()
+        self.model.train()
+        while self.progress["step"] < self.total_steps:
+            step = self.progress["step"]
+            micro_batches = self.data.step_batches(step)
+            losses.append(train_step(self.model, micro_batches, self.optimizer, self.scheduler, self.job.train,
+                                     self.session.device))
+            self.progress["step"] = step + 1
+            if (step + 1) % self.eval_every == 0 or step + 1 == self.total_steps:
+                self._report(sum(losses) / len(losses), time.perf_counter() - start)
+                losses = []
+                self.model.train()
+
+    def _report(self, train_loss: float, wall_s: float) -> None:
+        self.progress["report"] += 1
+        metrics = _evaluate(self.job, self.model, self.tokenizer, self.data.validation_batches())
+        metrics.update(train_loss=train_loss, step=self.progress["step"],
+                       epoch=self.progress["step"] / self.data.steps_per_epoch, train_wall_s=wall_s)
+        trainable = gather_trainable(self.model, self.job.kind)
+        masks = masks_from_scores(trainable, self.job.mask) if self.job.kind == "mft" else {}
+        if masks:
+            metrics["kept_fraction"] = sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
+        checkpoint = None
+        if self.session.rank == 0:
+            self._write_artifact(trainable, masks)
+            checkpoint = self.session.new_checkpoint_dir()
+            save_state(checkpoint, trainable, self.job.kind, self.optimizer, self.scheduler, self.progress,
+                       is_sharded(self.model))
+        self.session.report(metrics, checkpoint)
+
+    def _write_artifact(self, trainable: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> None:
+        """A mask file (MFT) or a safetensors checkpoint (FFT) for this evaluation point."""
+        out = Path(self.job.artifact_dir) / f"report_{self.progress['report']:03d}"
+        model = unwrap(self.model)
+        if self.job.kind == "fft":
+            model.save_pretrained(out, state_dict=trainable, safe_serialization=True)
+            self.tokenizer.save_pretrained(out)
+            return
+        spec = self.job.mask
+        save_mask_file(out.with_suffix(".mask.safetensors"), masks, fingerprint=self.fingerprint,
+                       model_type=model.config.model_type, dtype=model.get_input_embeddings().weight.dtype,
+                       mode=spec.mode, ratio=spec.ratio, threshold=spec.threshold,
+                       extra={"trial": self.job.name, "step": self.progress["step"]})
+
+
+def masks_from_scores(scores: dict[str, torch.Tensor], spec: MaskSpec) -> dict[str, torch.Tensor]:
+    """The masks full score tensors select (computed from gathered scores: FSDP-safe)."""
+    if spec.mode == "local":
+        return {n: local_mask(s, spec.ratio) for n, s in scores.items()}
+    return {n: global_mask(s, spec.threshold) for n, s in scores.items()}
+
+
+class LocalSession:
+    """A single-process session without Ray: tests, and building the demo backbone."""
+
+    def __init__(self, directory: Path, device: torch.device | None = None) -> None:
+        self.rank, self.world_size = 0, 1
+        self.device = device or torch.device("cpu")
+        self.directory = Path(directory)
+        self.reports: list[dict[str, float]] = []
+        self._checkpoints = 0
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        self.reports.append(dict(metrics))
+
+    def latest_checkpoint(self) -> Path | None:
+        found = sorted(self.directory.glob("checkpoint_*"))
+        return found[-1] if found else None
+
+    def new_checkpoint_dir(self) -> Path:
+        self._checkpoints = len(list(self.directory.glob("checkpoint_*"))) + 1
+        return self.directory / f"checkpoint_{self._checkpoints:06d}"

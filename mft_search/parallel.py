@@ -1,0 +1,52 @@
+"""Data-parallel wrapping of a (masked) model: DDP, or FSDP2 with weights and scores sharded.
+
+torch.distributed must already be initialised (Ray Train does it: gloo on CPU, NCCL on GPU).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from .architectures import layout_for
+
+
+def wrap_model(model: nn.Module, strategy: Literal["ddp", "fsdp"], device: torch.device) -> nn.Module:
+    """The model ready for data-parallel training on this rank (unchanged when alone)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return model
+    if torch.distributed.get_world_size() == 1:
+        return model
+    if strategy == "ddp":
+        # Frozen weights are skipped by DDP's reducer: only scores (MFT) or weights (FFT) sync.
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return _fully_shard(model)
+
+
+def _fully_shard(model: nn.Module) -> nn.Module:
+    # One FSDP unit per transformer block, then the root: a block's frozen weight and its
+    # trainable scores live in the same unit and are gathered together.
+    from torch.distributed.fsdp import fully_shard
+
+    blocks = model.get_submodule(layout_for(model.config.model_type).blocks)
+    for block in blocks:
+        fully_shard(block)
+    fully_shard(model)
+    return model
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The underlying Hugging Face model (DDP wraps it; FSDP2 shards it in place)."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def is_sharded(model: nn.Module) -> bool:
+    return any(type(p).__name__ == "DTensor" for p in model.parameters())
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's full value (a collective: every rank must call it), else the tensor itself."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t

@@ -1,0 +1,99 @@
+"""A trial's work on one process, without Ray: MFT, FFT, baselines, checkpoints and resume."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mft_search.evaluation.spec import EvalSpec
+from mft_search.job import LocalSession, TrialJob, run_job
+from mft_search.maskfile import load_mask_file
+from mft_search.masking import MaskSpec
+from mft_search.training import TrainSettings
+
+SETTINGS = TrainSettings(lr=1e-2, epochs=2, global_batch_size=16, micro_batch_size=4)
+
+
+def make_job(tmp_path, backbone, data, kind="mft", name="t", **extra):
+    fields = dict(name=name, kind=kind, backbone=backbone, data=data, mask=MaskSpec(blocks=(1, 2)), train=SETTINGS,
+                  cache_dir=str(tmp_path / "cache"), artifact_dir=str(tmp_path / "artifacts" / name))
+    fields.update(extra)
+    return TrialJob(**fields)
+
+
+def test_mft_reports_every_epoch_and_writes_a_mask_file_each_time(tmp_path, tiny_backbone, gsm8k_sft, gsm8k_dir):
+    evaluation = EvalSpec(evaluator="gsm8k", source=str(gsm8k_dir / "test.jsonl"), limit=4, max_new_tokens=4)
+    session = LocalSession(tmp_path / "session")
+    run_job(make_job(tmp_path, tiny_backbone, gsm8k_sft, evaluation=evaluation), session)
+    assert [r["epoch"] for r in session.reports] == [1.0, 2.0]
+    for report in session.reports:
+        assert {"train_loss", "val_loss", "metric", "eval_accuracy", "kept_fraction"} <= set(report)
+        assert report["metric"] == report["eval_accuracy"]
+        assert abs(report["kept_fraction"] - 0.9) < 1e-3
+    masks = sorted((tmp_path / "artifacts" / "t").glob("*.mask.safetensors"))
+    assert len(masks) == 2
+    mask_file = load_mask_file(masks[-1])
+    assert mask_file.meta["trial"] == "t" and mask_file.meta["step"] == 6
+    assert len(mask_file.masks) == 14
+
+
+def test_the_checkpoint_holds_scores_and_optimiser_state_never_weights(tmp_path, tiny_backbone, gsm8k_sft):
+    session = LocalSession(tmp_path / "session")
+    run_job(make_job(tmp_path, tiny_backbone, gsm8k_sft), session)
+    checkpoint = session.latest_checkpoint()
+    assert sorted(p.name for p in checkpoint.iterdir()) == ["optimizer.pt", "progress.json", "scores.safetensors"]
+    scores = load_file(checkpoint / "scores.safetensors")
+    assert all(t.dtype == torch.float32 for t in scores.values()) and len(scores) == 14
+
+
+class _Killed(Exception):
+    pass
+
+
+class CrashAfterFirstReport(LocalSession):
+    def report(self, metrics, checkpoint_dir):
+        super().report(metrics, checkpoint_dir)
+        raise _Killed
+
+
+def test_a_restarted_run_resumes_from_its_checkpoint_and_ends_where_an_unbroken_one_does(
+        tmp_path, tiny_backbone, gsm8k_sft):
+    unbroken = LocalSession(tmp_path / "unbroken")
+    run_job(make_job(tmp_path, tiny_backbone, gsm8k_sft, name="a"), unbroken)
+
+    crashed = CrashAfterFirstReport(tmp_path / "broken")
+    with pytest.raises(_Killed):
+        run_job(make_job(tmp_path, tiny_backbone, gsm8k_sft, name="b"), crashed)
+    resumed = LocalSession(tmp_path / "broken")
+    run_job(make_job(tmp_path, tiny_backbone, gsm8k_sft, name="b"), resumed)
+
+    assert [r["step"] for r in resumed.reports] == [6]  # only the second epoch ran again
+    a = load_file(unbroken.latest_checkpoint() / "scores.safetensors")
+    b = load_file(resumed.latest_checkpoint() / "scores.safetensors")
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert resumed.reports[-1]["val_loss"] == unbroken.reports[-1]["val_loss"]
+
+
+def test_fft_trains_the_weights_and_saves_loadable_checkpoints(tmp_path, tiny_backbone, gsm8k_sft):
+    from transformers import AutoModelForCausalLM
+
+    session = LocalSession(tmp_path / "session")
+    run_job(make_job(tmp_path, tiny_backbone, gsm8k_sft, kind="fft", mask=None), session)
+    assert session.reports[-1]["val_loss"] < session.reports[0]["val_loss"]
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "artifacts" / "t" / "report_002")
+    original = AutoModelForCausalLM.from_pretrained(tiny_backbone.source)
+    assert not torch.equal(saved.model.layers[0].mlp.up_proj.weight, original.model.layers[0].mlp.up_proj.weight)
+
+
+@pytest.mark.parametrize("baseline", ["unmasked", "random", "l1", "learned"])
+def test_baselines_and_learned_masks_evaluate(tmp_path, tiny_backbone, gsm8k_sft, gsm8k_dir, baseline):
+    evaluation = EvalSpec(evaluator="gsm8k", source=str(gsm8k_dir / "test.jsonl"), limit=2, max_new_tokens=4)
+    mask_file = None
+    if baseline == "learned":
+        run_job(make_job(tmp_path, tiny_backbone, gsm8k_sft, train=SETTINGS.model_copy(update={"epochs": 1})),
+                LocalSession(tmp_path / "mft"))
+        mask_file = str(next((tmp_path / "artifacts" / "t").glob("*.mask.safetensors")))
+    session = LocalSession(tmp_path / "eval")
+    run_job(make_job(tmp_path, tiny_backbone, None, kind="evaluate", baseline=baseline, mask_file=mask_file,
+                     evaluation=evaluation), session)
+    (report,) = session.reports
+    assert 0.0 <= report["metric"] <= 1.0 and "eval_accuracy_flexible" in report
