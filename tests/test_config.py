@@ -2,7 +2,6 @@
 
 import copy
 import json
-import os
 
 import pytest
 import yaml
@@ -18,8 +17,6 @@ from mft_search.config import (
 )
 from mft_search.errors import ConfigError, DataError
 from mft_search.tiny import tiny_gpt2, tiny_llama
-
-GSM8K = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "gsm8k")
 
 
 @pytest.fixture(scope="module")
