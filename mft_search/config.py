@@ -24,8 +24,8 @@ from transformers import PretrainedConfig
 from .architectures import layout_for, model_depth, resolve_kinds
 from .backbone import BackboneSpec, load_config
 from .data import DataSpec
-from .errors import ConfigError, DataError
-from .evaluation.base import GenerationSettings
+from .errors import ConfigError, DataError, did_you_mean
+from .evaluation.spec import EvalSpec
 from .space import (
     UNION_TAGS,
     FieldIssue,
@@ -33,7 +33,6 @@ from .space import (
     SearchSpace,
     check_algorithm_available,
     describe_space,
-    did_you_mean,
     enqueue_points,
     grid_size,
     layer_groups,
@@ -45,41 +44,6 @@ CLOUD_SCHEMES = ("s3", "gs")
 DEFAULT_TRIALS = 16
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # becomes a directory name
 _STRICT = ConfigDict(extra="forbid")
-
-
-class EvalSpec(BaseModel):
-    """A benchmark run on generated answers: the selection metric (validation) or the report (test)."""
-
-    model_config = _STRICT
-    evaluator: str = Field(description="benchmark: gsm8k, math, humaneval, humaneval_plus or ifeval")
-    source: str | None = Field(None, description="local file or hub id of the problems; null = the evaluator's default")
-    split: str | None = Field(None, description="hub split of `source`; null = the evaluator's default")
-    limit: int | None = Field(None, ge=1, description="evaluate only the first N problems; null = all")
-    max_new_tokens: int = Field(256, ge=1, description="generation budget per problem")
-    batch_size: int = Field(16, ge=1, description="prompts per generate call on one worker")
-    prompt_template: str = Field("{prompt}", description="wraps each prompt when no chat template is used")
-    use_chat_template: bool = Field(True, description="format prompts with the tokenizer's chat template when it has one")
-    stop: list[str] = Field([], description="strings that end a completion")
-
-    @field_validator("evaluator")
-    @classmethod
-    def _known(cls, name: str) -> str:
-        from .evaluation import EVALUATORS  # lazily: each evaluator pulls its own dependencies
-
-        if name not in EVALUATORS:
-            raise ValueError(f"unknown '{name}'{did_you_mean(name, EVALUATORS)}; choose one of {', '.join(sorted(EVALUATORS))}")
-        return name
-
-    @field_validator("prompt_template")
-    @classmethod
-    def _has_prompt(cls, template: str) -> str:
-        if "{prompt}" not in template:
-            raise ValueError(f"'{template}' lacks {{prompt}}; e.g. 'Question: {{prompt}}\\nAnswer:'")
-        return template
-
-    def generation(self) -> GenerationSettings:
-        return GenerationSettings(max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, stop=tuple(self.stop),
-                                  use_chat_template=self.use_chat_template, prompt_template=self.prompt_template)
 
 
 class DomainSpec(BaseModel):
@@ -100,12 +64,12 @@ class DomainSpec(BaseModel):
                              "or train.validation_split, or give a validation benchmark")
         if self.validation and self.test and _eval_data(self.validation) == _eval_data(self.test):
             raise FieldIssue("test", "reads the same problems as validation, so selection would see the test set; "
-                             "point one of them at other data (source or split)")
+                             "point one of them at other data")
         return self
 
 
-def _eval_data(spec: EvalSpec) -> tuple[str, str | None, str | None]:
-    return spec.evaluator, spec.source, spec.split
+def _eval_data(spec: EvalSpec) -> tuple[str, str | None]:
+    return spec.evaluator, spec.source
 
 
 class AshaSettings(BaseModel):
@@ -483,4 +447,4 @@ def _bench(spec: EvalSpec | None) -> str:
     if spec is None:
         return ""
     limit = f", first {spec.limit}" if spec.limit else ""
-    return f"{spec.evaluator} ({spec.source or 'default data'}{f' split {spec.split}' if spec.split else ''}{limit})"
+    return f"{spec.evaluator} ({spec.source or 'default data'}{limit})"

@@ -4,6 +4,15 @@ Each message names the offending field (or file) and the fix. Bugs are not `MftE
 are allowed to traceback.
 """
 
+import difflib
+from typing import Any
+
+
+def did_you_mean(word: str, options: Any) -> str:
+    """' (did you mean 'x'?)' for the closest option, or '' when none is close."""
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
 
 class MftError(Exception):
     """Base of every error caused by user input."""

@@ -116,7 +116,7 @@ def _evaluate(job: TrialJob, model, tokenizer, val_batches) -> dict[str, float]:
     if job.evaluation is not None:
         evaluator = get_evaluator(job.evaluation.evaluator)
         problems = evaluator.load(job.evaluation.source, job.evaluation.limit)
-        scores = evaluator.evaluate(unwrap(model), tokenizer, problems, job.evaluation.generation_settings())
+        scores = evaluator.evaluate(unwrap(model), tokenizer, problems, job.evaluation.generation())
         metrics.update({f"eval_{k}": float(v) for k, v in scores.items()})
         metrics["metric"] = float(scores[evaluator.metric])
     elif "val_loss" in metrics:

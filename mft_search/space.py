@@ -15,7 +15,6 @@ sets reach Optuna as strings ("20-23", "q,k,v") because its categorical values m
 from __future__ import annotations
 
 import contextlib
-import difflib
 import importlib.util
 import typing
 import warnings
@@ -26,7 +25,7 @@ import optuna
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, create_model, field_validator, model_validator
 
 from .architectures import KINDS
-from .errors import ConfigError
+from .errors import ConfigError, did_you_mean
 from .masking import Init, MaskSpec, Mode
 from .training import TrainSettings
 
@@ -260,11 +259,6 @@ def _check_distinct(space: _MaskSpace) -> None:
             keys = [tuple(v) if isinstance(v, list) else v for v in dim]
             if len(set(keys)) != len(keys):
                 raise FieldIssue(name, f"{_yaml(dim)} lists a choice twice; list each once")
-
-
-def did_you_mean(word: str, options: Any) -> str:
-    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.5)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _yaml(value: Any) -> str:
