@@ -34,6 +34,17 @@ Kind = Literal["mft", "fft", "evaluate"]
 Baseline = Literal["unmasked", "random", "l1", "learned"]
 
 
+class EvalVariant(BaseModel):
+    """One model to evaluate: the backbone as is, with a baseline or learned mask, or other weights."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str  # the metrics' prefix: "<name>/metric"
+    baseline: Baseline = "unmasked"
+    mask_file: str | None = None  # "learned": the mask; random/l1: match its modules and counts
+    weights: str | None = None  # another checkpoint of the same architecture (continued FFT)
+
+
 class TrialJob(BaseModel):
     """Everything one trial needs; built by the sweep from the config and the sampled point."""
 
@@ -45,8 +56,7 @@ class TrialJob(BaseModel):
     data: DataSpec | None = None  # SFT data (mft/fft); its validation carve-out gives val_loss
     evaluation: EvalSpec | None = None  # the domain metric; None makes -val_loss the metric
     mask: MaskSpec | None = None  # mft; for random/l1 without a mask file, the modules and ratio
-    baseline: Baseline = "unmasked"  # evaluate: what to evaluate
-    mask_file: str | None = None  # evaluate "learned": the mask; random/l1: match its counts
+    variants: list[EvalVariant] = []  # evaluate: the models to score, one after another
     train: TrainSettings = TrainSettings()
     strategy: Literal["ddp", "fsdp"] = "ddp"
     cache_dir: str  # tokenised data, shared by all trials of a sweep
@@ -71,12 +81,10 @@ def run_job(job: TrialJob, session: Session) -> None:
     """Run `job` on this rank; every rank calls it, and rank 0's reports are the trial's."""
     torch.manual_seed(job.train.seed)
     tokenizer = load_tokenizer(job.backbone)
-    model = load_model(job.backbone, job.backbone.torch_dtype(session.device.type == "cuda"))
     if job.kind == "evaluate":
-        _apply_evaluated_mask(job, model)
-        model.to(session.device)
-        session.report(_evaluate(job, model, tokenizer, None), None)
+        session.report(_evaluate_variants(job, tokenizer, session.device), None)
         return
+    model = load_model(job.backbone, job.backbone.torch_dtype(session.device.type == "cuda"))
     fingerprint = backbone_fingerprint(model, _mask_module_names(model, job)) if job.kind == "mft" else ""
     if job.kind == "mft":
         attach_masks(model, job.mask)
@@ -90,21 +98,34 @@ def _mask_module_names(model, job: TrialJob) -> list[str]:
     return module_names(model.config.model_type, tuple(job.mask.blocks), kinds)
 
 
-def _apply_evaluated_mask(job: TrialJob, model) -> None:
-    if job.baseline == "unmasked":
+def _evaluate_variants(job: TrialJob, tokenizer, device: torch.device) -> dict[str, float]:
+    """Every variant's metrics, prefixed by its name; one model in memory at a time."""
+    metrics: dict[str, float] = {}
+    for variant in job.variants:
+        spec = job.backbone.model_copy(update={"source": variant.weights}) if variant.weights else job.backbone
+        model = load_model(spec, job.backbone.torch_dtype(device.type == "cuda"))
+        _apply_variant_mask(job, variant, model)
+        scores = _evaluate(job, model.to(device), tokenizer, None)
+        metrics.update({f"{variant.name}/{k}": v for k, v in scores.items()})
+        del model
+    return metrics
+
+
+def _apply_variant_mask(job: TrialJob, variant: EvalVariant, model) -> None:
+    if variant.baseline == "unmasked":
         return
-    if job.baseline == "learned" or job.mask_file:
-        mask_file = load_mask_file(job.mask_file)
+    if variant.mask_file:
+        mask_file = load_mask_file(variant.mask_file)
         verify_for_model(mask_file, model)
-    if job.baseline == "learned":
+    if variant.baseline == "learned":
         multiply_masks_in(model, mask_file.masks)
         return
-    if job.mask_file:  # same modules and per-module counts as the learned mask (global masks too)
+    if variant.mask_file:  # the learned mask's modules and per-module counts (global masks too)
         kept = mask_file.kept
     else:
         names = _mask_module_names(model, job)
         kept = kept_counts_for_ratio({n: model.get_submodule(n).weight.shape for n in names}, job.mask.ratio)
-    multiply_masks_in(model, baseline_masks(model, job.baseline, kept, job.mask.seed if job.mask else 0))
+    multiply_masks_in(model, baseline_masks(model, variant.baseline, kept, job.mask.seed if job.mask else 0))
 
 
 def _evaluate(job: TrialJob, model, tokenizer, val_batches) -> dict[str, float]:
@@ -152,8 +173,12 @@ class _Trainer:
         while self.progress["step"] < self.total_steps:
             step = self.progress["step"]
             micro_batches = self.data.step_batches(step)
-            losses.append(train_step(self.model, micro_batches, self.optimizer, self.scheduler, self.job.train,
-                                     self.session.device))
+            loss = train_step(self.model, micro_batches, self.optimizer, self.scheduler, self.job.train,
+                              self.session.device)
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"training loss became {loss} at step {step + 1}; "
+                                         "lower train.lr or check the data")
+            losses.append(loss)
             self.progress["step"] = step + 1
             if (step + 1) % self.eval_every == 0 or step + 1 == self.total_steps:
                 self._report(sum(losses) / len(losses), time.perf_counter() - start)
@@ -163,8 +188,9 @@ class _Trainer:
     def _report(self, train_loss: float, wall_s: float) -> None:
         self.progress["report"] += 1
         metrics = _evaluate(self.job, self.model, self.tokenizer, self.data.validation_batches())
-        metrics.update(train_loss=train_loss, step=self.progress["step"],
-                       epoch=self.progress["step"] / self.data.steps_per_epoch, train_wall_s=wall_s)
+        metrics.update(train_loss=train_loss, step=self.progress["step"], total_steps=self.total_steps,
+                       report=self.progress["report"], epoch=self.progress["step"] / self.data.steps_per_epoch,
+                       train_wall_s=wall_s)
         trainable = gather_trainable(self.model, self.job.kind)
         masks = masks_from_scores(trainable, self.job.mask) if self.job.kind == "mft" else {}
         if masks:

@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 from mft_search.evaluation.spec import EvalSpec
-from mft_search.job import LocalSession, TrialJob, run_job
+from mft_search.job import EvalVariant, LocalSession, TrialJob, run_job
 from mft_search.maskfile import load_mask_file
 from mft_search.masking import MaskSpec
 from mft_search.training import TrainSettings
@@ -93,7 +93,22 @@ def test_baselines_and_learned_masks_evaluate(tmp_path, tiny_backbone, gsm8k_sft
                 LocalSession(tmp_path / "mft"))
         mask_file = str(next((tmp_path / "artifacts" / "t").glob("*.mask.safetensors")))
     session = LocalSession(tmp_path / "eval")
-    run_job(make_job(tmp_path, tiny_backbone, None, kind="evaluate", baseline=baseline, mask_file=mask_file,
-                     evaluation=evaluation), session)
+    variant = EvalVariant(name=baseline, baseline=baseline, mask_file=mask_file)
+    run_job(make_job(tmp_path, tiny_backbone, None, kind="evaluate", variants=[variant], evaluation=evaluation),
+            session)
     (report,) = session.reports
-    assert 0.0 <= report["metric"] <= 1.0 and "eval_accuracy_flexible" in report
+    assert 0.0 <= report[f"{baseline}/metric"] <= 1.0 and f"{baseline}/eval_accuracy_flexible" in report
+
+
+def test_one_evaluation_job_scores_several_variants_including_other_weights(
+        tmp_path, tiny_backbone, gsm8k_sft, gsm8k_dir):
+    evaluation = EvalSpec(evaluator="gsm8k", source=str(gsm8k_dir / "test.jsonl"), limit=2, max_new_tokens=4)
+    run_job(make_job(tmp_path, tiny_backbone, gsm8k_sft, kind="fft", mask=None,
+                     train=SETTINGS.model_copy(update={"epochs": 1})), LocalSession(tmp_path / "fft"))
+    variants = [EvalVariant(name="unmasked"), EvalVariant(name="random", baseline="random"),
+                EvalVariant(name="continued", weights=str(tmp_path / "artifacts" / "t" / "report_001"))]
+    session = LocalSession(tmp_path / "eval")
+    run_job(make_job(tmp_path, tiny_backbone, None, kind="evaluate", variants=variants, evaluation=evaluation),
+            session)
+    (report,) = session.reports
+    assert {"unmasked/metric", "random/metric", "continued/metric"} <= set(report)
