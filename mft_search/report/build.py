@@ -1,0 +1,79 @@
+"""write_report: the leaderboard and the figures of one experiment directory, written atomically."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ConfigError
+from . import plots
+from .experiment import Study, load_experiment
+from .importance import param_importances
+from .leaderboard import StudyReport, render
+
+LEADERBOARD = "leaderboard.md"
+PLOTS = "plots"
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """What `write_report` wrote: the leaderboard and every figure, under the directory it was given."""
+
+    leaderboard: Path
+    plots: tuple[Path, ...]
+
+
+def write_report(exp_dir: Path) -> ReportFiles:
+    """Rebuild `<exp>/leaderboard.md` and `<exp>/plots/` from the files a sweep wrote.
+
+    Works on a finished or a running experiment and reads nothing but files: results.parquet,
+    studies/*/summary.json and studies/*/optuna.journal, none of which it modifies.
+
+        files = write_report(Path("runs/demo"))
+        print(files.leaderboard.read_text())
+    """
+    exp_dir = Path(exp_dir)
+    experiment = load_experiment(exp_dir)
+    reports = [_study_report(exp_dir, study) for study in experiment.studies]
+    leaderboard = exp_dir / LEADERBOARD
+    write_atomic(leaderboard, render(experiment, reports).encode())
+    return ReportFiles(leaderboard, tuple(exp_dir / p for r in reports for p in r.figures.values()))
+
+
+def _study_report(exp_dir: Path, study: Study) -> StudyReport:
+    """Draw and write the study's figures; a figure with nothing to show yet becomes a note."""
+    importances = param_importances(study.journal, study.name)
+    percent = study.metric_is_fraction()
+    unmasked = study.summary.row("unmasked") if study.summary else None
+    drawn = (  # title, file, figure, why it is missing (None: the importances line says why)
+        ("optimisation history", "history.png",
+         plots.history(study, percent, unmasked.validation if unmasked else None), "no trials yet"),
+        ("best metric by layer group x mask ratio", "heatmap.png",
+         plots.ratio_heatmap(study, percent), "no scored local-mode trial yet"),
+        ("parameter importances", "importances.png", plots.importance_bars(study, importances.values), None),
+    )
+    figures, notes = {}, []
+    for title, name, figure, why_not in drawn:
+        if figure is None:
+            notes += [f"No {title} figure: {why_not}"] if why_not else []
+            continue
+        relative = Path(PLOTS) / study.slug / name
+        write_atomic(exp_dir / relative, plots.png_bytes(figure))
+        figures[title] = relative
+    return StudyReport(study, importances, figures, tuple(notes))
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write through a temporary file and rename it, so that a reader never sees half a file."""
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(temporary, "xb") as out:  # plain open: permissions follow the umask
+            out.write(data)
+        os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise ConfigError(f"{path}: cannot write it ({exc.strerror}); the report writes into the experiment "
+                          "directory, so copy it somewhere writable first") from exc

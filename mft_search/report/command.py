@@ -1,0 +1,23 @@
+"""`python -m mft_search.report DIR`: rebuild and print the leaderboard of an experiment."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .build import write_report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m mft_search.report",
+        description="Rebuild leaderboard.md and plots/ of a finished or running experiment from its files.")
+    parser.add_argument("experiment", type=Path, help="the experiment directory a sweep wrote (<storage>/<name>)")
+    args = parser.parse_args(argv)
+    files = write_report(args.experiment)
+    print(files.leaderboard.read_text(), end="")
+    print(f"\nleaderboard: {files.leaderboard}")
+    print(f"plots ({len(files.plots)}):" if files.plots else "plots: none yet")
+    for path in files.plots:
+        print(f"  {path}")
+    return 0

@@ -1,0 +1,171 @@
+"""leaderboard.md: per backbone x domain the paper's Table 1 with the verdict, then the trials."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .experiment import Experiment, Study, Summary, SummaryRow
+from .importance import Importances
+
+ROW_LABELS = {"unmasked": "Unmasked backbone", "random": "Random mask", "l1": "L1 mask",
+              "continued_fft": "Continued FFT", "best_mft": "Best MFT"}
+# The selected configuration, in the order a reader compares trials by.
+CONFIG_PARAMS = {"layer_group": "layer group", "mode": "mode", "ratio": "ratio", "threshold": "threshold",
+                 "init": "init", "lr": "lr"}
+STATUSES = ("completed", "pruned", "failed", "running")
+TOP = 5
+
+
+@dataclass(frozen=True)
+class StudyReport:
+    """What the leaderboard says about one study besides its files: importances and figures."""
+
+    study: Study
+    importances: Importances
+    figures: dict[str, Path] = field(default_factory=dict)  # title -> path relative to the experiment
+    notes: tuple[str, ...] = ()  # why a figure is missing
+
+
+def render(experiment: Experiment, reports: list[StudyReport]) -> str:
+    """The whole leaderboard as Markdown."""
+    evaluated = sum(r.study.summary is not None for r in reports)
+    trials = sum(len(r.study.trials) for r in reports)
+    lines = [f"# MFT leaderboard: {experiment.path.resolve().name}", "",
+             f"{len(reports)} studies ({evaluated} evaluated, {len(reports) - evaluated} pending), "
+             f"{trials} trials. Rebuilt from the files on disk by `python -m mft_search.report`.", ""]
+    for report in reports:
+        lines += _study_section(experiment.path, report)
+    lines += _trials_section([r.study for r in reports])
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _study_section(exp_dir: Path, report: StudyReport) -> list[str]:
+    study = report.study
+    lines = [f"## {study.backbone} / {study.domain}", ""]
+    if study.summary is None:
+        pending = f"{len(study.trials)} trials so far, no studies/{study.slug}/summary.json yet"
+        lines += [f"Evaluation pending: {pending}.", ""]
+    else:
+        lines += _table1(exp_dir, study.summary, study.metric_is_fraction())
+    lines += _figures(report)
+    return lines
+
+
+def _table1(exp_dir: Path, summary: Summary, percent: bool) -> list[str]:
+    lines = [f"Metric: {summary.metric_name}{' (%)' if percent else ''}, higher is better. "
+             f"Validation: {summary.validation_benchmark or 'n/a'}. Test: {summary.test_benchmark or 'none'}.", ""]
+    if summary.rows:  # none when no trial finished with a metric: then only the verdict speaks
+        lines += _rows_table(summary, percent)
+    best = summary.row("best_mft")
+    if best is not None:
+        lines += _selection(exp_dir, best)
+    return lines + [f"**Verdict:** {summary.verdict or 'none recorded'}", ""]
+
+
+def _rows_table(summary: Summary, percent: bool) -> list[str]:
+    unmasked = summary.row("unmasked")
+    unit = "points" if percent else summary.metric_name
+    lines = [f"| Model | Validation | Test | Test gain over unmasked ({unit}) |", "|---|---:|---:|---:|"]
+    for row in _ordered(summary.rows):
+        gain = "—" if row.name == "unmasked" else _gain(row.test, unmasked.test if unmasked else None, percent)
+        label = ROW_LABELS.get(row.name, row.name) + ("" if row.selected else " (not selected)")
+        lines.append(f"| {label} | {_metric(row.validation, percent)} | {_metric(row.test, percent)} | {gain} |")
+    return lines + [""]
+
+
+def _selection(exp_dir: Path, best: SummaryRow) -> list[str]:
+    config = ", ".join(f"{label} {_value(best.params[name])}" for name, label in CONFIG_PARAMS.items()
+                       if _present(best.params.get(name)))
+    trial = f" (trial {best.trial_id})" if best.trial_id else ""
+    if not best.selected:
+        # Said here in plain words whatever the verdict's wording: nothing was exported.
+        return ["**No mask beat the unmasked model on validation**, so no mask was selected or exported. "
+                f"Best trial for reference{trial}: {config or 'parameters not recorded'}.", ""]
+    lines = [f"**Selected configuration**{trial}: {config or 'parameters not recorded'}."]
+    if best.mask:
+        missing = "" if (exp_dir / best.mask).is_file() else " (missing on disk)"
+        lines += ["", f"Mask: `{best.mask}`{missing}"]
+    return lines + [""]
+
+
+def _figures(report: StudyReport) -> list[str]:
+    imp = report.importances
+    if imp.values:
+        ranked = ", ".join(f"{name} {value:.2f}" for name, value in imp.values.items())
+        caveat = f" ({imp.note})" if imp.note else ""
+        lines = [f"- Parameter importances (completed trials): {ranked}{caveat}"]
+    else:
+        lines = [f"- Parameter importances skipped: {imp.note}"]
+    lines += [f"- {note}" for note in report.notes]
+    lines.append("")
+    if report.figures:
+        lines += [f"![{title}]({path.as_posix()})" for title, path in report.figures.items()] + [""]
+    return lines
+
+
+def _trials_section(studies: list[Study]) -> list[str]:
+    lines = ["## Trials", "", f"| Study | {' | '.join(STATUSES)} | other | total |",
+             "|---|" + "---:|" * (len(STATUSES) + 2)]
+    for study in studies:
+        counts = study.trials["status"].value_counts()
+        known = [int(counts.get(s, 0)) for s in STATUSES]
+        total = len(study.trials)
+        lines.append(f"| {study.name} | {' | '.join(map(str, known))} | {total - sum(known)} | {total} |")
+    lines.append("")
+    for study in studies:
+        lines += _top_trials(study)
+    return lines
+
+
+def _top_trials(study: Study) -> list[str]:
+    # Ranked as the sweep selects: failed trials never qualify; ties go to the earlier trial.
+    trials = study.trials[study.trials["status"] != "failed"].dropna(subset=["metric"])
+    scored = trials.sort_values("metric", ascending=False, kind="stable")
+    lines = [f"### {study.name}: top {TOP} trials by validation metric (failed trials excluded)", ""]
+    if scored.empty:
+        return lines + ["No trial has a validation metric yet.", ""]
+    percent = study.metric_is_fraction()
+    lines += ["| # | Trial | Stage | Status | Metric | Report | Layer group | Mode | Ratio / threshold | Init | LR |",
+              "|---:|---|---|---|---:|---:|---|---|---:|---|---:|"]
+    for rank, (_, t) in enumerate(scored.head(TOP).iterrows(), start=1):
+        cut = t.get("param.ratio") if _present(t.get("param.ratio")) else t.get("param.threshold")
+        cells = [rank, t["trial_id"], t["stage"], t["status"], _metric(t["metric"], percent),
+                 _value(t["report"]), *(_value(t.get(f"param.{n}")) for n in ("layer_group", "mode")),
+                 _value(cut), _value(t.get("param.init")), _value(t.get("param.lr"))]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return lines + [""]
+
+
+def _ordered(rows: tuple[SummaryRow, ...]) -> list[SummaryRow]:
+    """Table 1's order, then any baseline this report does not know, as the sweep listed them."""
+    known = list(ROW_LABELS)
+    return sorted(rows, key=lambda r: known.index(r.name) if r.name in known else len(known))
+
+
+def _metric(value: Any, percent: bool) -> str:
+    if not _present(value):
+        return "n/a"
+    return f"{100 * value:.1f}" if percent else f"{value:.3f}"
+
+
+def _gain(value: Any, reference: Any, percent: bool) -> str:
+    if not (_present(value) and _present(reference)):
+        return "n/a"
+    return f"{100 * (value - reference):+.1f}" if percent else f"{value - reference:+.3f}"
+
+
+def _value(value: Any) -> str:
+    if not _present(value):
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def _present(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value)) and value is not pd.NA

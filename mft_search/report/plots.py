@@ -1,0 +1,128 @@
+"""The report's figures, drawn on bare `Figure` objects: no pyplot, so no display, no global
+state and no backend to configure; `savefig` renders through Agg.
+
+Each function returns None when the study has nothing to draw yet.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from .experiment import Study
+
+MAX_RATIO_COLUMNS = 8  # beyond this many distinct ratios (a continuous range), bin them
+STATUS_STYLES = {"completed": ("o", "tab:blue"), "pruned": ("v", "tab:orange"), "running": ("s", "tab:gray"),
+                 "failed": ("x", "tab:red")}
+
+
+def png_bytes(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def ratio_heatmap(study: Study, percent: bool) -> Figure | None:
+    """Best metric by layer group (rows, shallow to deep) x mask ratio: the paper's Fig. 3."""
+    grid = _ratio_grid(study.trials)
+    if grid is None:
+        return None
+    scale = 100.0 if percent else 1.0
+    figure = Figure(figsize=(1.2 + 0.9 * grid.shape[1], 1.0 + 0.45 * grid.shape[0]))
+    axes = figure.subplots()
+    values = np.ma.masked_invalid(grid.to_numpy(dtype=float) * scale)  # masked cells stay blank
+    image = axes.imshow(values, cmap="viridis", aspect="auto")
+    for (i, j), value in np.ndenumerate(values.filled(np.nan)):
+        if np.isfinite(value):
+            axes.text(j, i, f"{value:.1f}" if percent else f"{value:.3g}", ha="center", va="center",
+                      color="black" if image.norm(value) > 0.6 else "white", fontsize=8)
+    axes.set_xticks(range(grid.shape[1]), grid.columns, rotation=45, ha="right")
+    axes.set_yticks(range(grid.shape[0]), grid.index)
+    axes.set_xlabel("mask ratio (local mode)")
+    axes.set_ylabel("layer group")
+    axes.set_title(f"{study.name}: best validation {_unit(percent)}")
+    figure.colorbar(image, ax=axes)
+    return figure
+
+
+def history(study: Study, percent: bool, reference: float | None) -> Figure | None:
+    """Each trial's best metric in results.parquet's order (stage, then trial id: creation order
+    for Ray Tune's ids), the running best of the trials selection may pick, pruned/failed marked."""
+    trials = study.trials
+    if trials.empty:
+        return None
+    scale = 100.0 if percent else 1.0
+    metric = trials["metric"].astype(float) * scale
+    figure = Figure(figsize=(7, 4))
+    axes = figure.subplots()
+    for status, (marker, color) in STATUS_STYLES.items():
+        mine = trials["status"] == status
+        if mine.any():
+            axes.scatter(trials["order"][mine], metric[mine], marker=marker, color=color, label=status,
+                         zorder=3)
+    unscored = trials["order"][metric.isna()]  # failed before any report: marked on the x axis
+    axes.plot(unscored, np.zeros(len(unscored)), "x", color=STATUS_STYLES["failed"][1],
+              transform=axes.get_xaxis_transform(), clip_on=False)
+    selectable = metric.where(trials["status"] != "failed")  # the sweep never selects a failed trial
+    axes.step(trials["order"], selectable.cummax().ffill(), where="post", color="black", label="running best")
+    if reference is not None:
+        axes.axhline(reference * scale, color="gray", linestyle="--", label="unmasked")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_xlabel("trial")
+    axes.set_ylabel(f"validation {_unit(percent)}")
+    axes.set_title(f"{study.name}: optimisation history")
+    axes.legend(fontsize=8)
+    return figure
+
+
+def importance_bars(study: Study, importances: dict[str, float]) -> Figure | None:
+    if not importances:
+        return None
+    names = list(importances)[::-1]  # largest on top
+    figure = Figure(figsize=(6, 1.0 + 0.4 * len(names)))
+    axes = figure.subplots()
+    axes.barh(names, [importances[n] for n in names], color="tab:blue")
+    axes.set_xlabel("importance (normalised)")
+    axes.set_title(f"{study.name}: parameter importances (completed trials)")
+    return figure
+
+
+def _ratio_grid(trials: pd.DataFrame) -> pd.DataFrame | None:
+    """Layer group x ratio table of best metrics; NaN where no trial ran."""
+    if trials.empty or not {"param.layer_group", "param.ratio"} <= set(trials.columns):
+        return None
+    local = trials.dropna(subset=["metric", "param.ratio"])
+    if "param.mode" in local.columns:
+        local = local[local["param.mode"] == "local"]
+    if local.empty:
+        return None
+    ratios = local["param.ratio"].astype(float)
+    column = ratios.map(lambda r: f"{r:.3g}") if ratios.nunique() <= MAX_RATIO_COLUMNS else _ratio_bins(ratios)
+    grid = local.assign(column=column).pivot_table(index="param.layer_group", columns="column",
+                                                   values="metric", aggfunc="max")
+    columns = sorted(grid.columns, key=lambda c: float(str(c).split("–")[0]))
+    rows = sorted(grid.index, key=_first_block)
+    return grid.reindex(index=rows, columns=columns)
+
+
+def _ratio_bins(ratios: pd.Series) -> pd.Series:
+    # Ratios are usually searched on a log range, so log-spaced bins keep the small ones apart.
+    edges = np.geomspace(ratios.min(), ratios.max(), MAX_RATIO_COLUMNS // 2 + 1)
+    for digits in (2, 3, 4, 6):  # the fewest digits that still tell the bins apart
+        labels = [f"{lo:.{digits}g}–{hi:.{digits}g}" for lo, hi in zip(edges[:-1], edges[1:])]
+        if len(set(labels)) == len(labels):
+            break
+    return pd.cut(ratios, edges, labels=labels, include_lowest=True).astype(str)
+
+
+def _first_block(group: str) -> tuple[int, ...]:
+    return tuple(int(b) for b in re.findall(r"\d+", str(group)))
+
+
+def _unit(percent: bool) -> str:
+    return "metric (%)" if percent else "metric"
