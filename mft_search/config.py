@@ -266,9 +266,22 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def parse_config(data: dict[str, Any]) -> SweepConfig:
     """SweepConfig from a mapping; a ValidationError becomes one ConfigError naming the first bad field."""
     try:
-        return SweepConfig.model_validate(data)
+        return _expand_home(SweepConfig.model_validate(data))
     except ValidationError as exc:
         raise ConfigError(format_error(exc.errors()[0])) from None
+
+
+def _expand_home(cfg: SweepConfig) -> SweepConfig:
+    """A leading ~ in a model or data path means the user's home, as in a shell."""
+    def home(spec):
+        if spec is None or not (spec.source or "").startswith("~"):
+            return spec
+        return spec.model_copy(update={"source": str(Path(spec.source).expanduser())})
+
+    backbones = [home(b) for b in cfg.backbones]
+    domains = [d.model_copy(update={"train": home(d.train), "validation": home(d.validation), "test": home(d.test)})
+               for d in cfg.domains]
+    return cfg.model_copy(update={"backbones": backbones, "domains": domains})
 
 
 def format_error(error: dict[str, Any]) -> str:

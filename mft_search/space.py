@@ -327,8 +327,17 @@ def define_by_run(space: SearchSpace) -> Callable[[optuna.Trial], dict[str, Any]
     It returns the flat parameter dict, fixed values included (Ray's OptunaSearch merges the
     returned constants into the trial config); `params_to_trial` turns it into a trial.
     """
+    return _DefineByRun(space)
 
-    def sample(trial: optuna.Trial) -> dict[str, Any]:
+
+class _DefineByRun:
+    """A picklable sampler function: Tune pickles the searcher, with its space, at every save."""
+
+    def __init__(self, space: SearchSpace) -> None:
+        self.space = space
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        space = self.space
         params = {"layer_group": _sample_layer_group(trial, space.layer_group)}
         if space.kinds is not None:
             params["kinds"] = _sample(trial, "kinds", [",".join(k) for k in space.kinds])
@@ -338,8 +347,6 @@ def define_by_run(space: SearchSpace) -> Callable[[optuna.Trial], dict[str, Any]
             if getattr(space, name) is not None:
                 params[name] = _sample(trial, name, getattr(space, name))
         return params
-
-    return sample
 
 
 def _sample_layer_group(trial: optuna.Trial, lg: list[list[int]] | LayerRange) -> str:

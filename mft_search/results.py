@@ -1,0 +1,82 @@
+"""results.parquet: every report of every trial, written as trials finish (no Ray here).
+
+One row per (study, stage, trial, report), upserted by that key, so a resumed sweep that
+replays or continues a trial never duplicates or loses a row. Each write goes to a temporary
+file renamed into place: a reader (or a crash) never sees half a file.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+KEY = ("study", "stage", "trial_id", "report")
+REPORT_FIELDS = ("step", "total_steps", "epoch", "metric", "val_loss", "train_loss", "kept_fraction")
+
+
+class ResultsTable:
+    """The experiment's results.parquet, held in memory and flushed atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._rows: dict[tuple, dict[str, Any]] = {}
+        if self.path.exists():
+            for row in pd.read_parquet(self.path).to_dict("records"):
+                self._rows[tuple(row[k] for k in KEY)] = row
+
+    def add_report(self, base: dict[str, Any], params: dict[str, Any], result: dict[str, Any]) -> None:
+        """Record one report of a running trial (status "running" until it finishes)."""
+        row = {**base, "status": "running", "error": None, "report": int(result.get("report", 0))}
+        row.update({k: _float(result.get(k)) for k in REPORT_FIELDS})
+        row.update({k: _float(v) for k, v in result.items() if k.startswith("eval_")})
+        row["wall_s"] = _float(result.get("time_total_s"))
+        row.update({f"param.{k}": v for k, v in params.items()})
+        self._rows[tuple(row[k] for k in KEY)] = row
+
+    def finish(self, study: str, stage: str, trial_id: str, status: str, error: str | None = None) -> None:
+        """Mark every row of a trial completed, pruned or failed (adding one row if it never reported)."""
+        rows = self.trial_rows(study, stage, trial_id)
+        if not rows:
+            row = {"study": study, "stage": stage, "trial_id": trial_id, "report": 0}
+            self._rows[tuple(row[k] for k in KEY)] = row
+            rows = [row]
+        for row in rows:
+            row["status"], row["error"] = status, error
+
+    def trial_rows(self, study: str, stage: str, trial_id: str) -> list[dict[str, Any]]:
+        return [r for k, r in self._rows.items() if k[:3] == (study, stage, trial_id)]
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(sorted(self._rows.values(), key=lambda r: tuple(str(r[k]) for k in KEY)))
+
+    def flush(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".results.", suffix=".parquet")
+        os.close(fd)
+        try:
+            self.frame().to_parquet(tmp, index=False)
+            os.replace(tmp, self.path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def trial_status(last_result: dict[str, Any] | None, errored: bool) -> str:
+    """completed (ran all its steps), pruned (stopped early by ASHA) or failed."""
+    if errored:
+        return "failed"
+    if last_result and last_result.get("step", 0) < last_result.get("total_steps", 0):
+        return "pruned"
+    return "completed"
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan

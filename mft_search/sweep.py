@@ -1,0 +1,135 @@
+"""python -m mft_search.sweep [--config FILE] [--resume] [--dry-run] [--storage PATH]
+
+Searches, per backbone x domain, the mask that makes a fine-tuned model better: a probe stage
+(Optuna + ASHA on a fraction of the data), a refine stage (the best probe points on all of it),
+selection on validation, then the selected mask and every baseline on the test benchmark.
+
+Inside `ray job submit`, or with RAY_ADDRESS set, it joins that cluster; otherwise it starts a
+local Ray sized to this machine and shuts it down at the end. With no --config it runs the
+embedded demo (search_spaces/demo.yaml), building its tiny backbone first if needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from . import cli
+from .config import SweepConfig, check_against_models, check_data, describe_plan, load_config_file, resolve_storage
+from .errors import ConfigError
+
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "search_spaces" / "demo.yaml"
+NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "lustre", "gpfs", "ceph", "glusterfs", "beegfs", "fuse")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    started = time.perf_counter()
+    if args.config is None and not args.dry_run:
+        from .demo import build_demo
+
+        build_demo()
+    cfg = load_config_file(args.config or DEMO_CONFIG)
+    if args.storage:
+        cfg = cfg.model_copy(update={"storage": args.storage})
+    model_configs = check_against_models(cfg) if args.config or _demo_built() else {}
+    check_data(cfg)
+    exp_dir = Path(resolve_storage(cfg)) / cfg.name
+    _check_experiment_dir(exp_dir, args.resume, args.dry_run)
+    print(describe_plan(cfg, model_configs), flush=True)
+    if args.dry_run:
+        if not model_configs:
+            print("note: the demo backbone is not built yet; a real run builds it first")
+        return 0
+    with ray_session() as cluster:
+        check_cluster(cfg, cluster, exp_dir)
+        from .orchestration import run_sweep
+
+        leaderboard = run_sweep(cfg, exp_dir, resume=args.resume)
+    print(leaderboard)
+    print(f"outputs in {exp_dir} ({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m mft_search.sweep", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="sweep YAML (default: the embedded demo)")
+    parser.add_argument("--resume", action="store_true", help="finish an interrupted sweep of the same name")
+    parser.add_argument("--dry-run", action="store_true", help="validate everything and print the plan; run nothing")
+    parser.add_argument("--storage", help="override the config's storage (local dir; every node must reach it)")
+    return parser
+
+
+def _demo_built() -> bool:
+    from .demo import demo_dir
+
+    return (demo_dir() / ".complete").exists()
+
+
+def _check_experiment_dir(exp_dir: Path, resume: bool, dry_run: bool) -> None:
+    """A finished or half-finished experiment is never overwritten by accident."""
+    exists = (exp_dir / "results.parquet").exists() or (exp_dir / "studies").exists()
+    if exists and not resume and not dry_run:
+        raise ConfigError(f"name: {exp_dir} already holds an experiment; pass --resume to finish it, "
+                          "or choose another name")
+    if resume and not exists:
+        raise ConfigError(f"--resume: {exp_dir} holds no experiment to resume; run without --resume")
+
+
+@contextlib.contextmanager
+def ray_session() -> Iterator[dict]:
+    """Join the cluster we run in, or start a local Ray for this sweep and stop it afterwards."""
+    import ray
+
+    joined = ray.is_initialized() or bool(os.environ.get("RAY_ADDRESS"))
+    if not ray.is_initialized():
+        if joined:
+            ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
+        else:
+            # The dashboard serves the state API that Ray Train's placement-group cleaner needs:
+            # without it, groups of stopped trials leak and the sweep waits forever.
+            ray.init(num_cpus=os.cpu_count(), log_to_driver=False)
+    try:
+        yield {"resources": ray.cluster_resources(), "nodes": [n for n in ray.nodes() if n.get("Alive")]}
+    finally:
+        if not joined:
+            ray.shutdown()
+
+
+def check_cluster(cfg: SweepConfig, cluster: dict, exp_dir: Path) -> None:
+    """ConfigError when a trial can never be placed, or storage cannot be shared."""
+    r, nodes = cfg.resources, cluster["nodes"]
+    need = {"CPU": r.cpus_per_worker, "GPU": r.gpus_per_worker}
+    fits = [n for n in nodes if all(n["Resources"].get(k, 0) >= v for k, v in need.items() if v)]
+    total = {k: cluster["resources"].get(k, 0) for k in need}
+    if not fits or any(r.workers_per_trial * v > total[k] for k, v in need.items() if v):
+        raise ConfigError(
+            f"resources: a trial needs {r.workers_per_trial} worker(s) x ({r.cpus_per_worker:g} CPU, "
+            f"{r.gpus_per_worker:g} GPU) but the cluster has {total['CPU']:g} CPU and {total['GPU']:g} GPU in all; "
+            "lower resources.workers_per_trial or the per-worker needs")
+    if len(nodes) > 1 and not _on_network_filesystem(exp_dir):
+        raise ConfigError(f"storage: {exp_dir} is local to this node but the cluster has {len(nodes)} nodes; "
+                          "use a directory on a shared filesystem (NFS) that every node mounts")
+
+
+def _on_network_filesystem(path: Path) -> bool:
+    try:
+        mounts = [line.split() for line in Path("/proc/mounts").read_text().splitlines()]
+    except OSError:
+        return False
+    best = ("", "")
+    for fields in mounts:
+        mount_point, fs_type = fields[1], fields[2]
+        if str(path).startswith(mount_point) and len(mount_point) > len(best[0]):
+            best = (mount_point, fs_type)
+    return best[1].split(".")[0] in NETWORK_FILESYSTEMS
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

@@ -1,0 +1,217 @@
+"""The tune layer: one Optuna study per (backbone, domain), searched by Ray Tune with ASHA.
+
+Each Tune trial is a small driver function that builds a TorchTrainer for its sampled point and
+fits it; TuneReportCallback forwards rank 0's (already all-reduced) metrics to Tune. The Optuna
+study lives in a JournalStorage file in the experiment directory, so optuna-dashboard and
+`optuna.importance` work on it and it survives a restart of the driver.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import optuna
+from optuna.trial import TrialState
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from .backbone import BackboneSpec
+from .config import DomainSpec, SweepConfig
+from .job import TrialJob
+from .masking import MaskSpec
+from .results import ResultsTable, trial_status
+from .space import define_by_run, enqueue_points, make_sampler, params_to_trial
+from .worker import Placement, build_trainer
+
+Stage = Literal["probe", "refine"]
+DRIVER_CPU = 0.01
+
+
+@dataclass(frozen=True)
+class Study:
+    """One (backbone, domain) pair of a sweep and where its files go."""
+
+    cfg: SweepConfig
+    backbone: BackboneSpec
+    domain: DomainSpec
+    exp_dir: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.backbone.label}/{self.domain.name}"
+
+    @property
+    def slug(self) -> str:
+        return f"{self.backbone.label}__{self.domain.name}"
+
+    @property
+    def dir(self) -> Path:
+        return self.exp_dir / "studies" / self.slug
+
+    @property
+    def placement(self) -> Placement:
+        r = self.cfg.resources
+        return Placement(num_workers=r.workers_per_trial, cpus_per_worker=r.cpus_per_worker,
+                         gpus_per_worker=r.gpus_per_worker)
+
+    def job(self, kind: str, name: str, **fields: Any) -> TrialJob:
+        """A TrialJob of this study with the sweep's shared settings filled in."""
+        defaults = dict(backbone=self.backbone, evaluation=self.domain.validation, train=self.cfg.train,
+                        strategy=self.cfg.resources.strategy, cache_dir=str(self.exp_dir / "cache"),
+                        artifact_dir=str(self.dir / "artifacts" / name))
+        return TrialJob(name=name, kind=kind, **{**defaults, **fields})
+
+    def mft_job(self, params: dict[str, Any], trial_id: str, stage: Stage) -> TrialJob:
+        mask_kwargs, train = params_to_trial(params, self.cfg)
+        data = self.domain.train
+        if stage == "probe":
+            data = data.model_copy(update={"fraction": data.fraction * self.cfg.stages.probe.data_fraction})
+        return self.job("mft", f"{self.slug}-{stage}-{trial_id}", data=data, mask=MaskSpec(**mask_kwargs),
+                        train=train)
+
+    def run_dir(self) -> str:
+        return str(self.exp_dir / "ray")
+
+
+def _trial_driver(config: dict[str, Any], study: Study, stage: Stage) -> None:
+    """One Tune trial: a Ray Train run of MFT at the sampled point."""
+    trial_id = tune.get_context().get_trial_id()
+    job = study.mft_job(_params(config), trial_id, stage)
+    build_trainer(job, study.placement, storage_path=study.run_dir(), callbacks=[TuneReportCallback()],
+                  max_failures=1).fit()
+
+
+def _params(config: dict[str, Any]) -> dict[str, Any]:
+    return config.get("params", config)  # refine trials carry their fixed point under "params"
+
+
+class PrunedAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that records ASHA-stopped trials as PRUNED and failed ones as FAIL.
+
+    Ray's own marks a trial COMPLETE whenever it has a last value, early stop or error alike,
+    which feeds TPE and the importance figures with half-trained scores as if they were final.
+    """
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        status = trial_status(result, error)
+        if status == "completed" or trial_id in self._completed_trials:
+            return super().on_trial_complete(trial_id, result, error)
+        state = TrialState.FAIL if status == "failed" else TrialState.PRUNED
+        self._ot_study.tell(self._ot_trials[trial_id], state=state)
+        self._completed_trials.add(trial_id)
+
+
+def journal_storage(study: Study) -> optuna.storages.JournalStorage:
+    from optuna.storages.journal import JournalFileBackend
+
+    study.dir.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.JournalStorage(JournalFileBackend(str(study.dir / "optuna.journal")))
+
+
+def make_searcher(study: Study) -> PrunedAwareOptunaSearch:
+    search = study.cfg.search
+    return PrunedAwareOptunaSearch(
+        space=define_by_run(search.space), metric="metric", mode="max",
+        points_to_evaluate=enqueue_points(search.space, search.enqueue) or None,
+        sampler=make_sampler(search.algorithm, search.seed, search.space),
+        study_name=study.name, storage=journal_storage(study))
+
+
+def make_scheduler(study: Study):
+    asha = study.cfg.search.asha
+    if asha is None:
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr="training_iteration", metric="metric", mode="max", max_t=_max_reports(study),
+                         grace_period=asha.grace_period, reduction_factor=asha.reduction_factor)
+
+
+def _max_reports(study: Study) -> int:
+    # Reports come once per epoch unless eval_every_steps is set; then the count depends on the
+    # data size, and a generous bound only means ASHA's last rung is never reached.
+    train = study.cfg.train
+    epochs = study.cfg.search.space.epochs
+    most = max(epochs) if isinstance(epochs, list) else getattr(epochs, "high", epochs) or train.epochs
+    return max(1, math.ceil(most)) if train.eval_every_steps is None else 10_000
+
+
+class Recorder(tune.Callback):
+    """Writes every report to results.parquet and prints one line per finished trial."""
+
+    def __init__(self, table: ResultsTable, study: Study, stage: Stage, log=print) -> None:
+        self.table, self.study, self.stage, self.log = table, study, stage, log
+        self._last: dict[str, dict] = {}
+
+    def _base(self, trial) -> dict[str, Any]:
+        r = self.study.cfg.resources
+        return {"study": self.study.name, "backbone": self.study.backbone.label, "domain": self.study.domain.name,
+                "stage": self.stage, "trial_id": trial.trial_id, "seed": self.study.cfg.seed,
+                "workers": r.workers_per_trial, "cpus_per_worker": r.cpus_per_worker,
+                "gpus_per_worker": r.gpus_per_worker}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        base = self._base(trial)
+        report = int(result.get("report", 0))
+        name = f"{self.study.slug}-{self.stage}-{trial.trial_id}"
+        base["mask_path"] = str(self.study.dir / "artifacts" / name / f"report_{report:03d}.mask.safetensors")
+        self.table.add_report(base, _params(trial.config), result)
+        self._last[trial.trial_id] = result
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._finish(trial, errored=False)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._finish(trial, errored=True)
+
+    def _finish(self, trial, errored: bool) -> None:
+        last = self._last.get(trial.trial_id)
+        status = trial_status(last, errored)
+        error = _error_text(trial) if errored else None
+        self.table.finish(self.study.name, self.stage, trial.trial_id, status, error)
+        self.table.flush()
+        score = f"metric {last['metric']:.4f}" if last and "metric" in last else "no report"
+        self.log(f"[{self.study.name} {self.stage}] trial {trial.trial_id} {status}: {score} "
+                 f"({_describe(_params(trial.config))})" + (f" - {error}" if error else ""))
+
+
+def _error_text(trial) -> str:
+    """The last line of the trial's error: the reason, not Ray's traceback."""
+    path = getattr(trial, "error_file", None)
+    try:
+        lines = [l for l in Path(path).read_text().splitlines() if l.strip()] if path else []
+    except OSError:
+        lines = []
+    return lines[-1][:300] if lines else "failed"
+
+
+def _describe(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+def run_stage(study: Study, stage: Stage, table: ResultsTable, *, resume: bool, points: list[dict] | None = None,
+              log=print) -> tune.ResultGrid:
+    """Run (or resume) the probe search or the refine re-runs of one study."""
+    # The trial driver only waits on its Train run, whose workers hold the real resources; a
+    # sliver of CPU (Tune refuses an empty request) keeps drivers from using up the CPUs.
+    trainable = tune.with_resources(tune.with_parameters(_trial_driver, study=study, stage=stage),
+                                    {"CPU": DRIVER_CPU})
+    name = f"{study.slug}-{stage}"
+    path = Path(study.run_dir()) / name
+    if resume and tune.Tuner.can_restore(str(path)):
+        log(f"[{study.name} {stage}] resuming from {path}")
+        return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=False,
+                                  restart_errored=False).fit()
+    run_config = tune.RunConfig(name=name, storage_path=study.run_dir(), callbacks=[Recorder(table, study, stage, log)],
+                                failure_config=tune.FailureConfig(max_failures=study.cfg.retries), verbose=1)
+    search = study.cfg.search
+    if stage == "probe":
+        tune_config = tune.TuneConfig(search_alg=make_searcher(study), scheduler=make_scheduler(study),
+                                      num_samples=search.trials, max_concurrent_trials=search.max_concurrent_trials)
+        return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config).fit()
+    tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=search.max_concurrent_trials)
+    return tune.Tuner(trainable, param_space={"params": tune.grid_search(points or [])}, tune_config=tune_config,
+                      run_config=run_config).fit()
