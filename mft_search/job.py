@@ -8,6 +8,7 @@ reports metrics and checkpoints: worker.py gives it Ray Train's, tests give it a
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from .checkpoint import gather_trainable, load_progress, load_trainable, save_st
 from .evaluation.spec import EvalSpec
 from .data import DataSpec
 from .evaluation import get_evaluator
+from .evaluation.base import rank_and_world
 from .evaluation.loss import evaluate_loss
 from .maskfile import backbone_fingerprint, load_mask_file, save_mask_file, verify_for_model
 from .masking import MaskSpec, attach_masks, multiply_masks_in
@@ -82,7 +84,13 @@ def run_job(job: TrialJob, session: Session) -> None:
     torch.manual_seed(job.train.seed)
     tokenizer = load_tokenizer(job.backbone)
     if job.kind == "evaluate":
-        session.report(_evaluate_variants(job, tokenizer, session.device), None)
+        metrics = _evaluate_variants(job, tokenizer, session.device)
+        checkpoint = None
+        if session.rank == 0:  # Ray Train keeps the metrics of checkpointed reports only
+            checkpoint = session.new_checkpoint_dir()
+            checkpoint.mkdir(parents=True, exist_ok=True)
+            (checkpoint / "metrics.json").write_text(json.dumps(metrics))
+        session.report(metrics, checkpoint)
         return
     model = load_model(job.backbone, job.backbone.torch_dtype(session.device.type == "cuda"))
     fingerprint = backbone_fingerprint(model, _mask_module_names(model, job)) if job.kind == "mft" else ""
@@ -101,11 +109,20 @@ def _mask_module_names(model, job: TrialJob) -> list[str]:
 def _evaluate_variants(job: TrialJob, tokenizer, device: torch.device) -> dict[str, float]:
     """Every variant's metrics, prefixed by its name; one model in memory at a time."""
     metrics: dict[str, float] = {}
+    val_batches = None
+    if job.data is not None:  # validation loss too: the metric of a domain without a benchmark
+        from .data import tokenized_dataset
+        from .training_data import rank_batches
+
+        rank, world = rank_and_world()
+        dataset = tokenized_dataset(job.data, tokenizer, Path(job.cache_dir), "validation")
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        val_batches = rank_batches(dataset, rank, world, job.train.micro_batch_size, pad)
     for variant in job.variants:
         spec = job.backbone.model_copy(update={"source": variant.weights}) if variant.weights else job.backbone
         model = load_model(spec, job.backbone.torch_dtype(device.type == "cuda"))
         _apply_variant_mask(job, variant, model)
-        scores = _evaluate(job, model.to(device), tokenizer, None)
+        scores = _evaluate(job, model.to(device), tokenizer, val_batches)
         metrics.update({f"{variant.name}/{k}": v for k, v in scores.items()})
         del model
     return metrics

@@ -78,10 +78,9 @@ def _evaluate(study: Study, table: ResultsTable, log) -> None:
     baselines = study.cfg.baselines
     masks = [EvalVariant(name=b, baseline=b, mask_file=winner.mask_path) for b in ("random", "l1") if b in baselines]
     validation = {"best_mft": winner.metric}
-    if study.domain.validation is not None:
-        log(f"[{study.name}] validation: unmasked backbone and {', '.join(v.name for v in masks) or 'no'} baselines")
-        validation.update(run_evaluation(study, [EvalVariant(name="unmasked"), *masks], study.domain.validation,
-                                         "validation"))
+    log(f"[{study.name}] validation: unmasked backbone and {', '.join(v.name for v in masks) or 'no'} baselines")
+    validation.update(run_evaluation(study, [EvalVariant(name="unmasked"), *masks], study.domain.validation,
+                                     "validation"))
     extra = []
     if "continued_fft" in baselines:
         log(f"[{study.name}] continued FFT control at the selected learning rate")

@@ -57,8 +57,9 @@ def _plain(value: Any) -> Any:
 
 
 def run_evaluation(study: Study, variants: list[EvalVariant], benchmark, name: str) -> dict[str, float]:
-    """One Ray Train run that scores every variant on `benchmark`; {variant: metric}."""
-    job = study.job("evaluate", f"{study.slug}-{name}", variants=variants, evaluation=benchmark, data=None)
+    """One Ray Train run that scores every variant on `benchmark` (None: validation loss); {variant: metric}."""
+    data = study.domain.train if benchmark is None else None
+    job = study.job("evaluate", f"{study.slug}-{name}", variants=variants, evaluation=benchmark, data=data)
     result = build_trainer(job, study.placement, storage_path=study.run_dir(), max_failures=study.cfg.retries).fit()
     if result.error:
         raise result.error

@@ -56,13 +56,15 @@ class TrainingData:
         """This rank's share of the validation set, in micro-batches (loss is summed over ranks)."""
         if self.validation is None:
             return None
-        mine = shard_indices(len(self.validation), self.rank, self.world_size)
-        columns = [c for c in ("input_ids", "labels", "position_ids") if c in self.validation.column_names]
-        size = self.settings.micro_batch_size
-        batches = []
-        for i in range(0, len(mine), size):
-            rows = self.validation.select(mine[i : i + size]).select_columns(columns)
-            batches.append(collate([dict(zip(columns, v)) for v in zip(*(rows[c] for c in columns))], self.pad_id))
-        return batches
+        return rank_batches(self.validation, self.rank, self.world_size, self.settings.micro_batch_size, self.pad_id)
 
 
+def rank_batches(dataset, rank: int, world_size: int, size: int, pad_id: int) -> list[Batch]:
+    """A rank's strided share of a tokenised set, collated `size` rows at a time."""
+    mine = shard_indices(len(dataset), rank, world_size)
+    columns = [c for c in ("input_ids", "labels", "position_ids") if c in dataset.column_names]
+    batches = []
+    for i in range(0, len(mine), size):
+        rows = dataset.select(mine[i : i + size]).select_columns(columns)
+        batches.append(collate([dict(zip(columns, v)) for v in zip(*(rows[c] for c in columns))], pad_id))
+    return batches
