@@ -40,7 +40,6 @@ from .space import (
 from .training import TrainSettings
 
 Baseline = Literal["unmasked", "random", "l1", "continued_fft"]
-CLOUD_SCHEMES = ("s3", "gs")
 DEFAULT_TRIALS = 16
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # becomes a directory name
 _STRICT = ConfigDict(extra="forbid")
@@ -153,7 +152,7 @@ class SweepConfig(BaseModel):
 
     model_config = _STRICT
     name: str = Field(description="experiment name; outputs go to <storage>/<name>/")
-    storage: str = Field("~/mft_runs", description="local directory, or an s3:// / gs:// URI every node can reach")
+    storage: str = Field("~/mft_runs", description="a directory; on a cluster one every node mounts (NFS, mounted bucket)")
     seed: int = Field(0, description="score-init and baseline seed; the default of train.seed and search.seed")
     backbones: list[BackboneSpec] = Field(min_length=1, description="fully fine-tuned models to mask")
     domains: list[DomainSpec] = Field(min_length=1, description="training data and benchmarks, one per domain")
@@ -187,8 +186,10 @@ class SweepConfig(BaseModel):
     @classmethod
     def _scheme(cls, storage: str) -> str:
         scheme = storage.split("://", 1)[0] if "://" in storage else None
-        if scheme is not None and scheme not in CLOUD_SCHEMES:
-            raise ValueError(f"scheme '{scheme}://' is not supported; use a local path (NFS for clusters), s3:// or gs://")
+        if scheme is not None:
+            # Masks and results are written with plain file I/O, on the driver and the workers.
+            raise ValueError(f"'{scheme}://' URIs are not supported yet; mount the bucket (mountpoint-s3, gcsfuse) "
+                             "or use an NFS path that every node mounts, and give that path")
         return storage
 
     @field_validator("baselines")
@@ -409,9 +410,7 @@ def _relocate(message: str, at: str) -> str:
 
 
 def resolve_storage(cfg: SweepConfig) -> str:
-    """The storage URI, or the expanded local directory after checking it can be written."""
-    if "://" in cfg.storage:
-        return cfg.storage
+    """The expanded storage directory, after checking it can be written."""
     path = Path(cfg.storage).expanduser().resolve()
     existing = next(p for p in (path, *path.parents) if p.exists())  # what mkdir will create below
     if not existing.is_dir():
@@ -433,7 +432,7 @@ def describe_plan(cfg: SweepConfig, model_configs: dict[str, PretrainedConfig]) 
     studies = len(cfg.backbones) * len(cfg.domains)
     refine = cfg.stages.refine.top_k
     per_study = search.trials + refine
-    storage = cfg.storage if "://" in cfg.storage else str(Path(cfg.storage).expanduser())
+    storage = str(Path(cfg.storage).expanduser())
     asha = f"ASHA grace {search.asha.grace_period}, reduction {search.asha.reduction_factor}" if search.asha else "no early stopping"
     lines = [
         f"experiment {cfg.name}: outputs in {storage.rstrip('/')}/{cfg.name}/",

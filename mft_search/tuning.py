@@ -102,7 +102,10 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         if status == "completed" or trial_id in self._completed_trials:
             return super().on_trial_complete(trial_id, result, error)
         state = TrialState.FAIL if status == "failed" else TrialState.PRUNED
-        self._ot_study.tell(self._ot_trials[trial_id], state=state)
+        try:
+            self._ot_study.tell(self._ot_trials[trial_id], state=state)
+        except ValueError:  # told before a driver restart: the journal already has its outcome
+            pass
         self._completed_trials.add(trial_id)
 
 

@@ -133,7 +133,7 @@ BAD = [  # (YAML patch over the valid base, substring the one-line error must co
     ("stages: {refine: {top_k: 9}}", "stages.refine.top_k: 9 exceeds the 8 probe trials"),
     ("stages: {probe: {data_fraction: 0}}", "stages.probe.data_fraction: Input should be greater than 0"),
     ("retries: -1", "retries: Input should be greater than or equal to 0"),
-    ("storage: hdfs://x/y", "storage: scheme 'hdfs://' is not supported"),
+    ("storage: hdfs://x/y", "storage: 'hdfs://' URIs are not supported yet"),
     ("name: null", "name: required; add it"),
 ]
 
@@ -242,7 +242,8 @@ def test_local_benchmark_is_checked(train_file):
 def test_storage(tmp_path):
     assert resolve_storage(parse_config(merged(base(), {"storage": str(tmp_path / "a" / "b")}))) == str(tmp_path / "a" / "b")
     assert not (tmp_path / "a").exists()  # a dry run creates nothing
-    assert resolve_storage(parse_config(merged(base(), {"storage": "s3://bucket/runs"}))) == "s3://bucket/runs"
+    with pytest.raises(ConfigError, match="storage: 's3://' URIs are not supported yet; mount the bucket"):
+        parse_config(merged(base(), {"storage": "s3://bucket/runs"}))
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match="storage: .*file is a file"):
         resolve_storage(parse_config(merged(base(), {"storage": str(tmp_path / "file" / "runs")})))
