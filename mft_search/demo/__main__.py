@@ -1,0 +1,18 @@
+"""`python -m mft_search.demo [CACHE_DIR]`: build the demo assets (or find them cached) and list them."""
+
+import json
+import sys
+from pathlib import Path
+
+from .build import build_demo
+
+
+def main(argv: list[str]) -> None:
+    assets = build_demo(Path(argv[0]) if argv else None)
+    for label in ("backbone", "pretrained", "train", "validation", "test", "facts_path"):
+        print(f"{label:>10}: {getattr(assets, label)}")
+    print(json.dumps(assets.facts()["fft"], indent=2))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

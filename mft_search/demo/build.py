@@ -1,0 +1,184 @@
+"""Building the demo's assets offline: data, tokenizer, pre-trained base, best-FFT backbone.
+
+    assets = build_demo()            # minutes the first time, then instant (cached)
+    assets.backbone                  # ~/.cache/mft_search/demo/v1/backbone: the model MFT masks
+
+The backbone is the best epoch (on validation accuracy) of an FFT with a decaying learning rate
+that runs well past that epoch, so that "MFT beats the best FFT" is measured against a real peak
+and not against an under-trained model (DESIGN.md, "The embedded demo").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..tiny import tiny_llama, tiny_tokenizer
+from .finetune import TEMPLATE, fine_tune
+from .problems import Splits, WordProblem, make_splits, pretraining_corpus
+from .pretrain import PretrainSettings, pack_documents, pretrain
+
+VERSION = "v1"  # bump when the recipe changes: caches of older recipes are then left alone
+COMPLETE = ".complete"
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    """Everything that sets the build's cost; tests shrink it to build in seconds."""
+
+    train: int = 256
+    validation: int = 500
+    test: int = 500
+    documents: int = 40_000  # pre-training documents (~65 tokens each)
+    vocab_size: int = 400
+    hidden: int = 128
+    layers: int = 4
+    intermediate: int = 384
+    pretrain: PretrainSettings = field(default_factory=PretrainSettings)
+    fft_epochs: int = 16
+    fft_lr: float = 1e-3
+    fft_batch: int = 16
+    max_new_tokens: int = 48  # the longest held-out answer is ~40 tokens
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DemoAssets:
+    """Paths of a finished build."""
+
+    root: Path
+
+    @property
+    def backbone(self) -> Path:
+        return self.root / "backbone"
+
+    @property
+    def pretrained(self) -> Path:
+        return self.root / "pretrained"
+
+    @property
+    def train(self) -> Path:
+        return self.root / "train.jsonl"
+
+    @property
+    def validation(self) -> Path:
+        return self.root / "validation.jsonl"
+
+    @property
+    def test(self) -> Path:
+        return self.root / "test.jsonl"
+
+    @property
+    def facts_path(self) -> Path:
+        return self.root / "facts.json"
+
+    def facts(self) -> dict:
+        return json.loads(self.facts_path.read_text(encoding="utf-8"))
+
+
+def default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "mft_search" / "demo" / VERSION
+
+
+def build_demo(cache_dir: Path | None = None, *, size: DemoSize = DemoSize(), log: Log = print) -> DemoAssets:
+    """The demo assets under `cache_dir`, built first unless a complete build is there.
+
+    The build runs in a sibling temporary directory renamed into place only once complete, so a
+    killed build never leaves a directory that looks finished; a directory without the marker
+    is rebuilt.
+    """
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    if (root / COMPLETE).exists():
+        return DemoAssets(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_builds(root)
+    work = root.parent / f"{root.name}.building-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        log(f"Building the demo backbone in {root} (once; a few minutes on 2 CPU cores)")
+        _build(work, size, log)
+        (work / COMPLETE).write_text(VERSION + "\n", encoding="utf-8")
+        _install(work, root)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return DemoAssets(root)
+
+
+def _remove_abandoned_builds(root: Path) -> None:
+    """Temporary build directories whose process is gone (a killed build) are deleted."""
+    for stale in root.parent.glob(f"{root.name}.building-*"):
+        pid = stale.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _install(work: Path, root: Path) -> None:
+    """Move the finished build into place; a concurrent build that finished first wins."""
+    if root.exists() and not (root / COMPLETE).exists():
+        shutil.rmtree(root)
+    try:
+        work.rename(root)
+    except OSError:
+        if not (root / COMPLETE).exists():
+            raise
+
+
+def _build(work: Path, size: DemoSize, log: Log) -> None:
+    start = time.perf_counter()
+    work.mkdir(parents=True)
+    assets = DemoAssets(work)
+    splits = make_splits(size.seed, size.train, size.validation, size.test)
+    _write_splits(assets, splits)
+    facts: dict = {"version": VERSION, "seed": size.seed, "size": asdict(size),
+                   "splits": {"train": "2-step problems, 4 of 8 phrasings",
+                              "validation_and_test": "2- and 3-step problems, all 8 phrasings"}}
+    facts["pretrain"] = _pretrain(assets, splits, size, log)
+    facts["fft"] = fine_tune(assets, size, log)
+    facts["total_seconds"] = round(time.perf_counter() - start, 1)
+    assets.facts_path.write_text(json.dumps(facts, indent=2) + "\n", encoding="utf-8")
+    log(f"Demo backbone built in {facts['total_seconds']:.0f} s: best FFT epoch {facts['fft']['best_epoch']} "
+        f"of {size.fft_epochs}, validation accuracy {facts['fft']['best_validation_accuracy']:.3f}")
+
+
+def _write_splits(assets: DemoAssets, splits: Splits) -> None:
+    for path, problems in ((assets.train, splits.train), (assets.validation, splits.validation),
+                           (assets.test, splits.test)):
+        path.write_text("".join(json.dumps(p.record()) + "\n" for p in problems), encoding="utf-8")
+
+
+def _sft_text(problem: WordProblem) -> str:
+    return TEMPLATE.format(prompt=problem.question) + problem.answer
+
+
+def _pretrain(assets: DemoAssets, splits: Splits, size: DemoSize, log: Log) -> dict:
+    start = time.perf_counter()
+    documents = pretraining_corpus(size.seed + 1, size.documents)
+    # The SFT format's words ("Question", "Answer", "####") become tokens too.
+    tokenizer = tiny_tokenizer(documents[:5000] + [_sft_text(p) for p in splits.train], size.vocab_size)
+    rows = pack_documents(tokenizer, documents, size.pretrain.seq_len)
+    model = tiny_llama(vocab_size=len(tokenizer), hidden=size.hidden, layers=size.layers,
+                       intermediate=size.intermediate, heads=4, kv_heads=2, seed=size.seed)
+    params = sum(p.numel() for p in model.parameters())
+    log(f"Pre-training a {params / 1e6:.2f}M-parameter Llama on {rows.numel() / 1e6:.1f}M tokens "
+        f"({size.pretrain.steps} steps)")
+    loss = pretrain(model, rows, size.pretrain, log)
+    model.save_pretrained(assets.pretrained)
+    tokenizer.save_pretrained(assets.pretrained)
+    return {"parameters": params, "tokens": rows.numel(), "steps": size.pretrain.steps,
+            "final_loss": round(loss, 4), "seconds": round(time.perf_counter() - start, 1)}

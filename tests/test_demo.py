@@ -1,0 +1,124 @@
+"""The embedded demo: seeded correct problems, disjoint splits, demo.yaml, and a cache that never lies."""
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from mft_search.config import load_config_file
+from mft_search.demo import DemoSize, PretrainSettings, build_demo, default_cache_dir, sft_data_spec
+from mft_search.demo.problems import ALL_PHRASINGS, TRAIN_PHRASINGS, make_splits
+from mft_search.evaluation.math import GSM8KEvaluator, gsm8k_reference
+
+DEMO_YAML = Path(__file__).resolve().parents[1] / "search_spaces" / "demo.yaml"
+MICRO = DemoSize(train=16, validation=8, test=8, documents=200, vocab_size=300, hidden=32, layers=2,
+                 intermediate=64, pretrain=PretrainSettings(steps=3, batch_size=4, seq_len=64), fft_epochs=2,
+                 fft_batch=8, max_new_tokens=4)
+
+
+def _pattern(template: str) -> re.Pattern:
+    text = re.escape(template).replace(r"\{n\}", r"(\d+)")
+    return re.compile(re.sub(r"\\\{\w+\\\}", r"\\w+", text) + "$")
+
+
+def recompute(question: str, phrasings) -> int:
+    """The answer read off the question alone: start, then each sentence's signed change."""
+    sentences = re.findall(r"[^.?]+[.?]", question)
+    total = int(re.search(r"has (\d+)", sentences[0]).group(1))
+    for sentence in sentences[1:-1]:
+        (sign, n), = [(s, int(m.group(1))) for t, s in phrasings if (m := _pattern(t).match(sentence.strip()))]
+        total += sign * n
+    return total
+
+
+def test_the_generator_is_seeded_and_deterministic():
+    assert make_splits(3, 20, 10, 10) == make_splits(3, 20, 10, 10)
+    assert make_splits(3, 20, 10, 10).train != make_splits(4, 20, 10, 10).train
+
+
+def test_every_answer_is_the_arithmetic_of_its_question_and_its_steps_are_right():
+    splits = make_splits(0, 256, 500, 500)
+    for phrasings, problems in ((TRAIN_PHRASINGS, splits.train), (ALL_PHRASINGS, splits.validation + splits.test)):
+        for p in problems:
+            assert int(gsm8k_reference(p.answer)) == recompute(p.question, phrasings) == p.value
+            for a, op, d, b in re.findall(r"(\d+) ([+-]) (\d+) = (\d+)\.", p.answer):
+                assert int(b) == int(a) + (int(d) if op == "+" else -int(d)) and 0 <= int(b)
+            assert p.answer.startswith(" ")  # prompt + answer tokenise as prompt then completion
+
+
+def test_splits_are_disjoint_and_held_out_problems_are_broader():
+    splits = make_splits(0, 256, 500, 500)
+    questions = [{p.question for p in s} for s in (splits.train, splits.validation, splits.test)]
+    assert [len(q) for q in questions] == [256, 500, 500]
+    assert not (questions[0] & questions[1] or questions[0] & questions[2] or questions[1] & questions[2])
+    assert {len(p.steps) for p in splits.train} == {2}
+    assert {len(p.steps) for p in splits.test} == {2, 3}
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory):
+    logged = []
+    assets = build_demo(tmp_path_factory.mktemp("cache") / "v1", size=MICRO, log=logged.append)
+    return assets, logged
+
+
+def test_a_micro_build_writes_every_asset_and_its_facts(micro):
+    assets, logged = micro
+    assert (assets.backbone / "model.safetensors").exists() and (assets.pretrained / "tokenizer.json").exists()
+    assert not (assets.root / "fft").exists()  # the other epochs are not kept
+    facts = assets.facts()
+    assert len(facts["fft"]["validation_accuracy_per_epoch"]) == 2
+    assert 1 <= facts["fft"]["best_epoch"] <= 2 and facts["seed"] == 0
+    assert any("FFT epoch 2" in line for line in logged)
+    problems = GSM8KEvaluator().load(str(assets.test))
+    assert [p.reference for p in problems] == [json.loads(r)["answer"].rsplit("#### ", 1)[1]
+                                                for r in assets.test.read_text().splitlines()]
+
+
+def test_prompt_and_answer_tokenise_as_at_evaluation(micro):
+    assets, _ = micro
+    tokenizer = AutoTokenizer.from_pretrained(assets.backbone)
+    for row in map(json.loads, assets.validation.read_text().splitlines()):
+        prompt = sft_data_spec(assets.train).template.format(prompt=row["question"])
+        assert tokenizer(prompt).input_ids + tokenizer(row["answer"]).input_ids == \
+            tokenizer(prompt + row["answer"]).input_ids
+
+
+def test_a_complete_build_is_reused_and_an_unmarked_one_rebuilt(micro, tmp_path):
+    assets, _ = micro
+    logged = []
+    assert build_demo(assets.root, size=MICRO, log=logged.append) == assets and logged == []
+    root = tmp_path / "v1"
+    root.mkdir()
+    (root / "leftover").write_text("half a build")
+    abandoned = tmp_path / "v1.building-999999999"  # no such process: a killed build
+    abandoned.mkdir()
+    rebuilt = build_demo(root, size=MICRO, log=logged.append)
+    assert (rebuilt.root / ".complete").exists() and not (root / "leftover").exists()
+    assert not abandoned.exists() and logged
+
+
+def test_a_failed_build_leaves_nothing_that_looks_built(tmp_path):
+    def fail_at_fine_tuning(line):
+        if line.startswith("Fine-tuning"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_demo(tmp_path / "v1", size=MICRO, log=fail_at_fine_tuning)
+    assert os.listdir(tmp_path) == []
+
+
+def test_demo_yaml_validates_and_trains_on_what_fft_trained_on():
+    cfg = load_config_file(DEMO_YAML)
+    cache = default_cache_dir()
+    domain = cfg.domains[0]
+    assert Path(cfg.backbones[0].source) == cache / "backbone"
+    assert domain.train == sft_data_spec(cache / "train.jsonl").model_copy(update={"source": domain.train.source})
+    assert Path(domain.train.source) == cache / "train.jsonl"
+    assert Path(domain.validation.source) == cache / "validation.jsonl"
+    assert Path(domain.test.source) == cache / "test.jsonl"
+    assert domain.validation.max_new_tokens == MICRO.__class__().max_new_tokens
+    assert set(cfg.baselines) == {"unmasked", "random", "l1", "continued_fft"}
