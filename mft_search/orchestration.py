@@ -34,13 +34,13 @@ def run_sweep(cfg: SweepConfig, exp_dir: Path, *, resume: bool, log=print) -> st
     """Every study of the sweep; returns the leaderboard text."""
     exp_dir.mkdir(parents=True, exist_ok=True)
     state = SweepState(exp_dir / "state.json")
-    table = ResultsTable(exp_dir / "results.parquet")
+    results = exp_dir / "results.parquet"
     for backbone in cfg.backbones:
         for domain in cfg.domains:
             study = Study(cfg, backbone, domain, exp_dir)
-            _search(study, state, table, resume, log)
+            _search(study, state, results, resume, log)
             if not state.finished(study, "evaluation"):
-                _evaluate(study, table, log)
+                _evaluate(study, ResultsTable(results), log)
                 state.mark(study, "evaluation")
     from .report import write_report
 
@@ -48,20 +48,19 @@ def run_sweep(cfg: SweepConfig, exp_dir: Path, *, resume: bool, log=print) -> st
     return (exp_dir / "leaderboard.md").read_text()
 
 
-def _search(study: Study, state: SweepState, table: ResultsTable, resume: bool, log) -> None:
+def _search(study: Study, state: SweepState, results: Path, resume: bool, log) -> None:
+    """Probe, then refine; the Tune callbacks write results.parquet, read back here from disk."""
     if not state.finished(study, "probe"):
         log(f"[{study.name}] probe: {study.cfg.search.trials} trials on "
             f"{study.cfg.stages.probe.data_fraction:.0%} of the training data")
-        run_stage(study, "probe", table, resume=resume, log=log)
-        table.flush()
+        run_stage(study, "probe", results, resume=resume, log=log)
         state.mark(study, "probe")
     k = study.cfg.stages.refine.top_k
     if k and not state.finished(study, "refine"):
-        points = [c.params for c in best_candidates(table.frame(), study.name, "probe", k)]
+        points = [c.params for c in best_candidates(ResultsTable(results).frame(), study.name, "probe", k)]
         log(f"[{study.name}] refine: the best {len(points)} probe point(s) on all the training data")
         if points:
-            run_stage(study, "refine", table, resume=resume, points=points, log=log)
-            table.flush()
+            run_stage(study, "refine", results, resume=resume, points=points, log=log)
         state.mark(study, "refine")
 
 

@@ -52,7 +52,8 @@ class ResultsTable:
         return [r for k, r in self._rows.items() if k[:3] == (study, stage, trial_id)]
 
     def frame(self) -> pd.DataFrame:
-        return pd.DataFrame(sorted(self._rows.values(), key=lambda r: tuple(str(r[k]) for k in KEY)))
+        order = lambda r: (str(r["study"]), str(r["stage"]), str(r["trial_id"]), int(r["report"]))  # noqa: E731
+        return pd.DataFrame(sorted(self._rows.values(), key=order))
 
     def flush(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -82,8 +82,23 @@ def _trial_driver(config: dict[str, Any], study: Study, stage: Stage) -> None:
     """One Tune trial: a Ray Train run of MFT at the sampled point."""
     trial_id = tune.get_context().get_trial_id()
     job = study.mft_job(_params(config), trial_id, stage)
-    build_trainer(job, study.placement, storage_path=study.run_dir(), callbacks=[TuneReportCallback()],
-                  max_failures=1).fit()
+    forward = _CountingReportCallback()
+    result = build_trainer(job, study.placement, storage_path=study.run_dir(), callbacks=[forward],
+                           max_failures=1).fit()
+    if forward.reports == 0 and result.metrics:
+        # A driver restarted after its Train run had finished: the run is restored complete and
+        # reports nothing, so hand Tune its final metrics once more.
+        tune.report(result.metrics)
+
+
+class _CountingReportCallback(TuneReportCallback):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reports = 0
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        self.reports += 1
+        super().after_report(run_context, metrics, checkpoint)
 
 
 def _params(config: dict[str, Any]) -> dict[str, Any]:
@@ -96,6 +111,12 @@ class PrunedAwareOptunaSearch(OptunaSearch):
     Ray's own marks a trial COMPLETE whenever it has a last value, early stop or error alike,
     which feeds TPE and the importance figures with half-trained scores as if they were final.
     """
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # finished in the journal before a driver restart; Tune replays its end
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         status = trial_status(result, error)
@@ -145,9 +166,19 @@ def _max_reports(study: Study) -> int:
 class Recorder(tune.Callback):
     """Writes every report to results.parquet and prints one line per finished trial."""
 
-    def __init__(self, table: ResultsTable, study: Study, stage: Stage, log=print) -> None:
-        self.table, self.study, self.stage, self.log = table, study, stage, log
+    def __init__(self, results_path: Path, study: Study, stage: Stage, log=print) -> None:
+        self.results_path, self.study, self.stage, self.log = results_path, study, stage, log
+        self.table = ResultsTable(results_path)
         self._last: dict[str, dict] = {}
+
+    # Tune pickles its callbacks with the experiment and restores them on resume: the table is
+    # then read afresh from disk, never brought back as it stood at the last save.
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "table"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.table = ResultsTable(self.results_path)
 
     def _base(self, trial) -> dict[str, Any]:
         r = self.study.cfg.resources
@@ -195,9 +226,10 @@ def _describe(params: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
-def run_stage(study: Study, stage: Stage, table: ResultsTable, *, resume: bool, points: list[dict] | None = None,
+def run_stage(study: Study, stage: Stage, results_path: Path, *, resume: bool, points: list[dict] | None = None,
               log=print) -> tune.ResultGrid:
-    """Run (or resume) the probe search or the refine re-runs of one study."""
+    """Run (or resume) the probe search or the refine re-runs of one study; every finished trial
+    is written to `results_path` as it ends."""
     # The trial driver only waits on its Train run, whose workers hold the real resources; a
     # sliver of CPU (Tune refuses an empty request) keeps drivers from using up the CPUs.
     trainable = tune.with_resources(tune.with_parameters(_trial_driver, study=study, stage=stage),
@@ -208,7 +240,7 @@ def run_stage(study: Study, stage: Stage, table: ResultsTable, *, resume: bool, 
         log(f"[{study.name} {stage}] resuming from {path}")
         return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=False,
                                   restart_errored=False).fit()
-    run_config = tune.RunConfig(name=name, storage_path=study.run_dir(), callbacks=[Recorder(table, study, stage, log)],
+    run_config = tune.RunConfig(name=name, storage_path=study.run_dir(), callbacks=[Recorder(results_path, study, stage, log)],
                                 failure_config=tune.FailureConfig(max_failures=study.cfg.retries), verbose=1)
     search = study.cfg.search
     if stage == "probe":

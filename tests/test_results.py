@@ -1,0 +1,32 @@
+"""results.parquet: upserts by (study, stage, trial, report), statuses, atomic rewrites."""
+
+
+from mft_search.results import ResultsTable, trial_status
+
+
+def test_reports_upsert_and_survive_a_reload_in_numeric_order(tmp_path):
+    path = tmp_path / "results.parquet"
+    table = ResultsTable(path)
+    base = {"study": "b/d", "stage": "probe", "trial_id": "t1"}
+    for report in (2, 10, 1, 2):  # report 2 twice: a replay after a restart
+        table.add_report(base, {"mode": "local"}, {"report": report, "metric": report / 10, "step": report})
+    table.finish("b/d", "probe", "t1", "completed")
+    table.flush()
+    frame = ResultsTable(path).frame()
+    assert frame["report"].tolist() == [1, 2, 10]
+    assert set(frame["status"]) == {"completed"} and frame["param.mode"].tolist() == ["local"] * 3
+    assert [p.name for p in tmp_path.iterdir()] == ["results.parquet"]
+
+
+def test_a_trial_that_never_reported_is_still_recorded_as_failed(tmp_path):
+    table = ResultsTable(tmp_path / "r.parquet")
+    table.finish("b/d", "probe", "t9", "failed", "CUDA out of memory")
+    (row,) = table.frame().to_dict("records")
+    assert row["status"] == "failed" and row["error"] == "CUDA out of memory"
+
+
+def test_status_tells_pruned_from_completed_and_failed():
+    assert trial_status({"step": 3, "total_steps": 6}, errored=False) == "pruned"
+    assert trial_status({"step": 6, "total_steps": 6}, errored=False) == "completed"
+    assert trial_status({"step": 6, "total_steps": 6}, errored=True) == "failed"
+    assert trial_status(None, errored=False) == "completed"

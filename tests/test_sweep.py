@@ -1,0 +1,175 @@
+"""The sweep command for real: bad input, --dry-run, a small end-to-end sweep on a local Ray,
+and a driver killed mid-sweep that --resume finishes without re-running finished trials.
+
+Each sweep starts its own Ray in a subprocess, as a user's command does (slow: ~1-2 minutes)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+
+pytestmark = pytest.mark.ray
+
+
+def write_config(tmp_path, backbone, gsm8k_dir, **overrides) -> Path:
+    cfg = {
+        "name": "e2e",
+        "storage": str(tmp_path / "runs"),
+        "backbones": [{"source": backbone.source, "name": "tiny"}],
+        "domains": [{
+            "name": "gsm",
+            "train": {"source": str(gsm8k_dir / "train.jsonl"), "prompt_field": "question",
+                      "response_field": "answer", "limit": 96, "validation_fraction": 0.25, "max_length": 512},
+            "validation": None,  # select on validation loss: fast, and distinct enough for ASHA
+            "test": {"evaluator": "gsm8k", "source": str(gsm8k_dir / "test.jsonl"), "limit": 2, "max_new_tokens": 4},
+        }],
+        "train": {"lr": 0.02, "epochs": 2, "global_batch_size": 16, "micro_batch_size": 8},
+        "search": {"num_trials": 4, "max_concurrent_trials": 2, "asha": {"grace_period": 1, "reduction_factor": 2},
+                   "space": {"layer_group": {"size": 2, "start": {"low": 0, "high": 2}}, "mode": ["local", "global"],
+                             "ratio": {"low": 0.05, "high": 0.3}, "threshold": {"low": -0.04, "high": -0.01},
+                             "init": ["normal", "magnitude"]}},
+        "stages": {"probe": {"data_fraction": 0.5}, "refine": {"top_k": 1}},
+        "resources": {"workers_per_trial": 1, "cpus_per_worker": 1},
+        "baselines": ["unmasked", "random", "l1", "continued_fft"],
+    }
+    for key, value in overrides.items():
+        cfg[key] = value
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def sweep(*args, timeout=900, **kwargs):
+    return subprocess.run([sys.executable, "-m", "mft_search.sweep", *args], capture_output=True, text=True,
+                          timeout=timeout, **kwargs)
+
+
+def error_line(result) -> str:
+    lines = [l for l in result.stderr.splitlines() if l.strip()]
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    return lines[-1]
+
+
+def test_dry_run_validates_and_prints_the_plan_and_writes_nothing(tmp_path, tiny_backbone, gsm8k_dir):
+    result = sweep("--config", str(write_config(tmp_path, tiny_backbone, gsm8k_dir)), "--dry-run")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "studies (backbone x domain): 1 x 1 = 1" in result.stdout and "probe 4 trials" in result.stdout
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"search": {"num_trials": 2, "space": {"layer_group": {"size": 2, "start": {"low": 0, "high": 3}}}}},
+     "search.space.layer_group: start 3 + size 2 exceeds"),
+    ({"resources": {"workers_per_trial": 64, "cpus_per_worker": 1}}, "resources: a trial needs 64 worker(s)"),
+    ({"storage": "/proc/version/runs"}, "storage:"),
+    ({"trainn": {"lr": 0.1}}, "unknown key (did you mean 'train'?)"),
+])
+def test_bad_input_is_one_line_exit_2_and_leaves_nothing_behind(tmp_path, tiny_backbone, gsm8k_dir, change, expected):
+    result = sweep("--config", str(write_config(tmp_path, tiny_backbone, gsm8k_dir, **change)))
+    assert expected in error_line(result)
+    assert not (tmp_path / "runs" / "e2e").exists()
+    assert not _ray_processes(), "the command left its Ray running"
+
+
+def _ray_processes() -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [l for l in out.splitlines() if "raylet" in l or "gcs_server" in l]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, tiny_backbone, gsm8k_dir):
+    tmp_path = tmp_path_factory.mktemp("sweep")
+    result = sweep("--config", str(write_config(tmp_path, tiny_backbone, gsm8k_dir)))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return tmp_path / "runs" / "e2e", result
+
+
+def test_a_sweep_writes_every_output(finished):
+    exp, result = finished
+    assert "# MFT leaderboard" in result.stdout and "trial" in result.stdout
+    frame = pd.read_parquet(exp / "results.parquet")
+    probe = frame[frame["stage"] == "probe"]
+    assert probe["trial_id"].nunique() == 4 and (frame["stage"] == "refine").any()
+    assert {"param.layer_group", "param.mode", "metric", "val_loss", "status", "wall_s", "seed"} <= set(frame.columns)
+    summary = json.loads((exp / "studies" / "tiny__gsm" / "summary.json").read_text())
+    names = {row["name"] for row in summary["rows"]}
+    assert names == {"unmasked", "random", "l1", "continued_fft", "best_mft"}
+    assert all(row["test"] is not None for row in summary["rows"])
+    assert (exp / "leaderboard.md").exists()
+    for plot in ("history", "heatmap", "importances"):
+        assert (exp / "plots" / "tiny__gsm" / f"{plot}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    best = next(row for row in summary["rows"] if row["name"] == "best_mft")
+    exported = exp / "best" / "tiny" / "gsm"
+    assert best["selected"] == exported.exists()
+    if best["selected"]:
+        assert {p.name for p in exported.iterdir()} == {"mask.safetensors", "mask.json", "config.yaml"}
+
+
+def test_asha_stopped_trials_are_pruned_in_the_optuna_study(finished):
+    exp, _ = finished
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(exp / "studies" / "tiny__gsm" / "optuna.journal")))
+    study = optuna.load_study(study_name="tiny/gsm", storage=storage)
+    states = [t.state.name for t in study.trials]
+    frame = pd.read_parquet(exp / "results.parquet")
+    statuses = frame[frame["stage"] == "probe"].groupby("trial_id")["status"].first().tolist()
+    assert sorted(states) == sorted({"completed": "COMPLETE", "pruned": "PRUNED", "failed": "FAIL"}[s] for s in statuses)
+    assert "PRUNED" in states, "ASHA stopped no trial: the marking went untested"
+
+
+def test_report_rebuilds_the_leaderboard_from_disk(finished):
+    exp, _ = finished
+    before = (exp / "leaderboard.md").read_text()
+    (exp / "leaderboard.md").unlink()
+    result = subprocess.run([sys.executable, "-m", "mft_search.report", str(exp)], capture_output=True, text=True)
+    assert result.returncode == 0 and (exp / "leaderboard.md").read_text() == before
+
+
+def test_an_existing_experiment_is_never_overwritten(finished, tiny_backbone, gsm8k_dir):
+    exp, _ = finished
+    config = exp.parent.parent / "sweep.yaml"
+    assert "already holds an experiment; pass --resume" in error_line(sweep("--config", str(config)))
+
+
+def test_a_killed_driver_resumes_without_losing_or_rerunning_finished_trials(tmp_path, tiny_backbone, gsm8k_dir):
+    config = write_config(tmp_path, tiny_backbone, gsm8k_dir, stages={"probe": {"data_fraction": 0.5},
+                                                                       "refine": {"top_k": 0}})
+    exp = tmp_path / "runs" / "e2e"
+    driver = subprocess.Popen([sys.executable, "-m", "mft_search.sweep", "--config", str(config)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and not _finished_trials(exp):
+        time.sleep(2)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    driver.wait()
+    before = _finished_trials(exp)
+    assert before, "no trial finished before the deadline"
+
+    result = sweep("--config", str(config), "--resume")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    after = pd.read_parquet(exp / "results.parquet")
+    probe = after[after["stage"] == "probe"]
+    assert probe["trial_id"].nunique() == 4  # no trial added, none lost
+    for trial_id, rows in before.items():
+        kept = probe[probe["trial_id"] == trial_id]
+        assert kept["status"].iloc[0] == rows["status"].iloc[0]
+        assert kept["metric"].tolist() == rows["metric"].tolist()  # not re-run: the same reports
+    assert (exp / "studies" / "tiny__gsm" / "summary.json").exists()
+
+
+def _finished_trials(exp: Path) -> dict:
+    path = exp / "results.parquet"
+    if not path.exists():
+        return {}
+    frame = pd.read_parquet(path)
+    done = frame[frame["status"].isin(["completed", "pruned"])]
+    return {t: rows for t, rows in done.groupby("trial_id")}
