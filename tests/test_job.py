@@ -112,3 +112,10 @@ def test_one_evaluation_job_scores_several_variants_including_other_weights(
             session)
     (report,) = session.reports
     assert {"unmasked/metric", "random/metric", "continued/metric"} <= set(report)
+
+
+def test_a_loss_that_becomes_nan_fails_the_trial_with_its_reason(tmp_path, tiny_backbone, gsm8k_sft):
+    explode = SETTINGS.model_copy(update={"lr": 1e30, "max_grad_norm": None})  # activations overflow
+    with pytest.raises(FloatingPointError, match="training loss became nan at step"):
+        run_job(make_job(tmp_path, tiny_backbone, gsm8k_sft, kind="fft", mask=None, train=explode),
+                LocalSession(tmp_path / "session"))
