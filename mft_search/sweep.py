@@ -67,9 +67,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _demo_built() -> bool:
-    from .demo import demo_dir
+    from .demo import default_cache_dir
+    from .demo.build import COMPLETE
 
-    return (demo_dir() / ".complete").exists()
+    return (default_cache_dir() / COMPLETE).exists()
 
 
 def _check_experiment_dir(exp_dir: Path, resume: bool, dry_run: bool) -> None:

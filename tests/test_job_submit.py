@@ -1,0 +1,66 @@
+"""`ray job submit --working-dir . -- python -m mft_search.sweep ...` against a real local
+cluster started with `ray start --head`, token authentication on (Ray 2.59+), stopped after."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.ray
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+PORT = "8266"  # not the default 8265, so a developer's own cluster is left alone
+
+
+@pytest.fixture
+def cluster():
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
+    env.pop("RAY_ADDRESS", None)
+    subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
+    temp_dir = tempfile.mkdtemp(prefix="mftray", dir="/tmp")  # socket paths must stay under 107 bytes
+    start = subprocess.run([str(BIN / "ray"), "start", "--head", "--num-cpus=2", f"--dashboard-port={PORT}",
+                            "--port=6389", "--dashboard-host=127.0.0.1", f"--temp-dir={temp_dir}"],
+                           env=env, capture_output=True, text=True)
+    assert start.returncode == 0, start.stderr[-2000:]
+    try:
+        yield {**env, "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{PORT}"}
+    finally:
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_a_sweep_submitted_as_a_ray_job_runs_on_the_cluster(cluster, tmp_path, tiny_backbone, gsm8k_dir):
+    config = {
+        "name": "submitted", "storage": str(tmp_path / "runs"),
+        "backbones": [{"source": tiny_backbone.source, "name": "tiny"}],
+        "domains": [{"name": "gsm", "validation": None, "test": None,
+                     "train": {"source": str(gsm8k_dir / "train.jsonl"), "prompt_field": "question",
+                               "response_field": "answer", "limit": 48, "validation_fraction": 0.25,
+                               "max_length": 512}}],
+        "train": {"lr": 0.01, "epochs": 1, "global_batch_size": 16, "micro_batch_size": 8},
+        "search": {"num_trials": 1, "max_concurrent_trials": 1, "space": {"layer_group": [[1, 2]], "ratio": 0.1}},
+        "stages": {"probe": {"data_fraction": 1.0}, "refine": {"top_k": 0}},
+        "baselines": ["unmasked"],
+    }
+    path = tmp_path / "submitted.yaml"
+    path.write_text(yaml.safe_dump(config))
+    submit = subprocess.run([str(BIN / "ray"), "job", "submit", "--working-dir", str(REPO), "--",
+                             "python", "-m", "mft_search.sweep", "--config", str(path)],
+                            env=cluster, capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
+    assert "succeeded" in submit.stdout.lower()
+    exp = tmp_path / "runs" / "submitted"
+    assert (exp / "results.parquet").exists() and (exp / "studies" / "tiny__gsm" / "summary.json").exists()
+
+
+def test_without_the_token_mode_the_client_is_refused(cluster):
+    env = {k: v for k, v in cluster.items() if k != "RAY_AUTH_MODE"}
+    listing = subprocess.run([str(BIN / "ray"), "job", "list"], env=env, capture_output=True, text=True, timeout=120)
+    assert listing.returncode != 0
+    assert shutil.which("ray", path=str(BIN))
