@@ -64,7 +64,7 @@ def fine_tune(assets: DemoAssets, size: DemoSize, log: Log) -> dict:
     facts = _facts(session.reports, best, size, test)
     facts["seconds"] = round(time.perf_counter() - start, 1)
     if not facts["peak_before_last_epoch"]:
-        log("  warning: the last FFT epoch was the best; the demo lacks an overfitting peak")
+        log("  warning: the last FFT epoch is within one standard error of the best: no overfitting peak")
     return facts
 
 
@@ -106,8 +106,13 @@ def _facts(reports: list[dict[str, float]], best: int, size: DemoSize, test: dic
         "best_epoch": best + 1,
         "best_validation_accuracy": accuracies[best],
         "last_validation_accuracy": accuracies[-1],
-        "peak_before_last_epoch": best + 1 < len(reports) and accuracies[-1] < accuracies[best],
+        # A drop within one standard error of the best is noise, not an overfitting peak.
+        "peak_before_last_epoch": accuracies[-1] < accuracies[best] - _standard_error(accuracies[best], size.validation),
         "lr_at_best_epoch": lr_at_best,
         "test_accuracy_best_epoch": round(test["best_epoch"], 4),
         "test_accuracy_last_epoch": round(test["last_epoch"], 4),
     }
+
+
+def _standard_error(accuracy: float, problems: int) -> float:
+    return math.sqrt(accuracy * (1 - accuracy) / max(1, problems))
