@@ -46,7 +46,6 @@ class RaySession:
         self.rank = ctx.get_world_rank()
         self.world_size = ctx.get_world_size()
         self.device = ray.train.torch.get_device()
-        self._scratch: list[str] = []
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         checkpoint = Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
@@ -58,9 +57,7 @@ class RaySession:
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             return None
-        local = tempfile.mkdtemp(prefix="mft_resume_")
-        self._scratch.append(local)
-        return Path(checkpoint.to_directory(local))
+        return Path(checkpoint.to_directory(tempfile.mkdtemp(prefix="mft_resume_")))
 
     def new_checkpoint_dir(self) -> Path:
         return Path(tempfile.mkdtemp(prefix="mft_ckpt_"))
