@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .masking import masked_modules
-from .parallel import full_tensor, is_sharded, unwrap
+from .parallel import full_tensor, unwrap
 
 SCORES, WEIGHTS, OPTIMIZER, PROGRESS = "scores.safetensors", "weights.safetensors", "optimizer.pt", "progress.json"
 

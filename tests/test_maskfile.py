@@ -1,6 +1,5 @@
 """Mask files: bit-packed, integrity-checked, bound to the backbone; and `apply` end to end."""
 
-import json
 import subprocess
 import sys
 
@@ -9,7 +8,7 @@ import torch
 
 from mft_search.errors import MaskFileError
 from mft_search.maskfile import backbone_fingerprint, load_mask_file, save_mask_file, verify_for_model
-from mft_search.masking import MaskSpec, attach_masks, current_masks, masked_modules, score_parameters
+from mft_search.masking import MaskSpec, attach_masks, current_masks, score_parameters
 from mft_search.tiny import tiny_gpt2, tiny_llama, tiny_tokenizer
 
 MODELS = {"llama": tiny_llama, "gpt2": tiny_gpt2}

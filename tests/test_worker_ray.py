@@ -2,7 +2,6 @@
 mid-trial that resumes from its checkpoint. Slow (a Ray Train run costs ~20 s here)."""
 
 import pytest
-import torch
 
 from mft_search.job import TrialJob
 from mft_search.maskfile import load_mask_file
