@@ -52,15 +52,15 @@ def load_trainable(directory: Path, model: nn.Module, kind: str) -> None:
 
 def load_progress(directory: Path, optimizer, scheduler) -> dict[str, Any]:
     """Optimiser/schedule state (when saved) and the progress counters."""
+    progress = json.loads((directory / PROGRESS).read_text())
     state_path = directory / OPTIMIZER
     if state_path.exists():
         state = torch.load(state_path, weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
     else:  # FSDP run: moments restart, the schedule resumes at the saved step
-        progress = json.loads((directory / PROGRESS).read_text())
         for _ in range(progress["step"]):
             scheduler.step()
-    return json.loads((directory / PROGRESS).read_text())
+    return progress
 
 

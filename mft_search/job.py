@@ -8,6 +8,7 @@ reports metrics and checkpoints: worker.py gives it Ray Train's, tests give it a
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -26,9 +27,9 @@ from .evaluation import get_evaluator
 from .evaluation.base import rank_and_world
 from .evaluation.loss import evaluate_loss
 from .maskfile import backbone_fingerprint, load_mask_file, save_mask_file, verify_for_model
-from .masking import MaskSpec, attach_masks, multiply_masks_in
+from .masking import MaskSpec, attach_masks, fraction_kept, multiply_masks_in, spec_module_names
 from .parallel import is_sharded, unwrap, wrap_model
-from .selection import global_mask, local_mask
+from .selection import select_mask
 from .training import TrainSettings, make_optimizer, train_step
 from .training_data import TrainingData
 
@@ -93,17 +94,10 @@ def run_job(job: TrialJob, session: Session) -> None:
         session.report(metrics, checkpoint)
         return
     model = load_model(job.backbone, job.backbone.torch_dtype(session.device.type == "cuda"))
-    fingerprint = backbone_fingerprint(model, _mask_module_names(model, job)) if job.kind == "mft" else ""
-    if job.kind == "mft":
-        attach_masks(model, job.mask)
+    fingerprint = ""
+    if job.kind == "mft":  # masked modules keep their weight, so the backbone's fingerprint holds
+        fingerprint = backbone_fingerprint(model, list(attach_masks(model, job.mask)))
     _Trainer(job, session, model.to(session.device), tokenizer, fingerprint).run()
-
-
-def _mask_module_names(model, job: TrialJob) -> list[str]:
-    from .architectures import module_names, resolve_kinds
-
-    kinds = resolve_kinds(model.config.model_type, job.mask.kinds)
-    return module_names(model.config.model_type, tuple(job.mask.blocks), kinds)
 
 
 def _evaluate_variants(job: TrialJob, tokenizer, device: torch.device) -> dict[str, float]:
@@ -140,7 +134,7 @@ def _apply_variant_mask(job: TrialJob, variant: EvalVariant, model) -> None:
     if variant.mask_file:  # the learned mask's modules and per-module counts (global masks too)
         kept = mask_file.kept
     else:
-        names = _mask_module_names(model, job)
+        names = spec_module_names(model, job.mask)
         kept = kept_counts_for_ratio({n: model.get_submodule(n).weight.shape for n in names}, job.mask.ratio)
     multiply_masks_in(model, baseline_masks(model, variant.baseline, kept, job.mask.seed if job.mask else 0))
 
@@ -153,13 +147,19 @@ def _evaluate(job: TrialJob, model, tokenizer, val_batches) -> dict[str, float]:
         metrics.update(val_loss=loss["loss"], val_perplexity=loss["perplexity"])
     if job.evaluation is not None:
         evaluator = get_evaluator(job.evaluation.evaluator)
-        problems = evaluator.load(job.evaluation.source, job.evaluation.limit)
+        problems = _problems(job.evaluation.evaluator, job.evaluation.source, job.evaluation.limit)
         scores = evaluator.evaluate(unwrap(model), tokenizer, problems, job.evaluation.generation())
         metrics.update({f"eval_{k}": float(v) for k, v in scores.items()})
         metrics["metric"] = float(scores[evaluator.metric])
     elif "val_loss" in metrics:
         metrics["metric"] = -metrics["val_loss"]
     return metrics
+
+
+@functools.lru_cache(maxsize=4)
+def _problems(evaluator: str, source: str | None, limit: int | None) -> list:
+    """A benchmark's problems, read once per process rather than at every evaluation point."""
+    return get_evaluator(evaluator).load(source, limit)
 
 
 class _Trainer:
@@ -211,7 +211,7 @@ class _Trainer:
         trainable = gather_trainable(self.model, self.job.kind)
         masks = masks_from_scores(trainable, self.job.mask) if self.job.kind == "mft" else {}
         if masks:
-            metrics["kept_fraction"] = sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
+            metrics["kept_fraction"] = fraction_kept(masks)
         checkpoint = None
         if self.session.rank == 0:
             self._write_artifact(trainable, masks)
@@ -237,9 +237,7 @@ class _Trainer:
 
 def masks_from_scores(scores: dict[str, torch.Tensor], spec: MaskSpec) -> dict[str, torch.Tensor]:
     """The masks full score tensors select (computed from gathered scores: FSDP-safe)."""
-    if spec.mode == "local":
-        return {n: local_mask(s, spec.ratio) for n, s in scores.items()}
-    return {n: global_mask(s, spec.threshold) for n, s in scores.items()}
+    return {n: select_mask(s, spec.mode, spec.ratio, spec.threshold) for n, s in scores.items()}
 
 
 class LocalSession:
@@ -250,7 +248,6 @@ class LocalSession:
         self.device = device or torch.device("cpu")
         self.directory = Path(directory)
         self.reports: list[dict[str, float]] = []
-        self._checkpoints = 0
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         self.reports.append(dict(metrics))
@@ -260,5 +257,5 @@ class LocalSession:
         return found[-1] if found else None
 
     def new_checkpoint_dir(self) -> Path:
-        self._checkpoints = len(list(self.directory.glob("checkpoint_*"))) + 1
-        return self.directory / f"checkpoint_{self._checkpoints:06d}"
+        number = len(list(self.directory.glob("checkpoint_*"))) + 1
+        return self.directory / f"checkpoint_{number:06d}"

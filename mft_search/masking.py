@@ -26,7 +26,7 @@ from transformers.pytorch_utils import Conv1D
 
 from .architectures import check_blocks, layout_for, model_depth, module_names, resolve_kinds
 from .errors import ConfigError
-from .selection import global_mask, local_mask
+from .selection import select_mask
 
 Mode = Literal["local", "global"]
 Init = Literal["normal", "magnitude", "kaiming"]
@@ -108,8 +108,7 @@ class MaskedLinear(nn.Module):
         version = self.scores._version
         if self._cache is None or self._cache[0] != version:
             with torch.no_grad():
-                scores = self.scores
-                m = local_mask(scores, self.ratio) if self.mode == "local" else global_mask(scores, self.threshold)
+                m = select_mask(self.scores, self.mode, self.ratio, self.threshold)
             self._cache = (version, m)
             self.mask_computations += 1
         return self._cache[1]
@@ -138,13 +137,10 @@ def attach_masks(model: nn.Module, spec: MaskSpec) -> dict[str, MaskedLinear]:
     Returns the masked modules by their full name. Scores are initialised per `spec.init`,
     seeded per module so a module's scores do not depend on which others are masked.
     """
-    model_type = model.config.model_type
-    layout_for(model_type)
-    check_blocks(model_type, model_depth(model.config), tuple(spec.blocks))
-    kinds = resolve_kinds(model_type, spec.kinds)
+    names = spec_module_names(model, spec)
     model.requires_grad_(False)
     masked: dict[str, MaskedLinear] = {}
-    for name in module_names(model_type, tuple(spec.blocks), kinds):
+    for name in names:
         base = model.get_submodule(name)
         if not isinstance(base, (nn.Linear, Conv1D)):
             raise ConfigError(f"mask.kinds: {name} is a {type(base).__name__}, not a linear layer")
@@ -153,6 +149,14 @@ def attach_masks(model: nn.Module, spec: MaskSpec) -> dict[str, MaskedLinear]:
         _replace(model, name, module)
         masked[name] = module
     return masked
+
+
+def spec_module_names(model: nn.Module, spec: MaskSpec) -> list[str]:
+    """Full names of the modules `spec` masks in `model`, after checking blocks and kinds fit it."""
+    model_type = model.config.model_type
+    layout_for(model_type)
+    check_blocks(model_type, model_depth(model.config), tuple(spec.blocks))
+    return module_names(model_type, tuple(spec.blocks), resolve_kinds(model_type, spec.kinds))
 
 
 def _init_scores(scores: nn.Parameter, weight: torch.Tensor, spec: MaskSpec, name: str) -> None:
@@ -212,9 +216,13 @@ def set_fixed_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
 
 def kept_fraction(model: nn.Module) -> float:
     """Fraction of the masked modules' weights that the current masks keep."""
-    masks = current_masks(model).values()
-    total = sum(m.numel() for m in masks)
-    return sum(int(m.sum()) for m in masks) / total if total else 1.0
+    return fraction_kept(current_masks(model))
+
+
+def fraction_kept(masks: dict[str, torch.Tensor]) -> float:
+    """Fraction of all the masks' positions that are kept (1.0 for no masks)."""
+    total = sum(m.numel() for m in masks.values())
+    return sum(int(m.sum()) for m in masks.values()) / total if total else 1.0
 
 
 def detach_masks(model: nn.Module) -> None:

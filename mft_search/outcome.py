@@ -15,6 +15,7 @@ import yaml
 
 from .job import EvalVariant
 from .maskfile import load_mask_file
+from .results import best_reports
 from .space import params_to_trial
 from .tuning import Study
 from .worker import build_trainer
@@ -36,10 +37,7 @@ class Candidate:
 def best_candidates(frame: pd.DataFrame, study: str, stage: str, k: int) -> list[Candidate]:
     """The k best non-failed trials of a stage, each at its best report (ties: earlier trial)."""
     rows = frame[(frame["study"] == study) & (frame["stage"] == stage) & (frame["status"] != "failed")]
-    rows = rows[rows["metric"].notna()]
-    if rows.empty:
-        return []
-    best = rows.sort_values(["metric", "report"], ascending=[False, True]).groupby("trial_id", sort=False).head(1)
+    best = best_reports(rows)
     out = []
     for _, row in best.head(k).iterrows():
         params = {c.removeprefix("param."): _plain(row[c]) for c in row.index
@@ -60,9 +58,7 @@ def run_evaluation(study: Study, variants: list[EvalVariant], benchmark, name: s
     """One Ray Train run that scores every variant on `benchmark` (None: validation loss); {variant: metric}."""
     data = study.domain.train if benchmark is None else None
     job = study.job("evaluate", f"{study.slug}-{name}", variants=variants, evaluation=benchmark, data=data)
-    result = build_trainer(job, study.placement, storage_path=study.run_dir(), max_failures=study.cfg.retries).fit()
-    if result.error:
-        raise result.error
+    result = _fit(study, job)
     return {v.name: float(result.metrics.get(f"{v.name}/metric", math.nan)) for v in variants}
 
 
@@ -71,12 +67,17 @@ def continued_fft(study: Study, winner: Candidate) -> tuple[str, float]:
     control that tells MFT's effect from more training. Returns (best checkpoint, its metric)."""
     _, train = params_to_trial(winner.params, study.cfg)
     job = study.job("fft", f"{study.slug}-continued_fft", data=study.domain.train, train=train)
+    history = _fit(study, job).metrics_dataframe
+    best = history.sort_values(["metric", "report"], ascending=[False, True]).iloc[0]
+    return str(Path(job.artifact_dir) / f"report_{int(best['report']):03d}"), float(best["metric"])
+
+
+def _fit(study: Study, job):
+    """One Ray Train run outside Tune (baselines, test), retried as trials are; raises its error."""
     result = build_trainer(job, study.placement, storage_path=study.run_dir(), max_failures=study.cfg.retries).fit()
     if result.error:
         raise result.error
-    history = result.metrics_dataframe
-    best = history.sort_values(["metric", "report"], ascending=[False, True]).iloc[0]
-    return str(Path(job.artifact_dir) / f"report_{int(best['report']):03d}"), float(best["metric"])
+    return result
 
 
 def export_best(study: Study, winner: Candidate) -> Path:

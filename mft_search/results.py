@@ -67,6 +67,13 @@ class ResultsTable:
                 os.unlink(tmp)
 
 
+def best_reports(rows: pd.DataFrame) -> pd.DataFrame:
+    """Each trial's best report (highest metric; ties: the earliest report), one row per
+    (stage, trial), best trials first. Every report saved a mask, so this is what selection takes."""
+    ranked = rows.dropna(subset=["metric"]).sort_values(["metric", "report"], ascending=[False, True], kind="stable")
+    return ranked.groupby(["stage", "trial_id"], sort=False).head(1)
+
+
 def trial_status(last_result: dict[str, Any] | None, errored: bool) -> str:
     """completed (ran all its steps), pruned (stopped early by ASHA) or failed."""
     if errored:

@@ -71,3 +71,8 @@ def local_mask(scores: torch.Tensor, ratio: float) -> torch.Tensor:
 def global_mask(scores: torch.Tensor, threshold: float) -> torch.Tensor:
     """Global MFT mask: keep every weight whose raw score reaches the threshold."""
     return scores.detach() >= threshold
+
+
+def select_mask(scores: torch.Tensor, mode: str, ratio: float, threshold: float) -> torch.Tensor:
+    """The mask an MFT mode selects from one module's scores."""
+    return local_mask(scores, ratio) if mode == "local" else global_mask(scores, threshold)

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from ..errors import ConfigError
+from ..results import best_reports
 
 RESULTS = "results.parquet"
 STUDIES = "studies"
@@ -116,7 +117,7 @@ def per_trial(rows: pd.DataFrame) -> pd.DataFrame:
     records = []
     for order, (_, group) in enumerate(rows.groupby(["stage", "trial_id"], sort=False, dropna=False), start=1):
         last = group.loc[group["report"].idxmax()] if group["report"].notna().any() else group.iloc[-1]
-        ranked = group.dropna(subset=["metric"]).sort_values(["metric", "report"], ascending=[False, True])
+        ranked = best_reports(group)
         best = ranked.iloc[0] if not ranked.empty else last
         records.append({**best.to_dict(), "status": last["status"], "error": last.get("error"), "order": order})
     return pd.DataFrame(records, columns=[*rows.columns, "order"])
