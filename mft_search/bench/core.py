@@ -1,19 +1,15 @@
-"""Performance benchmarks: ratios measured side by side in one run (these machines are noisy).
+"""`core` suite: MFT step against FFT step and bare forward+backward, and mask-file bytes.
 
-    python -m mft_search.bench core [--quick]
-
-Benchmarks report numbers; tests check behaviour. Each measurement runs in a fresh process so
-that peak memory (resident set above the loaded model) belongs to that measurement alone.
+Each measurement runs in a fresh process so that peak memory (resident set above the loaded
+model) belongs to that measurement alone.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import multiprocessing as mp
 import resource
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -40,8 +36,8 @@ def _peak_rss_mb() -> float:
 
 def _measure_step(case: StepCase, repeats: int) -> dict[str, float]:
     """Median seconds per optimiser step and peak RSS growth (MB) over the loaded model."""
-    from .masking import MaskSpec, attach_masks, masked_modules, score_parameters
-    from .tiny import tiny_llama
+    from ..masking import MaskSpec, attach_masks, masked_modules, score_parameters
+    from ..tiny import tiny_llama
 
     torch.manual_seed(0)
     model = tiny_llama(**BENCH_MODEL).train()
@@ -117,8 +113,8 @@ def _entropy_bits(p: float) -> float:
 
 
 def _bench_mask_bytes() -> None:
-    from .maskfile import save_mask_file
-    from .selection import local_mask
+    from ..maskfile import save_mask_file
+    from ..selection import local_mask
 
     print("\n# mask file bytes (4-block group of the bench model, local mode)")
     print(f"{'ratio':>6} {'bytes':>10} {'x numel/8':>10} {'x entropy':>10}")
@@ -139,18 +135,5 @@ def _group_shapes() -> dict[str, tuple[int, int]]:
     return {f"model.layers.{b}.{k}": s for b in range(4) for k, s in per_block.items()}
 
 
-SUITES = {"core": bench_core}
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mft_search.bench", description="mft_search benchmarks")
-    parser.add_argument("suite", choices=sorted(SUITES))
-    parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller accumulation: a smoke run")
-    args = parser.parse_args(argv)
-    print(f"$ python -m mft_search.bench {' '.join(argv if argv is not None else sys.argv[1:])}")
-    SUITES[args.suite](quick=args.quick)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def run(quick: bool = False) -> None:
+    bench_core(quick)

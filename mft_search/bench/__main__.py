@@ -1,0 +1,30 @@
+"""python -m mft_search.bench SUITE [--quick]: run one benchmark suite and print its table."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# suite name -> module of this package (imported only when chosen: suites pull in Ray, evaluators)
+SUITES = {
+    "core": "core",          # MFT step vs FFT step, peak memory, mask-file bytes
+    "trial": "trial",        # a trial's fixed cost against its training time
+    "search": "search",      # TPE + ASHA vs grid vs random: compute to reach the grid's best
+    "maskfile": "maskfile",  # mask-file bytes against numel/8 and the entropy bound
+    "eval": "evaluation",    # batched vs one-at-a-time generation, parallel vs serial code runs
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mft_search.bench", description="mft_search benchmarks")
+    parser.add_argument("suite", choices=list(SUITES))
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller sizes: a smoke run")
+    args = parser.parse_args(argv)
+    print(f"$ python -m mft_search.bench {' '.join(argv if argv is not None else sys.argv[1:])}")
+    importlib.import_module(f"{__package__}.{SUITES[args.suite]}").run(quick=args.quick)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
