@@ -190,8 +190,17 @@ class _Trainer:
         while self.progress["step"] < self.total_steps:
             step = self.progress["step"]
             micro_batches = self.data.step_batches(step)
-            loss = train_step(self.model, micro_batches, self.optimizer, self.scheduler, self.job.train,
-                              self.session.device)
+            before_step = getattr(self.session, "before_step", None)  # faults.py's test hooks
+            try:
+                if before_step is not None:
+                    before_step(step, self.model)
+                loss = train_step(self.model, micro_batches, self.optimizer, self.scheduler, self.job.train,
+                                  self.session.device)
+            except RuntimeError as e:
+                if _is_out_of_memory(e):
+                    raise OutOfMemory(f"out of memory at step {step + 1}: lower train.micro_batch_size, turn on "
+                                      "train.activation_checkpointing or give the trial more workers") from e
+                raise
             if not math.isfinite(loss):
                 raise FloatingPointError(f"training loss became {loss} at step {step + 1}; "
                                          "lower train.lr or check the data")
@@ -233,6 +242,15 @@ class _Trainer:
                        model_type=model.config.model_type, dtype=model.get_input_embeddings().weight.dtype,
                        mode=spec.mode, ratio=spec.ratio, threshold=spec.threshold,
                        extra={"trial": self.job.name, "step": self.progress["step"]})
+
+
+class OutOfMemory(RuntimeError):
+    """A trial that does not fit: deterministic, so the sweep records it failed with this reason."""
+
+
+def _is_out_of_memory(error: RuntimeError) -> bool:
+    # torch.OutOfMemoryError on GPUs; the CPU allocator raises a plain RuntimeError
+    return isinstance(error, torch.OutOfMemoryError) or "can't allocate memory" in str(error)
 
 
 def masks_from_scores(scores: dict[str, torch.Tensor], spec: MaskSpec) -> dict[str, torch.Tensor]:

@@ -38,11 +38,12 @@ class ResultsTable:
         row.update({f"param.{k}": v for k, v in params.items()})
         self._rows[tuple(row[k] for k in KEY)] = row
 
-    def finish(self, study: str, stage: str, trial_id: str, status: str, error: str | None = None) -> None:
-        """Mark every row of a trial completed, pruned or failed (adding one row if it never reported)."""
-        rows = self.trial_rows(study, stage, trial_id)
+    def finish(self, base: dict[str, Any], params: dict[str, Any], status: str, error: str | None = None) -> None:
+        """Mark every row of a trial completed, pruned or failed; a trial that never reported (an
+        OOM at its first step) gets one row, with its parameters, so its failure is on record."""
+        rows = self.trial_rows(base["study"], base["stage"], base["trial_id"])
         if not rows:
-            row = {"study": study, "stage": stage, "trial_id": trial_id, "report": 0}
+            row = {**base, "report": 0, **{f"param.{k}": v for k, v in params.items()}}
             self._rows[tuple(row[k] for k in KEY)] = row
             rows = [row]
         for row in rows:

@@ -20,6 +20,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from . import faults
 from .backbone import BackboneSpec
 from .config import DomainSpec, SweepConfig
 from .job import TrialJob
@@ -78,13 +79,14 @@ class Study:
         return str(self.exp_dir / "ray")
 
 
-def _trial_driver(config: dict[str, Any], study: Study, stage: Stage) -> None:
+def _trial_driver(config: dict[str, Any], study: Study, stage: Stage, planned_faults: list[dict]) -> None:
     """One Tune trial: a Ray Train run of MFT at the sampled point."""
     trial_id = tune.get_context().get_trial_id()
-    job = study.mft_job(_params(config), trial_id, stage)
+    params = _params(config)
+    job = study.mft_job(params, trial_id, stage)
     forward = _CountingReportCallback()
     result = build_trainer(job, study.placement, storage_path=study.run_dir(), callbacks=[forward],
-                           max_failures=1).fit()
+                           max_failures=1, fault=faults.for_params(planned_faults, params)).fit()
     if forward.reports == 0 and result.metrics:
         # A driver restarted after its Train run had finished: the run is restored complete and
         # reports nothing, so hand Tune its final metrics once more.
@@ -205,7 +207,7 @@ class Recorder(tune.Callback):
         last = self._last.get(trial.trial_id)
         status = trial_status(last, errored)
         error = _error_text(trial) if errored else None
-        self.table.finish(self.study.name, self.stage, trial.trial_id, status, error)
+        self.table.finish(self._base(trial), _params(trial.config), status, error)
         self.table.flush()
         score = f"metric {last['metric']:.4f}" if last and "metric" in last else "no report"
         self.log(f"[{self.study.name} {self.stage}] trial {trial.trial_id} {status}: {score} "
@@ -232,8 +234,9 @@ def run_stage(study: Study, stage: Stage, results_path: Path, *, resume: bool, p
     is written to `results_path` as it ends."""
     # The trial driver only waits on its Train run, whose workers hold the real resources; a
     # sliver of CPU (Tune refuses an empty request) keeps drivers from using up the CPUs.
-    trainable = tune.with_resources(tune.with_parameters(_trial_driver, study=study, stage=stage),
-                                    {"CPU": DRIVER_CPU})
+    # MFT_SEARCH_FAULTS is read here, in the driver, so that it reaches trials on any cluster
+    driver = tune.with_parameters(_trial_driver, study=study, stage=stage, planned_faults=faults.from_environment())
+    trainable = tune.with_resources(driver, {"CPU": DRIVER_CPU})
     name = f"{study.slug}-{stage}"
     path = Path(study.run_dir()) / name
     if resume and tune.Tuner.can_restore(str(path)):

@@ -5,7 +5,8 @@ import torch
 from safetensors.torch import load_file
 
 from mft_search.evaluation.spec import EvalSpec
-from mft_search.job import EvalVariant, LocalSession, TrialJob, run_job
+from mft_search import faults
+from mft_search.job import EvalVariant, LocalSession, OutOfMemory, TrialJob, run_job
 from mft_search.maskfile import load_mask_file
 from mft_search.masking import MaskSpec
 from mft_search.training import TrainSettings
@@ -119,3 +120,24 @@ def test_a_loss_that_becomes_nan_fails_the_trial_with_its_reason(tmp_path, tiny_
     with pytest.raises(FloatingPointError, match="training loss became nan at step"):
         run_job(make_job(tmp_path, tiny_backbone, gsm8k_sft, kind="fft", mask=None, train=explode),
                 LocalSession(tmp_path / "session"))
+
+
+@pytest.mark.parametrize("fault, error, reason", [
+    ({"nan_at_step": 2}, FloatingPointError, "training loss became nan at step 2"),
+    ({"oom_at_step": 2}, OutOfMemory, "out of memory at step 2: lower train.micro_batch_size"),
+])
+def test_an_mft_trial_that_breaks_mid_training_fails_with_its_reason(tmp_path, tiny_backbone, gsm8k_sft, fault,
+                                                                      error, reason):
+    # The hooks really break the step: a NaN multiplied into the forward pass, a petabyte allocation.
+    session = faults.inject(LocalSession(tmp_path / "session"), fault)
+    with pytest.raises(error, match=reason):
+        run_job(make_job(tmp_path, tiny_backbone, gsm8k_sft), session)
+
+
+def test_faults_are_aimed_at_trials_by_their_parameters(monkeypatch):
+    monkeypatch.setenv(faults.ENV, '[{"match": {"ratio": 0.2, "mode": "local"}, "oom_at_step": 1}]')
+    planned = faults.from_environment()
+    assert faults.for_params(planned, {"ratio": 0.2, "mode": "local", "init": "normal"}) == {"oom_at_step": 1}
+    assert faults.for_params(planned, {"ratio": 0.1, "mode": "local"}) is None
+    monkeypatch.delenv(faults.ENV)
+    assert faults.from_environment() == []

@@ -10,7 +10,7 @@ def test_reports_upsert_and_survive_a_reload_in_numeric_order(tmp_path):
     base = {"study": "b/d", "stage": "probe", "trial_id": "t1"}
     for report in (2, 10, 1, 2):  # report 2 twice: a replay after a restart
         table.add_report(base, {"mode": "local"}, {"report": report, "metric": report / 10, "step": report})
-    table.finish("b/d", "probe", "t1", "completed")
+    table.finish(base, {"mode": "local"}, "completed")
     table.flush()
     frame = ResultsTable(path).frame()
     assert frame["report"].tolist() == [1, 2, 10]
@@ -20,9 +20,10 @@ def test_reports_upsert_and_survive_a_reload_in_numeric_order(tmp_path):
 
 def test_a_trial_that_never_reported_is_still_recorded_as_failed(tmp_path):
     table = ResultsTable(tmp_path / "r.parquet")
-    table.finish("b/d", "probe", "t9", "failed", "CUDA out of memory")
+    table.finish({"study": "b/d", "stage": "probe", "trial_id": "t9"}, {"ratio": 0.2}, "failed", "CUDA out of memory")
     (row,) = table.frame().to_dict("records")
     assert row["status"] == "failed" and row["error"] == "CUDA out of memory"
+    assert row["param.ratio"] == 0.2, "which configuration failed must be on record"
 
 
 def test_status_tells_pruned_from_completed_and_failed():

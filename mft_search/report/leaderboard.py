@@ -119,7 +119,24 @@ def _trials_section(studies: list[Study]) -> list[str]:
     lines.append("")
     for study in studies:
         lines += _top_trials(study)
+        lines += _failed_trials(study)
     return lines
+
+
+def _failed_trials(study: Study) -> list[str]:
+    """Each failed trial with its reason: a NaN loss or an OOM says what to change."""
+    failed = study.trials[study.trials["status"] == "failed"]
+    if failed.empty:
+        return []
+    lines = [f"### {study.name}: failed trials", "", "| Trial | Stage | Layer group | Mode | Ratio / threshold | Reason |",
+             "|---|---|---|---|---:|---|"]
+    for _, t in failed.iterrows():
+        cut = t.get("param.ratio") if _present(t.get("param.ratio")) else t.get("param.threshold")
+        reason = str(t.get("error") or "failed").replace("|", "\\|")
+        cells = [t["trial_id"], t["stage"], _value(t.get("param.layer_group")), _value(t.get("param.mode")),
+                 _value(cut), reason]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return lines + [""]
 
 
 def _top_trials(study: Study) -> list[str]:
