@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from transformers import PretrainedConfig
 
 from .architectures import layout_for, model_depth, resolve_kinds
-from .backbone import BackboneSpec, load_config
+from .backbone import BackboneSpec, load_config, load_tokenizer
 from .data import DataSpec
 from .errors import ConfigError, DataError, did_you_mean
 from .evaluation.spec import EvalSpec
@@ -346,6 +346,8 @@ def check_against_models(cfg: SweepConfig) -> dict[str, PretrainedConfig]:
         try:
             model_config = load_config(backbone)
             layout_for(model_config.model_type)
+            if Path(backbone.source).is_dir():  # a hub tokenizer would be downloaded here: left to the run
+                load_tokenizer(backbone)  # every trial needs it: an unreadable one fails now, not N times
         except ConfigError as exc:
             raise ConfigError(f"backbones[{i}].source: {_strip_prefix(str(exc))}") from None
         _check_groups(cfg.search.space, backbone.label, model_config)

@@ -33,6 +33,8 @@ from .errors import MaskFileError
 
 FORMAT = "mft_search.mask"
 VERSION = 1
+# what to do about a damaged file: the sweep keeps the original in two places
+DAMAGED_FIX = "copy the mask again from the experiment's best/ directory or the trial's artifacts/"
 
 
 @dataclass(frozen=True)
@@ -126,33 +128,33 @@ def load_mask_file(path: str | Path) -> MaskFile:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
             if header.get("format") != FORMAT:
-                raise MaskFileError(f"mask: {path} is not an mft_search mask file (format {header.get('format')!r})")
+                raise MaskFileError(f"mask: {path} is not an mft_search mask file (format {header.get('format')!r}); {DAMAGED_FIX}")
             packed = f.get_tensor("mask")
     except MaskFileError:
         raise
     except Exception as exc:  # safetensors reports truncation and bad headers in several ways
-        raise MaskFileError(f"mask: {path} is not a readable mask file (truncated or corrupt: {exc})") from None
+        raise MaskFileError(f"mask: {path} is not a readable mask file (truncated or corrupt: {exc}); {DAMAGED_FIX}") from None
     try:
         meta = json.loads(header["meta"])
         if meta["version"] != VERSION:
             raise MaskFileError(f"mask: {path} has format version {meta['version']}; this mft_search reads {VERSION}")
         shapes = [tuple(shape) for _, shape, _ in meta["modules"]]
     except (KeyError, ValueError, TypeError) as exc:
-        raise MaskFileError(f"mask: {path} has a malformed header ({exc})") from None
+        raise MaskFileError(f"mask: {path} has a malformed header ({exc}); {DAMAGED_FIX}") from None
     _check_integrity(path, packed, meta, shapes)
     masks = dict(zip((n for n, _, _ in meta["modules"]), unpack(packed, shapes)))
     for name, _, kept in meta["modules"]:
         if int(masks[name].sum()) != kept:
-            raise MaskFileError(f"mask: {path}: {name} keeps {int(masks[name].sum())} weights, header says {kept}")
+            raise MaskFileError(f"mask: {path}: {name} keeps {int(masks[name].sum())} weights, header says {kept}; {DAMAGED_FIX}")
     return MaskFile(masks=masks, meta=meta)
 
 
 def _check_integrity(path: Path, packed: torch.Tensor, meta: dict[str, Any], shapes: list[tuple[int, ...]]) -> None:
     expected = (sum(int(np.prod(s)) for s in shapes) + 7) // 8
     if packed.dtype != torch.uint8 or packed.numel() != expected:
-        raise MaskFileError(f"mask: {path} holds {packed.numel()} bytes of mask, its header needs {expected}")
+        raise MaskFileError(f"mask: {path} holds {packed.numel()} bytes of mask, its header needs {expected}; {DAMAGED_FIX}")
     if _digest(packed.numpy().tobytes(), meta) != meta.get("digest"):
-        raise MaskFileError(f"mask: {path} fails its digest check: the file was modified after it was written")
+        raise MaskFileError(f"mask: {path} fails its digest check: the file was modified after it was written; {DAMAGED_FIX}")
 
 
 def verify_for_model(mask_file: MaskFile, model: nn.Module) -> None:

@@ -83,15 +83,21 @@ def _fit(study: Study, job):
 def export_best(study: Study, winner: Candidate) -> Path:
     """best/<backbone>/<domain>/: the mask file, its metadata and the exact config behind it."""
     out = study.exp_dir / "best" / study.backbone.label / study.domain.name
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(winner.mask_path, out / "mask.safetensors")
-    meta = load_mask_file(out / "mask.safetensors").meta
-    (out / "mask.json").write_text(json.dumps(meta, indent=2))
+    # Written into a staging directory and renamed into place: storage that fills mid-export
+    # leaves the staging directory behind, never a best/ with half its files.
+    staging = out.with_name(f".{out.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    shutil.copyfile(winner.mask_path, staging / "mask.safetensors")
+    meta = load_mask_file(staging / "mask.safetensors").meta
+    (staging / "mask.json").write_text(json.dumps(meta, indent=2))
     mask, train = params_to_trial(winner.params, study.cfg)
     selected = {"trial_id": winner.trial_id, "stage": winner.stage, "validation_metric": winner.metric,
                 "params": winner.params, "mask": {**mask, "blocks": list(mask["blocks"])}, "train": train.model_dump(),
                 "backbone": study.backbone.model_dump(), "sweep": study.cfg.model_dump(mode="json")}
-    (out / "config.yaml").write_text(yaml.safe_dump(selected, sort_keys=False))
+    (staging / "config.yaml").write_text(yaml.safe_dump(selected, sort_keys=False))
+    shutil.rmtree(out, ignore_errors=True)  # a resumed sweep re-exports the same selection
+    staging.rename(out)
     return out
 
 

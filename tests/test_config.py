@@ -2,6 +2,7 @@
 
 import copy
 import json
+import shutil
 
 import pytest
 import yaml
@@ -16,14 +17,15 @@ from mft_search.config import (
     resolve_storage,
 )
 from mft_search.errors import ConfigError, DataError
-from mft_search.tiny import tiny_gpt2, tiny_llama
+from mft_search.tiny import tiny_gpt2, tiny_llama, tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    """A 4-block Llama's config alone: all that check_against_models reads."""
+    """A 4-block Llama's config and tokenizer, no weights: all that check_against_models reads."""
     path = tmp_path_factory.mktemp("tiny")
     tiny_llama(layers=4).config.save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
     return path
 
 
@@ -207,9 +209,24 @@ def test_layer_group_beyond_depth(tiny_dir, space, expected):
 
 def test_kinds_the_architecture_lacks(tmp_path):
     tiny_gpt2(layers=4).config.save_pretrained(tmp_path)
+    tiny_tokenizer().save_pretrained(tmp_path)
     cfg = parse_config(merged(base(tmp_path), {"search": {"space": {"kinds": [["q", "k", "v"], ["gate"]]}}}))
     with pytest.raises(ConfigError, match=r"search.space.kinds\[1\]: 'gate' is not a module kind of gpt2"):
         check_against_models(cfg)
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "missing"])
+def test_an_unreadable_tokenizer_is_refused_before_any_trial(tiny_dir, tmp_path, damage):
+    backbone = tmp_path / "backbone"
+    shutil.copytree(tiny_dir, backbone)
+    if damage == "corrupt":
+        (backbone / "tokenizer.json").write_text('{"model": "not a tokenizer"}')
+    else:
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            (backbone / name).unlink()
+    with pytest.raises(ConfigError, match=r"backbones\[0\].source: cannot read a tokenizer from .*; the backbone "
+                                          "directory must hold its tokenizer"):
+        check_against_models(parse_config(base(backbone)))
 
 
 def test_unreadable_backbone(tmp_path):

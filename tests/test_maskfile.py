@@ -2,9 +2,11 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from mft_search.errors import MaskFileError
 from mft_search.maskfile import backbone_fingerprint, load_mask_file, save_mask_file, verify_for_model
@@ -177,17 +179,40 @@ def test_apply_writes_a_checkpoint_plain_transformers_loads_with_equal_logits(ar
     assert check.stdout.strip() == "ok", check.stderr
 
 
-def test_apply_refuses_a_mask_for_another_backbone_with_exit_2(tmp_path):
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-100])
+
+
+def _tamper(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _foreign(path: Path) -> None:
+    save_file({"weight": torch.zeros(4)}, str(path))  # a safetensors file, but no mask file
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (None, "mask: this mask was learned on another backbone"),
+    (_truncate, "mask: "),
+    (_tamper, "mask: "),
+    (_foreign, "mask: "),
+    (Path.unlink, "mask: "),
+])
+def test_apply_refuses_a_bad_mask_file_in_one_line_with_exit_2_and_writes_nothing(tmp_path, damage, expected):
     model = tiny_llama()
-    write(model, learned_mask(model), tmp_path / "mask.safetensors")
-    other = tmp_path / "other"
-    tiny_llama(seed=1).save_pretrained(other)
+    mask = tmp_path / "mask.safetensors"
+    write(model, learned_mask(model), mask)
+    backbone = tmp_path / "backbone"
+    (tiny_llama(seed=1) if damage is None else model).save_pretrained(backbone)
+    if damage is not None:
+        damage(mask)
     out = tmp_path / "masked"
-    result = subprocess.run([sys.executable, "-m", "mft_search.apply", "--backbone", str(other),
-                             "--mask", str(tmp_path / "mask.safetensors"), "--out", str(out)],
-                            capture_output=True, text=True)
-    assert result.returncode == 2
+    result = subprocess.run([sys.executable, "-m", "mft_search.apply", "--backbone", str(backbone),
+                             "--mask", str(mask), "--out", str(out)], capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
     # transformers may draw progress bars above it; the error itself is one line, last
-    assert result.stderr.strip().splitlines()[-1].startswith("error: mask: this mask was learned on another backbone")
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {expected}")
     assert "Traceback" not in result.stderr
     assert not out.exists() and not list(tmp_path.glob(".masked*"))

@@ -5,6 +5,7 @@ Each sweep starts its own Ray in a subprocess, as a user's command does (slow: ~
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,10 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
+
+from mft_search.config import load_config_file
+from mft_search.errors import ConfigError
+from mft_search.sweep import check_cluster
 
 pytestmark = pytest.mark.ray
 
@@ -78,6 +83,33 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing_behind(tmp_path, tiny_b
     assert expected in error_line(result)
     assert not (tmp_path / "runs" / "e2e").exists()
     assert not _ray_processes(), "the command left its Ray running"
+
+
+def test_an_unreadable_tokenizer_is_refused_before_ray_starts(tmp_path, tiny_backbone, gsm8k_dir):
+    backbone = tmp_path / "backbone"
+    shutil.copytree(tiny_backbone.source, backbone)
+    (backbone / "tokenizer.json").write_text("{not json")
+    config = write_config(tmp_path, tiny_backbone, gsm8k_dir,
+                          backbones=[{"source": str(backbone), "name": "tiny"}])
+    assert "backbones[0].source: cannot read a tokenizer" in error_line(sweep("--config", str(config)))
+    assert not (tmp_path / "runs" / "e2e").exists()
+    assert not _ray_processes(), "the command left its Ray running"
+
+
+@pytest.mark.parametrize("nodes, expected", [
+    ([{"CPU": 8}, {"CPU": 8}], "storage: {exp} is local to this node but the cluster has 2 nodes; use a directory on "
+                               "a shared filesystem (NFS)"),
+    ([{"CPU": 1}, {"CPU": 1}], "resources: a trial needs 1 worker(s) x (4 CPU, 0 GPU)"),
+])
+def test_the_cluster_check_refuses_local_storage_on_many_nodes_and_unplaceable_trials(tmp_path, tiny_backbone,
+                                                                                     gsm8k_dir, nodes, expected):
+    # check_cluster reads what ray.nodes() gives; a fake two-node cluster costs no Ray start
+    cfg = load_config_file(write_config(tmp_path, tiny_backbone, gsm8k_dir,
+                                        resources={"workers_per_trial": 1, "cpus_per_worker": 4}))
+    cluster = {"resources": {"CPU": sum(n["CPU"] for n in nodes)}, "nodes": [{"Resources": n} for n in nodes]}
+    with pytest.raises(ConfigError) as info:
+        check_cluster(cfg, cluster, tmp_path / "runs" / "e2e")
+    assert expected.format(exp=tmp_path / "runs" / "e2e") in str(info.value)
 
 
 def _ray_processes() -> list[str]:
