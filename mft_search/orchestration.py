@@ -10,6 +10,7 @@ from .config import SweepConfig
 from .job import EvalVariant
 from .outcome import best_candidates, continued_fft, export_best, run_evaluation, verdict, write_summary
 from .results import ResultsTable
+from .storage import Storage
 from .tuning import Study, run_stage
 
 
@@ -33,24 +34,38 @@ class SweepState:
 def run_sweep(cfg: SweepConfig, exp_dir: Path, *, resume: bool, log=print) -> str:
     """Every study of the sweep; returns the leaderboard text."""
     exp_dir.mkdir(parents=True, exist_ok=True)
+    storage = Storage(exp_dir)
+    storage.claim()
+    try:
+        _run_studies(cfg, exp_dir, storage, resume, log)
+        from .report import write_report
+
+        write_report(exp_dir)
+    except Exception as exc:  # storage that filled or vanished, however deep Ray wrapped it
+        failure = storage.failure(exc)
+        if failure is None:
+            raise
+        raise failure from None
+    return (exp_dir / "leaderboard.md").read_text()
+
+
+def _run_studies(cfg: SweepConfig, exp_dir: Path, storage: Storage, resume: bool, log) -> None:
     state = SweepState(exp_dir / "state.json")
     results = exp_dir / "results.parquet"
     for backbone in cfg.backbones:
         for domain in cfg.domains:
-            study = Study(cfg, backbone, domain, exp_dir)
+            study = Study(cfg, backbone, domain, exp_dir, storage)
             _search(study, state, results, resume, log)
             if not state.finished(study, "evaluation"):
+                storage.check()
                 _evaluate(study, ResultsTable(results), log)
                 state.mark(study, "evaluation")
-    from .report import write_report
-
-    write_report(exp_dir)
-    return (exp_dir / "leaderboard.md").read_text()
 
 
 def _search(study: Study, state: SweepState, results: Path, resume: bool, log) -> None:
     """Probe, then refine; the Tune callbacks write results.parquet, read back here from disk."""
     if not state.finished(study, "probe"):
+        study.storage.check()
         log(f"[{study.name}] probe: {study.cfg.search.trials} trials on "
             f"{study.cfg.stages.probe.data_fraction:.0%} of the training data")
         run_stage(study, "probe", results, resume=resume, log=log)
@@ -60,6 +75,7 @@ def _search(study: Study, state: SweepState, results: Path, resume: bool, log) -
         points = [c.params for c in best_candidates(ResultsTable(results).frame(), study.name, "probe", k)]
         log(f"[{study.name}] refine: the best {len(points)} probe point(s) on all the training data")
         if points:
+            study.storage.check()
             run_stage(study, "refine", results, resume=resume, points=points, log=log)
         state.mark(study, "refine")
 

@@ -7,6 +7,10 @@ selection on validation, then the selected mask and every baseline on the test b
 Inside `ray job submit`, or with RAY_ADDRESS set, it joins that cluster; otherwise it starts a
 local Ray sized to this machine and shuts it down at the end. With no --config it runs the
 embedded demo (search_spaces/demo.yaml), building its tiny backbone first if needed.
+
+Exit status: 0 done; 2 bad input (one line naming the field and the fix; nothing written, no Ray
+left); 3 storage filled or vanished mid-run (one line; results so far intact: fix the storage,
+then --resume).
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from .job import TrialJob
 from .masking import MaskSpec
 from .results import ResultsTable, trial_status
 from .space import define_by_run, enqueue_points, make_sampler, params_to_trial
+from .storage import Storage
 from .worker import Placement, build_trainer
 
 Stage = Literal["probe", "refine"]
@@ -41,6 +42,7 @@ class Study:
     backbone: BackboneSpec
     domain: DomainSpec
     exp_dir: Path
+    storage: Storage | None = None  # checked by the Recorder before it writes results
 
     @property
     def name(self) -> str:
@@ -189,7 +191,12 @@ class Recorder(tune.Callback):
                 "workers": r.workers_per_trial, "cpus_per_worker": r.cpus_per_worker,
                 "gpus_per_worker": r.gpus_per_worker}
 
+    def _check_storage(self) -> None:
+        if self.study.storage is not None:
+            self.study.storage.check()
+
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self._check_storage()
         base = self._base(trial)
         report = int(result.get("report", 0))
         name = f"{self.study.slug}-{self.stage}-{trial.trial_id}"
@@ -204,9 +211,15 @@ class Recorder(tune.Callback):
         self._finish(trial, errored=True)
 
     def _finish(self, trial, errored: bool) -> None:
+        self._check_storage()
         last = self._last.get(trial.trial_id)
         status = trial_status(last, errored)
         error = _error_text(trial) if errored else None
+        if error and self.study.storage is not None:
+            # not the trial's failure: stop the sweep before every later trial fails the same way
+            failure = self.study.storage.failed_trial(error)
+            if failure is not None:
+                raise failure
         self.table.finish(self._base(trial), _params(trial.config), status, error)
         self.table.flush()
         score = f"metric {last['metric']:.4f}" if last and "metric" in last else "no report"
