@@ -1,14 +1,17 @@
-"""The mask file: one learned mask, 1 bit a weight, safe to load from anyone.
+"""The mask file: one learned mask, at most 1 bit a weight, safe to load from anyone.
 
-Layout: a safetensors file holding one uint8 tensor `mask`, the masks of all modules flattened
-in metadata order, concatenated and bit-packed (little bit order), so the body is exactly
-ceil(total numel / 8) bytes. Its `__metadata__` holds one JSON document:
+Layout: a safetensors file holding one uint8 tensor `mask`: the masks of all modules flattened
+in metadata order, concatenated and encoded by mask_codec, bit-packed (ceil(numel / 8) bytes)
+or, where smaller (small ratios), Rice-coded gaps between the masked-out weights. Its
+`__metadata__` holds one JSON document:
 
     version, model_type, dtype, fingerprint   the backbone the mask was learned on
     mode, ratio | threshold                   how it was selected
     modules: [[name, shape, kept], ...]       in packing order
+    body                                      the encoding and what decoding it needs
     digest                                    sha256 over the body and the rest of the metadata
 
+Version 1 files are bit-packed (older ones have no `body`); version 2 files are Rice-coded.
 Loading refuses a truncated body, a tampered header (digest or kept counts off), and, against
 a model, other shapes or another backbone's fingerprint. safetensors never unpickles.
 """
@@ -29,10 +32,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from . import mask_codec
 from .errors import MaskFileError
 
 FORMAT = "mft_search.mask"
 VERSION = 1
+READS = (1, 2)  # 2: the body header says how it is encoded (mask_codec)
 # what to do about a damaged file: the sweep keeps the original in two places
 DAMAGED_FIX = "copy the mask again from the experiment's best/ directory or the trial's artifacts/"
 
@@ -66,16 +71,17 @@ def backbone_fingerprint(model: nn.Module, names: list[str]) -> str:
     return h.hexdigest()
 
 
-def pack(masks: list[torch.Tensor]) -> torch.Tensor:
-    """Concatenate flattened bool masks and pack 8 to a byte."""
+def pack(masks: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Concatenate flattened bool masks and encode them (the smaller of mask_codec's two)."""
     flat = np.concatenate([m.detach().cpu().reshape(-1).numpy().astype(np.bool_) for m in masks])
-    return torch.from_numpy(np.packbits(flat, bitorder="little"))
+    encoded = mask_codec.encode(flat)
+    return torch.from_numpy(encoded.body), encoded.header
 
 
-def unpack(packed: torch.Tensor, shapes: list[tuple[int, ...]]) -> list[torch.Tensor]:
-    """Inverse of `pack` for the given shapes."""
+def unpack(packed: torch.Tensor, shapes: list[tuple[int, ...]], body: dict[str, Any]) -> list[torch.Tensor]:
+    """Inverse of `pack` for the given shapes and body header."""
     total = sum(int(np.prod(s)) for s in shapes)
-    bits = np.unpackbits(packed.numpy(), count=total, bitorder="little").astype(np.bool_)
+    bits = mask_codec.decode(packed.numpy(), body, total)
     out, start = [], 0
     for shape in shapes:
         n = int(np.prod(shape))
@@ -94,9 +100,11 @@ def save_mask_file(path: str | Path, masks: dict[str, torch.Tensor], *, fingerpr
                    threshold: float | None = None, extra: dict[str, Any] | None = None) -> Path:
     """Write `masks` atomically (temp file + rename): a reader never sees half a file."""
     names = list(masks)
-    packed = pack([masks[n] for n in names])
+    packed, body = pack([masks[n] for n in names])
     meta: dict[str, Any] = {
-        "version": VERSION,
+        # version 1 files are all bitpacked: they keep that number, so older readers still load them
+        "version": VERSION if body["encoding"] == "bitpacked" else 2,
+        "body": body,
         "model_type": model_type,
         "dtype": str(dtype).removeprefix("torch."),
         "fingerprint": fingerprint,
@@ -136,21 +144,26 @@ def load_mask_file(path: str | Path) -> MaskFile:
         raise MaskFileError(f"mask: {path} is not a readable mask file (truncated or corrupt: {exc}); {DAMAGED_FIX}") from None
     try:
         meta = json.loads(header["meta"])
-        if meta["version"] != VERSION:
-            raise MaskFileError(f"mask: {path} has format version {meta['version']}; this mft_search reads {VERSION}")
+        if meta["version"] not in READS:
+            raise MaskFileError(f"mask: {path} has format version {meta['version']}; this mft_search reads "
+                                f"{', '.join(map(str, READS))}: upgrade mft_search")
         shapes = [tuple(shape) for _, shape, _ in meta["modules"]]
+        body = meta.get("body", {"encoding": "bitpacked"})
+        _check_integrity(path, packed, meta, shapes, body)
+        masks = dict(zip((n for n, _, _ in meta["modules"]), unpack(packed, shapes, body)))
+    except MaskFileError:
+        raise
     except (KeyError, ValueError, TypeError) as exc:
         raise MaskFileError(f"mask: {path} has a malformed header ({exc}); {DAMAGED_FIX}") from None
-    _check_integrity(path, packed, meta, shapes)
-    masks = dict(zip((n for n, _, _ in meta["modules"]), unpack(packed, shapes)))
     for name, _, kept in meta["modules"]:
         if int(masks[name].sum()) != kept:
             raise MaskFileError(f"mask: {path}: {name} keeps {int(masks[name].sum())} weights, header says {kept}; {DAMAGED_FIX}")
     return MaskFile(masks=masks, meta=meta)
 
 
-def _check_integrity(path: Path, packed: torch.Tensor, meta: dict[str, Any], shapes: list[tuple[int, ...]]) -> None:
-    expected = (sum(int(np.prod(s)) for s in shapes) + 7) // 8
+def _check_integrity(path: Path, packed: torch.Tensor, meta: dict[str, Any], shapes: list[tuple[int, ...]],
+                     body: dict[str, Any]) -> None:
+    expected = mask_codec.body_size(body, sum(int(np.prod(s)) for s in shapes))
     if packed.dtype != torch.uint8 or packed.numel() != expected:
         raise MaskFileError(f"mask: {path} holds {packed.numel()} bytes of mask, its header needs {expected}; {DAMAGED_FIX}")
     if _digest(packed.numpy().tobytes(), meta) != meta.get("digest"):

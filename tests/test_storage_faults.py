@@ -5,7 +5,6 @@ disk) or a bind mount (lazily unmounted mid-run, as a dropped NFS mount would be
 the sweep must stop with one line and exit status 3, stop its Ray, and leave every result it
 wrote readable by `python -m mft_search.report`. Mounting needs root: elsewhere these skip."""
 
-import os
 import subprocess
 import sys
 import time

@@ -1,4 +1,4 @@
-"""`core` suite: MFT step against FFT step and bare forward+backward, and mask-file bytes.
+"""`core` suite: MFT optimiser step against FFT step and bare forward+backward.
 
 Each measurement runs in a fresh process so that peak memory (resident set above the loaded
 model) belongs to that measurement alone.
@@ -6,14 +6,11 @@ model) belongs to that measurement alone.
 
 from __future__ import annotations
 
-import math
 import multiprocessing as mp
 import resource
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -105,34 +102,6 @@ def bench_core(quick: bool = False) -> None:
             mask = f"{100 * r['mask_s'] / r['step_s']:6.2f}%" if "mask_s" in r else ""
             print(f"{accum:>5} {case.name:<22} {r['step_s']:8.3f} {r['step_s'] / fft['step_s']:7.2f} "
                   f"{r['step_s'] / bare['step_s']:7.2f} {r['peak_mb']:8.1f} {r['peak_mb'] / max(fft['peak_mb'], 1e-9):7.2f} {mask:>7}")
-    _bench_mask_bytes()
-
-
-def _entropy_bits(p: float) -> float:
-    return 0.0 if p in (0.0, 1.0) else -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
-
-
-def _bench_mask_bytes() -> None:
-    from ..maskfile import save_mask_file
-    from ..selection import local_mask
-
-    print("\n# mask file bytes (4-block group of the bench model, local mode)")
-    print(f"{'ratio':>6} {'bytes':>10} {'x numel/8':>10} {'x entropy':>10}")
-    shapes = _group_shapes()
-    numel = sum(math.prod(s) for s in shapes.values())
-    for ratio in (0.02, 0.1, 0.4):
-        masks = {n: local_mask(torch.randn(s), ratio) for n, s in shapes.items()}
-        with tempfile.TemporaryDirectory() as tmp:
-            size = save_mask_file(Path(tmp) / "m.safetensors", masks, fingerprint="0" * 64, model_type="llama",
-                                  dtype=torch.float32, mode="local", ratio=ratio).stat().st_size
-        print(f"{ratio:>6} {size:>10} {size / (numel / 8):10.3f} {size / (numel * _entropy_bits(ratio) / 8):10.3f}")
-
-
-def _group_shapes() -> dict[str, tuple[int, int]]:
-    h, i = BENCH_MODEL["hidden"], BENCH_MODEL["intermediate"]
-    per_block = {"self_attn.q_proj": (h, h), "self_attn.k_proj": (h, h), "self_attn.v_proj": (h, h),
-                 "self_attn.o_proj": (h, h), "mlp.gate_proj": (i, h), "mlp.up_proj": (i, h), "mlp.down_proj": (h, i)}
-    return {f"model.layers.{b}.{k}": s for b in range(4) for k, s in per_block.items()}
 
 
 def run(quick: bool = False) -> None:
