@@ -28,6 +28,14 @@ def test_run_many_keeps_order():
     assert [r.passed for r in results] == [True, False, True, False, True, False]
 
 
+def test_workers_run_programs_at_the_same_time():
+    # four programs that each wait 1.5 s: serially 6 s, with four workers about 1.5 s plus start-up
+    waiting = ["import time; time.sleep(1.5)"] * 4
+    start = time.monotonic()
+    results = run_many(waiting, workers=4, **LIMITS)
+    assert all(r.passed for r in results) and time.monotonic() - start < 4.5
+
+
 def test_infinite_loop_times_out():
     start = time.monotonic()
     result = run_program("while True:\n    pass", timeout_s=1.0, memory_mb=512)
