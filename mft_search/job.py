@@ -82,6 +82,7 @@ class Session(Protocol):
 
 def run_job(job: TrialJob, session: Session) -> None:
     """Run `job` on this rank; every rank calls it, and rank 0's reports are the trial's."""
+    started = time.perf_counter()
     torch.manual_seed(job.train.seed)
     tokenizer = load_tokenizer(job.backbone)
     if job.kind == "evaluate":
@@ -97,7 +98,7 @@ def run_job(job: TrialJob, session: Session) -> None:
     fingerprint = ""
     if job.kind == "mft":  # masked modules keep their weight, so the backbone's fingerprint holds
         fingerprint = backbone_fingerprint(model, list(attach_masks(model, job.mask)))
-    _Trainer(job, session, model.to(session.device), tokenizer, fingerprint).run()
+    _Trainer(job, session, model.to(session.device), tokenizer, fingerprint, started).run()
 
 
 def _evaluate_variants(job: TrialJob, tokenizer, device: torch.device) -> dict[str, float]:
@@ -165,7 +166,7 @@ def _problems(evaluator: str, source: str | None, limit: int | None) -> list:
 class _Trainer:
     """The MFT / FFT loop on one rank: steps, evaluation points, checkpoints, resume."""
 
-    def __init__(self, job: TrialJob, session: Session, model, tokenizer, fingerprint: str) -> None:
+    def __init__(self, job: TrialJob, session: Session, model, tokenizer, fingerprint: str, started: float) -> None:
         self.job, self.session, self.tokenizer, self.fingerprint = job, session, tokenizer, fingerprint
         self.data = TrainingData(job.data, tokenizer, Path(job.cache_dir), job.train, session.rank,
                                  session.world_size)
@@ -182,6 +183,9 @@ class _Trainer:
         if resume is not None:
             self.progress = load_progress(resume, self.optimizer, self.scheduler)
         self.eval_every = job.train.eval_every_steps or self.data.steps_per_epoch
+        # Where a trial's time goes (bench trial): loading before the first step, then per phase.
+        self.seconds = {"time_load_s": time.perf_counter() - started, "time_train_s": 0.0, "time_eval_s": 0.0,
+                        "time_save_s": 0.0}
 
     def run(self) -> None:
         losses: list[float] = []
@@ -189,6 +193,7 @@ class _Trainer:
         self.model.train()
         while self.progress["step"] < self.total_steps:
             step = self.progress["step"]
+            step_start = time.perf_counter()
             micro_batches = self.data.step_batches(step)
             before_step = getattr(self.session, "before_step", None)  # faults.py's test hooks
             try:
@@ -205,6 +210,7 @@ class _Trainer:
                 raise FloatingPointError(f"training loss became {loss} at step {step + 1}; "
                                          "lower train.lr or check the data")
             losses.append(loss)
+            self.seconds["time_train_s"] += time.perf_counter() - step_start
             self.progress["step"] = step + 1
             if (step + 1) % self.eval_every == 0 or step + 1 == self.total_steps:
                 self._report(sum(losses) / len(losses), time.perf_counter() - start)
@@ -213,7 +219,10 @@ class _Trainer:
 
     def _report(self, train_loss: float, wall_s: float) -> None:
         self.progress["report"] += 1
+        eval_start = time.perf_counter()
         metrics = _evaluate(self.job, self.model, self.tokenizer, self.data.validation_batches())
+        self.seconds["time_eval_s"] += time.perf_counter() - eval_start
+        save_start = time.perf_counter()
         metrics.update(train_loss=train_loss, step=self.progress["step"], total_steps=self.total_steps,
                        report=self.progress["report"], epoch=self.progress["step"] / self.data.steps_per_epoch,
                        train_wall_s=wall_s)
@@ -227,7 +236,8 @@ class _Trainer:
             checkpoint = self.session.new_checkpoint_dir()
             save_state(checkpoint, trainable, self.job.kind, self.optimizer, self.scheduler, self.progress,
                        is_sharded(self.model))
-        self.session.report(metrics, checkpoint)
+        self.seconds["time_save_s"] += time.perf_counter() - save_start
+        self.session.report({**metrics, **self.seconds}, checkpoint)
 
     def _write_artifact(self, trainable: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> None:
         """A mask file (MFT) or a safetensors checkpoint (FFT) for this evaluation point."""

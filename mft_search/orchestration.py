@@ -90,6 +90,7 @@ def _evaluate(study: Study, table: ResultsTable, log) -> None:
         log(f"[{study.name}] no trial finished: nothing selected")
         return
     winner = winners[0]
+    study.prepare_data("refine")  # the baselines train and score on all the data: tokenised here, once
     baselines = study.cfg.baselines
     masks = [EvalVariant(name=b, baseline=b, mask_file=winner.mask_path) for b in ("random", "l1") if b in baselines]
     validation = {"best_mft": winner.metric}

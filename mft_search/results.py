@@ -33,7 +33,7 @@ class ResultsTable:
         """Record one report of a running trial (status "running" until it finishes)."""
         row = {**base, "status": "running", "error": None, "report": int(result.get("report", 0))}
         row.update({k: _float(result.get(k)) for k in REPORT_FIELDS})
-        row.update({k: _float(v) for k, v in result.items() if k.startswith("eval_")})
+        row.update({k: _float(v) for k, v in result.items() if k.startswith(("eval_", "time_"))})
         row["wall_s"] = _float(result.get("time_total_s"))
         row.update({f"param.{k}": v for k, v in params.items()})
         self._rows[tuple(row[k] for k in KEY)] = row

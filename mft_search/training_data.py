@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from .data import DataSpec, iterate_batches, shard_indices, steps_per_epoch, tokenized_dataset
+from .data.cache import parts
 from .data.batching import collate
 from .errors import DataError
 from .training import TrainSettings
@@ -25,8 +26,7 @@ class TrainingData:
         self.settings, self.rank, self.world_size = settings, rank, world_size
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.train = tokenized_dataset(spec, tokenizer, cache_dir, "train")
-        has_validation = spec.validation_fraction > 0 or spec.validation_split is not None
-        self.validation = tokenized_dataset(spec, tokenizer, cache_dir, "validation") if has_validation else None
+        self.validation = tokenized_dataset(spec, tokenizer, cache_dir, "validation") if "validation" in parts(spec) else None
         self.steps_per_epoch = steps_per_epoch(len(self.train), settings.global_batch_size)
         if self.steps_per_epoch == 0:
             raise DataError(f"train.global_batch_size: {settings.global_batch_size} exceeds the "

@@ -1,7 +1,8 @@
 """The tune layer: one Optuna study per (backbone, domain), searched by Ray Tune with ASHA.
 
-Each Tune trial is a small driver function that builds a TorchTrainer for its sampled point and
-fits it; TuneReportCallback forwards rank 0's (already all-reduced) metrics to Tune. The Optuna
+Each Tune trial runs MFT at its sampled point: a one-worker trial in its own process (a
+TuneSession), a multi-worker one as a TorchTrainer that the trial fits, TuneReportCallback
+forwarding rank 0's (already all-reduced) metrics to Tune. The Optuna
 study lives in a JournalStorage file in the experiment directory, so optuna-dashboard and
 `optuna.importance` work on it and it survives a restart of the driver.
 """
@@ -9,11 +10,14 @@ study lives in a JournalStorage file in the experiment directory, so optuna-dash
 from __future__ import annotations
 
 import math
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import optuna
+import torch
 from optuna.trial import TrialState
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
@@ -23,7 +27,8 @@ from ray.tune.search.optuna import OptunaSearch
 from . import faults
 from .backbone import BackboneSpec
 from .config import DomainSpec, SweepConfig
-from .job import TrialJob
+from .data import DataSpec
+from .job import TrialJob, run_job
 from .masking import MaskSpec
 from .results import ResultsTable, trial_status
 from .space import define_by_run, enqueue_points, make_sampler, params_to_trial
@@ -69,30 +74,77 @@ class Study:
                         artifact_dir=str(self.dir / "artifacts" / name))
         return TrialJob(name=name, kind=kind, **{**defaults, **fields})
 
-    def mft_job(self, params: dict[str, Any], trial_id: str, stage: Stage) -> TrialJob:
-        mask_kwargs, train = params_to_trial(params, self.cfg)
+    def train_data(self, stage: Stage) -> DataSpec:
+        """What a trial of `stage` trains on: the probe a fraction, refine all of it."""
         data = self.domain.train
         if stage == "probe":
             data = data.model_copy(update={"fraction": data.fraction * self.cfg.stages.probe.data_fraction})
-        return self.job("mft", f"{self.slug}-{stage}-{trial_id}", data=data, mask=MaskSpec(**mask_kwargs),
-                        train=train)
+        return data
+
+    def mft_job(self, params: dict[str, Any], trial_id: str, stage: Stage) -> TrialJob:
+        mask_kwargs, train = params_to_trial(params, self.cfg)
+        return self.job("mft", f"{self.slug}-{stage}-{trial_id}", data=self.train_data(stage),
+                        mask=MaskSpec(**mask_kwargs), train=train)
+
+    def prepare_data(self, stage: Stage) -> None:
+        """Tokenise the stage's data here, in the driver, before any trial starts: trials only
+        read the cache, instead of the first few each tokenising the same data at once."""
+        from .backbone import load_tokenizer
+        from .data import tokenized_dataset
+        from .data.cache import parts
+
+        spec, tokenizer = self.train_data(stage), load_tokenizer(self.backbone)
+        for part in parts(spec):
+            tokenized_dataset(spec, tokenizer, self.exp_dir / "cache", part)
 
     def run_dir(self) -> str:
         return str(self.exp_dir / "ray")
 
 
 def _trial_driver(config: dict[str, Any], study: Study, stage: Stage, planned_faults: list[dict]) -> None:
-    """One Tune trial: a Ray Train run of MFT at the sampled point."""
+    """One Tune trial: MFT at the sampled point, in this process when it has one worker, else
+    as a Ray Train run of its workers."""
     trial_id = tune.get_context().get_trial_id()
     params = _params(config)
     job = study.mft_job(params, trial_id, stage)
+    fault = faults.for_params(planned_faults, params)
+    if study.placement.num_workers == 1:
+        run_job(job, faults.inject(TuneSession(study.placement.use_gpu), fault))
+        return
     forward = _CountingReportCallback()
     result = build_trainer(job, study.placement, storage_path=study.run_dir(), callbacks=[forward],
-                           max_failures=1, fault=faults.for_params(planned_faults, params)).fit()
+                           max_failures=1, fault=fault).fit()
     if forward.reports == 0 and result.metrics:
         # A driver restarted after its Train run had finished: the run is restored complete and
         # reports nothing, so hand Tune its final metrics once more.
         tune.report(result.metrics)
+
+
+class TuneSession:
+    """A one-worker trial run in its own Tune trial process, in the shape `run_job` expects.
+
+    Starting a Ray Train worker group costs ~15 s a trial on a 2-CPU machine, more than half of
+    a demo trial (bench trial); one worker needs no group, no process group and no second
+    process. A trial that dies restarts from its last checkpoint through Tune's retries.
+    """
+
+    rank, world_size = 0, 1
+
+    def __init__(self, use_gpu: bool) -> None:
+        self.device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")  # Ray sets the visible GPU
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        tune.report(metrics, checkpoint=checkpoint)
+        if checkpoint_dir:  # report() has persisted it to the experiment's storage
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+    def latest_checkpoint(self) -> Path | None:
+        checkpoint = tune.get_checkpoint()
+        return Path(checkpoint.to_directory(tempfile.mkdtemp(prefix="mft_resume_"))) if checkpoint else None
+
+    def new_checkpoint_dir(self) -> Path:
+        return Path(tempfile.mkdtemp(prefix="mft_ckpt_"))
 
 
 class _CountingReportCallback(TuneReportCallback):
@@ -241,22 +293,30 @@ def _describe(params: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
+def _trial_resources(placement: Placement) -> dict[str, float]:
+    """What a Tune trial itself holds: its one worker's needs when it trains in-process; else a
+    sliver of CPU (Tune refuses an empty request), since its Train workers hold the real resources
+    and drivers must not use up the CPUs."""
+    if placement.num_workers > 1:
+        return {"CPU": DRIVER_CPU}
+    return {"CPU": placement.cpus_per_worker, **({"GPU": placement.gpus_per_worker} if placement.use_gpu else {})}
+
+
 def run_stage(study: Study, stage: Stage, results_path: Path, *, resume: bool, points: list[dict] | None = None,
-              log=print) -> tune.ResultGrid:
+              log=print, callbacks: list[tune.Callback] = ()) -> tune.ResultGrid:
     """Run (or resume) the probe search or the refine re-runs of one study; every finished trial
     is written to `results_path` as it ends."""
-    # The trial driver only waits on its Train run, whose workers hold the real resources; a
-    # sliver of CPU (Tune refuses an empty request) keeps drivers from using up the CPUs.
     # MFT_SEARCH_FAULTS is read here, in the driver, so that it reaches trials on any cluster
     driver = tune.with_parameters(_trial_driver, study=study, stage=stage, planned_faults=faults.from_environment())
-    trainable = tune.with_resources(driver, {"CPU": DRIVER_CPU})
+    trainable = tune.with_resources(driver, _trial_resources(study.placement))
     name = f"{study.slug}-{stage}"
     path = Path(study.run_dir()) / name
+    study.prepare_data(stage)
     if resume and tune.Tuner.can_restore(str(path)):
         log(f"[{study.name} {stage}] resuming from {path}")
         return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=False,
                                   restart_errored=False).fit()
-    run_config = tune.RunConfig(name=name, storage_path=study.run_dir(), callbacks=[Recorder(results_path, study, stage, log)],
+    run_config = tune.RunConfig(name=name, storage_path=study.run_dir(), callbacks=[Recorder(results_path, study, stage, log), *callbacks],
                                 failure_config=tune.FailureConfig(max_failures=study.cfg.retries), verbose=1)
     search = study.cfg.search
     if stage == "probe":

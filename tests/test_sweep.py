@@ -146,6 +146,22 @@ def test_a_sweep_writes_every_output(finished):
         assert {p.name for p in exported.iterdir()} == {"mask.safetensors", "mask.json", "config.yaml"}
 
 
+def test_the_driver_tokenises_each_data_part_once_and_trials_only_read_it(finished):
+    exp, _ = finished
+    builds = [json.loads(line) for line in (exp / "cache" / "builds.jsonl").read_text().splitlines()]
+    files = [b["file"] for b in builds]
+    assert len(files) == len(set(files)) == len(list((exp / "cache").glob("*.parquet")))
+    assert {b["program"] for b in builds} == {"sweep.py"}, "a trial tokenised data"
+    assert {f.split("-")[0] for f in files} == {"train", "validation"}
+
+
+def test_each_report_says_where_the_trial_time_went(finished):
+    exp, _ = finished
+    frame = pd.read_parquet(exp / "results.parquet").dropna(subset=["metric"])
+    phases = frame[["time_load_s", "time_train_s", "time_eval_s", "time_save_s"]]
+    assert (phases > 0).all().all() and (phases.sum(axis=1) <= frame["wall_s"] + 1e-6).all()
+
+
 def test_asha_stopped_trials_are_pruned_in_the_optuna_study(finished):
     exp, _ = finished
     storage = optuna.storages.JournalStorage(

@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import datasets
@@ -23,6 +25,7 @@ from .spec import DataSpec
 
 # Bump when the tokenised output of the same inputs changes, to retire old cache files.
 CACHE_VERSION = 1
+BUILD_LOG = "builds.jsonl"
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
@@ -73,9 +76,26 @@ def tokenized_dataset(
     path = Path(cache_dir) / f"{part}-{fingerprint(spec, tokenizer, part)}.parquet"
     if path.exists():
         return datasets.Dataset(pq.read_table(path))
+    start = time.perf_counter()
     ds = tokenize_examples(select_examples(spec, part), spec, tokenizer)
     _write_atomic(ds, path)
+    _log_build(path, time.perf_counter() - start)
     return ds
+
+
+def parts(spec: DataSpec) -> tuple[Part, ...]:
+    """The tokenised parts a training run of `spec` reads."""
+    has_validation = spec.validation_fraction > 0 or spec.validation_split is not None
+    return ("train", "validation") if has_validation else ("train",)
+
+
+def _log_build(path: Path, seconds: float) -> None:
+    """One line per tokenisation in builds.jsonl beside the cache: what was built, by which
+    program, how long it took. A sweep builds each file once, in its driver; this shows it."""
+    entry = {"file": path.name, "seconds": round(seconds, 3), "program": Path(sys.argv[0]).name, "pid": os.getpid(),
+             "time": time.time()}
+    with open(path.parent / BUILD_LOG, "a") as log:  # one short append: whole lines even when racing
+        log.write(json.dumps(entry) + "\n")
 
 
 def _write_atomic(ds: datasets.Dataset, path: Path) -> None:
