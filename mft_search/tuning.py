@@ -30,7 +30,7 @@ from .config import DomainSpec, SweepConfig
 from .data import DataSpec
 from .job import TrialJob, run_job
 from .masking import MaskSpec
-from .results import ResultsTable, trial_status
+from .results import REPORT_FIELDS, ResultsTable, trial_status
 from .space import define_by_run, enqueue_points, make_sampler, params_to_trial
 from .storage import Storage
 from .worker import Placement, build_trainer
@@ -105,6 +105,12 @@ def _trial_driver(config: dict[str, Any], study: Study, stage: Stage, planned_fa
     """One Tune trial: MFT at the sampled point, in this process when it has one worker, else
     as a Ray Train run of its workers."""
     trial_id = tune.get_context().get_trial_id()
+    recorded = _recorded_end(study, stage, trial_id)
+    if recorded is not None:
+        # The driver died after results.parquet recorded this trial's end but before Tune saved
+        # it: Tune restores it as unfinished. Hand back its last report; never train it again.
+        tune.report(recorded)
+        return
     params = _params(config)
     job = study.mft_job(params, trial_id, stage)
     fault = faults.for_params(planned_faults, params)
@@ -118,6 +124,16 @@ def _trial_driver(config: dict[str, Any], study: Study, stage: Stage, planned_fa
         # A driver restarted after its Train run had finished: the run is restored complete and
         # reports nothing, so hand Tune its final metrics once more.
         tune.report(result.metrics)
+
+
+def _recorded_end(study: Study, stage: Stage, trial_id: str) -> dict[str, Any] | None:
+    """The last report of a trial results.parquet records as completed or pruned, else None."""
+    rows = ResultsTable(study.exp_dir / "results.parquet").trial_rows(study.name, stage, trial_id)
+    if not rows or rows[0].get("status") not in ("completed", "pruned"):
+        return None
+    last = max(rows, key=lambda r: r["report"])
+    report = {k: v for k, v in last.items() if k in (*REPORT_FIELDS, "report") or k.startswith(("eval_", "time_"))}
+    return {**report, "replayed": 1}
 
 
 class TuneSession:
@@ -249,6 +265,9 @@ class Recorder(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         self._check_storage()
+        if result.get("replayed"):  # already on record as it was: keep its row (and wall time)
+            self._last[trial.trial_id] = result
+            return
         base = self._base(trial)
         report = int(result.get("report", 0))
         name = f"{self.study.slug}-{self.stage}-{trial.trial_id}"

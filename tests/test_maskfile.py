@@ -149,7 +149,8 @@ AutoTokenizer.from_pretrained(sys.argv[1])
 x = torch.load(sys.argv[2], weights_only=True)
 expected = torch.load(sys.argv[3], weights_only=True)
 with torch.no_grad():
-    assert torch.equal(model(x).logits, expected), "logits differ"
+    # allclose, not equal: another process may reduce in another order; a mask changes far more
+    assert torch.allclose(model(x).logits, expected, rtol=1e-5, atol=1e-6), "logits differ"
 print("ok")
 """
 

@@ -31,3 +31,24 @@ def test_status_tells_pruned_from_completed_and_failed():
     assert trial_status({"step": 6, "total_steps": 6}, errored=False) == "completed"
     assert trial_status({"step": 6, "total_steps": 6}, errored=True) == "failed"
     assert trial_status(None, errored=False) == "completed"
+
+
+def test_a_trial_on_record_as_ended_is_replayed_not_retrained(tmp_path):
+    # Tune may restore a trial as unfinished when the driver died after our record of its end
+    from types import SimpleNamespace
+
+    from mft_search.tuning import _recorded_end
+
+    table = ResultsTable(tmp_path / "results.parquet")
+    base = {"study": "b/d", "stage": "probe", "trial_id": "t1"}
+    for report in (1, 2):
+        table.add_report(base, {"mode": "local"}, {"report": report, "metric": report / 10, "step": report,
+                                                   "total_steps": 4, "time_train_s": 1.5})
+    study = SimpleNamespace(exp_dir=tmp_path, name="b/d")
+    table.flush()
+    assert _recorded_end(study, "probe", "t1") is None  # still running on record: train it
+    table.finish(base, {"mode": "local"}, "pruned")
+    table.flush()
+    replay = _recorded_end(study, "probe", "t1")
+    assert replay["report"] == 2 and replay["metric"] == 0.2 and replay["replayed"] and replay["time_train_s"] == 1.5
+    assert trial_status(replay, errored=False) == "pruned"

@@ -19,6 +19,7 @@ from mft_search.config import SweepConfig, check_against_models, check_data, des
 from mft_search.data.load import local_files
 from mft_search.errors import DataError
 from mft_search.space import layer_groups
+from mft_search.tiny import tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = ROOT / "search_spaces"
@@ -29,7 +30,7 @@ PAPER = [
 ]
 OTHERS = sorted(p.name for p in SPACES.glob("*.yaml") if p.name not in PAPER)
 
-# The published architectures (the hub repos' config.json), which is all a dry run reads.
+# The published architectures (the hub repos' config.json), which is all a dry run reads of weights.
 REAL_CONFIGS = {
     "meta-llama/Llama-2-7b-hf": dict(
         hidden_size=4096, num_hidden_layers=32, intermediate_size=11008, num_attention_heads=32,
@@ -49,11 +50,13 @@ SWEEP_CLI = ROOT / "mft_search" / "sweep.py"
 
 @pytest.fixture(scope="module")
 def config_dirs(tmp_path_factory) -> dict[str, Path]:
-    """hub id -> a directory holding only that model's config.json."""
+    """hub id -> a directory holding that model's config.json and a (stand-in) tokenizer, no weights:
+    a local backbone directory must hold its tokenizer, which the dry run loads."""
     dirs = {}
     for hub_id, dims in REAL_CONFIGS.items():
         path = tmp_path_factory.mktemp(hub_id.split("/")[-1])
         LlamaConfig(**dims).save_pretrained(path)
+        tiny_tokenizer().save_pretrained(path)
         dirs[hub_id] = path
     return dirs
 
