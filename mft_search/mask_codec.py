@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 MAX_K = 40
+HEADER_BYTES = 96  # what Rice's fields add to the file's JSON header: a near tie stays bitpacked
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,8 @@ def encode(bits: np.ndarray) -> Encoded:
     """The smaller of the two encodings of a flat bool array."""
     packed = Encoded(np.packbits(bits, bitorder="little"), {"encoding": "bitpacked"})
     rice = _rice_encode(bits)
-    return rice if rice is not None and rice.body.size < packed.body.size else packed
+    smaller = rice is not None and rice.body.size + HEADER_BYTES < packed.body.size
+    return rice if smaller else packed
 
 
 def body_size(header: dict[str, Any], total: int) -> int:
