@@ -2,9 +2,9 @@
 
 Each Tune trial runs MFT at its sampled point: a one-worker trial in its own process (a
 TuneSession), a multi-worker one as a TorchTrainer that the trial fits, TuneReportCallback
-forwarding rank 0's (already all-reduced) metrics to Tune. The Optuna
-study lives in a JournalStorage file in the experiment directory, so optuna-dashboard and
-`optuna.importance` work on it and it survives a restart of the driver.
+forwarding rank 0's (already all-reduced) metrics to Tune. The Optuna study lives in a
+JournalStorage file in the experiment directory, so optuna-dashboard and `optuna.importance`
+work on it and it survives a restart of the driver.
 """
 
 from __future__ import annotations
@@ -335,7 +335,8 @@ def run_stage(study: Study, stage: Stage, results_path: Path, *, resume: bool, p
         log(f"[{study.name} {stage}] resuming from {path}")
         return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=False,
                                   restart_errored=False).fit()
-    run_config = tune.RunConfig(name=name, storage_path=study.run_dir(), callbacks=[Recorder(results_path, study, stage, log), *callbacks],
+    run_config = tune.RunConfig(name=name, storage_path=study.run_dir(),
+                                callbacks=[Recorder(results_path, study, stage, log), *callbacks],
                                 failure_config=tune.FailureConfig(max_failures=study.cfg.retries), verbose=1)
     search = study.cfg.search
     if stage == "probe":
