@@ -136,7 +136,8 @@ def load_mask_file(path: str | Path) -> MaskFile:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
             if header.get("format") != FORMAT:
-                raise MaskFileError(f"mask: {path} is not an mft_search mask file (format {header.get('format')!r}); {DAMAGED_FIX}")
+                raise MaskFileError(f"mask: {path} is not an mft_search mask file (format {header.get('format')!r}); "
+                                    f"{DAMAGED_FIX}")
             packed = f.get_tensor("mask")
     except MaskFileError:
         raise

@@ -69,6 +69,7 @@ def _search(study: Study, state: SweepState, results: Path, resume: bool, log) -
         log(f"[{study.name}] probe: {study.cfg.search.trials} trials on "
             f"{study.cfg.stages.probe.data_fraction:.0%} of the training data")
         run_stage(study, "probe", results, resume=resume, log=log)
+        _close_stage(study, "probe", results, log)
         state.mark(study, "probe")
     k = study.cfg.stages.refine.top_k
     if k and not state.finished(study, "refine"):
@@ -77,7 +78,17 @@ def _search(study: Study, state: SweepState, results: Path, resume: bool, log) -
         if points:
             study.storage.check()
             run_stage(study, "refine", results, resume=resume, points=points, log=log)
+            _close_stage(study, "refine", results, log)
         state.mark(study, "refine")
+
+
+def _close_stage(study: Study, stage: str, results: Path, log) -> None:
+    table = ResultsTable(results)
+    lost = table.close_stage(study.name, stage)
+    if lost:
+        table.flush()
+        log(f"[{study.name} {stage}] {len(lost)} trial(s) interrupted by the driver's stop and replaced: "
+            f"{', '.join(lost)}")
 
 
 def _evaluate(study: Study, table: ResultsTable, log) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 KEY = ("study", "stage", "trial_id", "report")
+INTERRUPTED = "the driver stopped before Tune saved this trial; --resume ran another in its place"
 REPORT_FIELDS = ("step", "total_steps", "epoch", "metric", "val_loss", "train_loss", "kept_fraction")
 
 
@@ -48,6 +49,16 @@ class ResultsTable:
             rows = [row]
         for row in rows:
             row["status"], row["error"] = status, error
+
+    def close_stage(self, study: str, stage: str) -> list[str]:
+        """Once a stage has ended, mark the trials still "running" in it as interrupted: a driver
+        killed before Tune saved a running trial leaves its reports here, and the resumed Tune,
+        which never heard of it, runs a new trial in its place. Returns their ids."""
+        lost = sorted({r["trial_id"] for k, r in self._rows.items() if k[:2] == (study, stage) and r["status"] == "running"})
+        for trial_id in lost:
+            for row in self.trial_rows(study, stage, trial_id):
+                row["status"], row["error"] = "interrupted", INTERRUPTED
+        return lost
 
     def trial_rows(self, study: str, stage: str, trial_id: str) -> list[dict[str, Any]]:
         return [r for k, r in self._rows.items() if k[:3] == (study, stage, trial_id)]

@@ -246,7 +246,8 @@ def test_cache_hit_skips_tokenising_even_in_a_new_process(tmp_path, tok, monkeyp
     second = tokenized_dataset(spec, tok, tmp_path)
     assert len(calls) == 1 and first.to_dict() == second.to_dict()
     assert len(tokenized_dataset(spec, tok, tmp_path, part="validation")) == 8 and len(calls) == 2
-    assert sorted(p.suffix for p in tmp_path.iterdir() if p.name != cache_module.BUILD_LOG) == [".parquet", ".parquet"]  # no temp left
+    kept = [p.suffix for p in tmp_path.iterdir() if p.name != cache_module.BUILD_LOG]
+    assert sorted(kept) == [".parquet", ".parquet"]  # no temp left
     builds = [json.loads(line)["file"] for line in (tmp_path / cache_module.BUILD_LOG).read_text().splitlines()]
     assert sorted(builds) == sorted(p.name for p in tmp_path.glob("*.parquet"))  # each build on record, once
     script = textwrap.dedent(

@@ -52,3 +52,14 @@ def test_a_trial_on_record_as_ended_is_replayed_not_retrained(tmp_path):
     replay = _recorded_end(study, "probe", "t1")
     assert replay["report"] == 2 and replay["metric"] == 0.2 and replay["replayed"] and replay["time_train_s"] == 1.5
     assert trial_status(replay, errored=False) == "pruned"
+
+
+def test_closing_a_stage_marks_trials_still_running_as_interrupted(tmp_path):
+    table = ResultsTable(tmp_path / "r.parquet")
+    for trial_id in ("done", "lost"):
+        table.add_report({"study": "b/d", "stage": "probe", "trial_id": trial_id}, {}, {"report": 1, "metric": 0.1})
+    table.finish({"study": "b/d", "stage": "probe", "trial_id": "done"}, {}, "completed")
+    table.add_report({"study": "b/d", "stage": "refine", "trial_id": "other"}, {}, {"report": 1, "metric": 0.1})
+    assert table.close_stage("b/d", "probe") == ["lost"]
+    statuses = {(r["stage"], r["trial_id"]): r["status"] for r in table.frame().to_dict("records")}
+    assert statuses == {("probe", "done"): "completed", ("probe", "lost"): "interrupted", ("refine", "other"): "running"}

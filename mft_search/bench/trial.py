@@ -107,7 +107,8 @@ def _config(tmp: Path, quick: bool) -> dict:
 def _print(one: Stage, many: Stage, cfg, quick: bool) -> None:
     per_trial_outside = (many.outside_s - one.outside_s) / (len(many.trials) - len(one.trials))
     print(f"# trial: demo probe trials in sequence ({cfg.train.epochs:g} epochs, {cfg.stages.probe.data_fraction:.0%} "
-          "of the SFT data, validation every epoch), 1 CPU each" + (" [--quick: 1 epoch, 64 validation problems]" if quick else ""))
+          "of the SFT data, validation every epoch), 1 CPU each"
+          + (" [--quick: 1 epoch, 64 validation problems]" if quick else ""))
     print(f"{'trial':>12} {'wall s':>7} {'load':>6} {'train':>6} {'eval':>6} {'save':>6} {'other':>6} {'+ unseen':>9} "
           f"{'fixed s':>8} {'fixed %':>8}")
     shares = []
