@@ -90,12 +90,11 @@ class Study:
         """Tokenise the stage's data here, in the driver, before any trial starts: trials only
         read the cache, instead of the first few each tokenising the same data at once."""
         from .backbone import load_tokenizer
-        from .data import tokenized_dataset
-        from .data.cache import parts
+        from .data.cache import ensure_tokenized, parts
 
         spec, tokenizer = self.train_data(stage), load_tokenizer(self.backbone)
         for part in parts(spec):
-            tokenized_dataset(spec, tokenizer, self.exp_dir / "cache", part)
+            ensure_tokenized(spec, tokenizer, self.exp_dir / "cache", part)
 
     def run_dir(self) -> str:
         return str(self.exp_dir / "ray")

@@ -237,6 +237,17 @@ def test_packing_keeps_labels_and_isolates_examples(tok, rows):
 
 
 @needs_data
+def test_ensuring_the_cache_builds_once_and_never_reads_it_back(tmp_path, tok, monkeypatch):
+    spec = gsm8k_spec(limit=32, max_length=512)
+    first = cache_module.ensure_tokenized(spec, tok, tmp_path)
+    monkeypatch.setattr(cache_module.pq, "read_table", lambda *a: pytest.fail("the driver read the cache back"))
+    assert cache_module.ensure_tokenized(spec, tok, tmp_path) == first
+    monkeypatch.undo()
+    assert len(tokenized_dataset(spec, tok, tmp_path)) == 32
+    assert len((tmp_path / cache_module.BUILD_LOG).read_text().splitlines()) == 1
+
+
+@needs_data
 def test_cache_hit_skips_tokenising_even_in_a_new_process(tmp_path, tok, monkeypatch):
     spec = gsm8k_spec(limit=32, max_length=512, validation_fraction=0.25)
     calls = []

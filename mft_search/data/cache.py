@@ -73,9 +73,29 @@ def tokenized_dataset(
     spec: DataSpec, tokenizer: PreTrainedTokenizerBase, cache_dir: str | os.PathLike[str], part: Part = "train"
 ) -> datasets.Dataset:
     """The tokenised `part` of `spec`: read from cache_dir, or tokenised and written there once."""
-    path = Path(cache_dir) / f"{part}-{fingerprint(spec, tokenizer, part)}.parquet"
+    path = cache_path(spec, tokenizer, cache_dir, part)
     if path.exists():
         return datasets.Dataset(pq.read_table(path))
+    return _build(spec, tokenizer, part, path)
+
+
+def ensure_tokenized(
+    spec: DataSpec, tokenizer: PreTrainedTokenizerBase, cache_dir: str | os.PathLike[str], part: Part = "train"
+) -> Path:
+    """Tokenise `part` into cache_dir unless it is there already; unlike `tokenized_dataset`,
+    never reads a cached file back (the sweep's driver prepares data it does not use)."""
+    path = cache_path(spec, tokenizer, cache_dir, part)
+    if not path.exists():
+        _build(spec, tokenizer, part, path)
+    return path
+
+
+def cache_path(spec: DataSpec, tokenizer: PreTrainedTokenizerBase, cache_dir: str | os.PathLike[str],
+               part: Part) -> Path:
+    return Path(cache_dir) / f"{part}-{fingerprint(spec, tokenizer, part)}.parquet"
+
+
+def _build(spec: DataSpec, tokenizer: PreTrainedTokenizerBase, part: Part, path: Path) -> datasets.Dataset:
     start = time.perf_counter()
     ds = tokenize_examples(select_examples(spec, part), spec, tokenizer)
     _write_atomic(ds, path)
