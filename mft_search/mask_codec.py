@@ -30,10 +30,13 @@ class Encoded:
 
 def encode(bits: np.ndarray) -> Encoded:
     """The smaller of the two encodings of a flat bool array."""
-    packed = Encoded(np.packbits(bits, bitorder="little"), {"encoding": "bitpacked"})
-    rice = _rice_encode(bits)
-    smaller = rice is not None and rice.body.size + HEADER_BYTES < packed.body.size
-    return rice if smaller else packed
+    packed, coded = bitpack(bits), rice(bits)
+    smaller = coded is not None and coded.body.size + HEADER_BYTES < packed.body.size
+    return coded if smaller else packed
+
+
+def bitpack(bits: np.ndarray) -> Encoded:
+    return Encoded(np.packbits(bits, bitorder="little"), {"encoding": "bitpacked"})
 
 
 def body_size(header: dict[str, Any], total: int) -> int:
@@ -53,7 +56,8 @@ def decode(body: np.ndarray, header: dict[str, Any], total: int) -> np.ndarray:
     raise ValueError(f"unknown encoding {encoding!r}")
 
 
-def _rice_encode(bits: np.ndarray) -> Encoded | None:
+def rice(bits: np.ndarray) -> Encoded | None:
+    """The Rice encoding, or None when every bit is the same (nothing to code)."""
     minority = bool(bits.mean() <= 0.5)  # the rarer value: fewer gaps to code
     positions = np.flatnonzero(bits == minority)
     if positions.size == 0:

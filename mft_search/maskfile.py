@@ -36,8 +36,10 @@ from . import mask_codec
 from .errors import MaskFileError
 
 FORMAT = "mft_search.mask"
-VERSION = 1
-READS = (1, 2)  # 2: the body header says how it is encoded (mask_codec)
+# The format version a file gets for its body's encoding: bit-packed files keep 1, so that older
+# readers still load them; they refuse a Rice-coded body by its version.
+VERSIONS = {"bitpacked": 1, "rice": 2}
+READS = tuple(VERSIONS.values())
 # what to do about a damaged file: the sweep keeps the original in two places
 DAMAGED_FIX = "copy the mask again from the experiment's best/ directory or the trial's artifacts/"
 
@@ -102,8 +104,7 @@ def save_mask_file(path: str | Path, masks: dict[str, torch.Tensor], *, fingerpr
     names = list(masks)
     packed, body = pack([masks[n] for n in names])
     meta: dict[str, Any] = {
-        # version 1 files are all bitpacked: they keep that number, so older readers still load them
-        "version": VERSION if body["encoding"] == "bitpacked" else 2,
+        "version": VERSIONS[body["encoding"]],
         "body": body,
         "model_type": model_type,
         "dtype": str(dtype).removeprefix("torch."),
