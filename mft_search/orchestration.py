@@ -87,7 +87,7 @@ def _close_stage(study: Study, stage: str, results: Path, log) -> None:
     lost = table.close_stage(study.name, stage)
     if lost:
         table.flush()
-        log(f"[{study.name} {stage}] {len(lost)} trial(s) interrupted by the driver's stop and replaced: "
+        log(f"[{study.name} {stage}] {len(lost)} trial(s) left running by the earlier stop, marked interrupted: "
             f"{', '.join(lost)}")
 
 

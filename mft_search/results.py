@@ -16,7 +16,9 @@ from typing import Any
 import pandas as pd
 
 KEY = ("study", "stage", "trial_id", "report")
-INTERRUPTED = "the driver stopped before Tune saved this trial; --resume ran another in its place"
+# A trial still "running" on record when its stage ended: the driver died before Tune saved it
+# (the resumed Tune ran another in its place), or its own write failed on full storage.
+INTERRUPTED = "still running when the sweep stopped; --resume did not continue it"
 REPORT_FIELDS = ("step", "total_steps", "epoch", "metric", "val_loss", "train_loss", "kept_fraction")
 
 
@@ -51,9 +53,8 @@ class ResultsTable:
             row["status"], row["error"] = status, error
 
     def close_stage(self, study: str, stage: str) -> list[str]:
-        """Once a stage has ended, mark the trials still "running" in it as interrupted: a driver
-        killed before Tune saved a running trial leaves its reports here, and the resumed Tune,
-        which never heard of it, runs a new trial in its place. Returns their ids."""
+        """Once a stage has ended, mark the trials still "running" in it as interrupted (see
+        INTERRUPTED for how one is left behind). Returns their ids."""
         lost = sorted({r["trial_id"] for k, r in self._rows.items() if k[:2] == (study, stage) and r["status"] == "running"})
         for trial_id in lost:
             for row in self.trial_rows(study, stage, trial_id):

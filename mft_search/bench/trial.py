@@ -2,11 +2,12 @@
 
 Runs real probe trials of the demo (search_spaces/demo.yaml through the sweep's own run_stage:
 Ray Tune on a local Ray, 1 CPU a trial), one after another without early stopping, and splits
-each trial's wall time as the driver sees it (Tune starting its actor to the trial's end) into:
-the actor's start and imports, the job's loading (tokenizer, backbone, tokenised data,
-optimiser), training steps, evaluation, checkpoint saving, and the rest (reports, checkpoint
-upload). Fixed cost = wall - training - evaluation - saving. The data is tokenised once, by the
-driver, before the trials (builds.jsonl counts it).
+each trial's wall time into: the job's loading (tokenizer, backbone, tokenised data, optimiser),
+training steps, evaluation, checkpoint saving, the rest of its time on the driver's clock
+(reports, checkpoint upload), and what no trial's clock sees (a new actor starting): the
+difference between a 1-trial and a 3-trial stage, per extra trial. Fixed cost = wall - training
+- evaluation - saving. The data is tokenised once, by the driver, before the trials
+(builds.jsonl counts it).
 """
 
 from __future__ import annotations
@@ -79,8 +80,8 @@ def _run_stage(cfg, exp_dir: Path, trials: int) -> Stage:
 
 
 class _TrialClock(tune.Callback):
-    """Each trial's wall time as the driver sees it: from Tune starting its actor to its end
-    (Tune's own time_total_s starts later, once the actor has started and imported)."""
+    """Each trial's wall time on the driver's clock, from Tune's on_trial_start to its end. A new
+    actor starts before on_trial_start: that shows only in the stage's time outside every trial."""
 
     def __init__(self) -> None:
         self.started: dict[str, float] = {}
