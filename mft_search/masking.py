@@ -8,8 +8,10 @@
     materialize(model)                     # W *= M in place, plain nn.Linear / Conv1D again
 
 Each masked module keeps its frozen weight bit-identical and learns an fp32 score tensor of the
-same shape. The forward uses W * M(S); the backward is the straight-through estimator
-dL/dS = dL/d(W*M) * W (Zhang et al. 2025, as their released code runs it).
+same shape. The forward uses W * M(S); the backward is the straight-through estimator through
+the top-k or the threshold, but not through the absolute value (Zhang et al. 2025, as their
+released code runs it): local mode ranks |S|, so dL/dS = dL/d(W*M) * W * sign(S); global mode
+compares raw S with the threshold, so dL/dS = dL/d(W*M) * W.
 """
 
 from __future__ import annotations
@@ -65,18 +67,28 @@ class MaskSpec:
 
 
 class _StraightThrough(torch.autograd.Function):
-    """W * M forward; dL/dS = dL/d(W*M) * W backward (the mask's gradient passes straight)."""
+    """W * M forward; the mask's gradient passes straight to the scores in backward.
+
+    Local mode: the mask is a top-k of |S|, and the authors apply the straight-through function
+    to `scores.abs()`, so autograd carries sign(S): dL/dS = dL/d(W*M) * W * sign(S). Without it
+    every negative score moves the wrong way and the weights the loss wants are pruned.
+    Global mode: the mask thresholds raw S, so dL/dS = dL/d(W*M) * W.
+    """
 
     @staticmethod
-    def forward(ctx, weight: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(weight)
+    def forward(ctx, weight: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor, through_abs: bool) -> torch.Tensor:
+        ctx.save_for_backward(weight, scores)
+        ctx.through_abs = through_abs
         return weight * mask
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        (weight,) = ctx.saved_tensors
+        weight, scores = ctx.saved_tensors
         # fp32 product: a bf16 gradient of a bf16 weight is too coarse for fp32 scores.
-        return None, grad_out.float() * weight.float(), None
+        grad = grad_out.float() * weight.float()
+        if ctx.through_abs:
+            grad = grad * scores.sign()  # d|S|/dS, as autograd through abs() gives it
+        return None, grad, None, None
 
 
 class MaskedLinear(nn.Module):
@@ -117,7 +129,7 @@ class MaskedLinear(nn.Module):
         mask = self.mask()
         if self.fixed_mask is not None or not self.scores.requires_grad:
             return self.weight * mask
-        return _StraightThrough.apply(self.weight, self.scores, mask)
+        return _StraightThrough.apply(self.weight, self.scores, mask, self.mode == "local")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.masked_weight()
