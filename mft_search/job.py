@@ -30,7 +30,7 @@ from .maskfile import backbone_fingerprint, load_mask_file, save_mask_file, veri
 from .masking import MaskSpec, attach_masks, fraction_kept, multiply_masks_in, spec_module_names
 from .parallel import is_sharded, unwrap, wrap_model
 from .selection import select_mask
-from .training import TrainSettings, make_optimizer, train_step
+from .training import TrainSettings, make_optimizer, mixed_precision, train_step
 from .training_data import TrainingData
 
 Kind = Literal["mft", "fft", "evaluate"]
@@ -46,6 +46,7 @@ class EvalVariant(BaseModel):
     baseline: Baseline = "unmasked"
     mask_file: str | None = None  # "learned": the mask; random/l1: match its modules and counts
     weights: str | None = None  # another checkpoint of the same architecture (continued FFT)
+    seed: int = 0  # random: the positions' seed (the sweep's seed)
 
 
 class TrialJob(BaseModel):
@@ -94,11 +95,13 @@ def run_job(job: TrialJob, session: Session) -> None:
             (checkpoint / "metrics.json").write_text(json.dumps(metrics))
         session.report(metrics, checkpoint)
         return
-    model = load_model(job.backbone, job.backbone.torch_dtype(session.device.type == "cuda"))
+    compute_dtype = job.backbone.torch_dtype(session.device.type == "cuda")
+    # FFT trains the weights: fp32 masters, computed in the backbone's dtype (mixed_precision).
+    model = load_model(job.backbone, torch.float32 if job.kind == "fft" else compute_dtype)
     fingerprint = ""
     if job.kind == "mft":  # masked modules keep their weight, so the backbone's fingerprint holds
         fingerprint = backbone_fingerprint(model, list(attach_masks(model, job.mask)))
-    _Trainer(job, session, model.to(session.device), tokenizer, fingerprint, started).run()
+    _Trainer(job, session, model.to(session.device), tokenizer, fingerprint, started, compute_dtype).run()
 
 
 def _evaluate_variants(job: TrialJob, tokenizer, device: torch.device) -> dict[str, float]:
@@ -137,7 +140,7 @@ def _apply_variant_mask(job: TrialJob, variant: EvalVariant, model) -> None:
     else:
         names = spec_module_names(model, job.mask)
         kept = kept_counts_for_ratio({n: model.get_submodule(n).weight.shape for n in names}, job.mask.ratio)
-    multiply_masks_in(model, baseline_masks(model, variant.baseline, kept, job.mask.seed if job.mask else 0))
+    multiply_masks_in(model, baseline_masks(model, variant.baseline, kept, variant.seed))
 
 
 def _evaluate(job: TrialJob, model, tokenizer, val_batches) -> dict[str, float]:
@@ -166,8 +169,12 @@ def _problems(evaluator: str, source: str | None, limit: int | None) -> list:
 class _Trainer:
     """The MFT / FFT loop on one rank: steps, evaluation points, checkpoints, resume."""
 
-    def __init__(self, job: TrialJob, session: Session, model, tokenizer, fingerprint: str, started: float) -> None:
+    def __init__(self, job: TrialJob, session: Session, model, tokenizer, fingerprint: str, started: float,
+                 compute_dtype: torch.dtype) -> None:
         self.job, self.session, self.tokenizer, self.fingerprint = job, session, tokenizer, fingerprint
+        self.compute_dtype = compute_dtype
+        # Only FFT holds fp32 masters under a lower compute dtype; MFT's frozen weights are loaded in it.
+        self.autocast = compute_dtype if job.kind == "fft" else None
         self.data = TrainingData(job.data, tokenizer, Path(job.cache_dir), job.train, session.rank,
                                  session.world_size)
         self.total_steps = max(1, math.ceil(job.train.epochs * self.data.steps_per_epoch))
@@ -177,7 +184,7 @@ class _Trainer:
             load_trainable(resume, model, job.kind)
         if job.train.activation_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.model = wrap_model(model, job.strategy, session.device)
+        self.model = wrap_model(model, job.strategy, session.device, self.autocast)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer, self.scheduler = make_optimizer(params, job.train, self.total_steps)
         if resume is not None:
@@ -200,7 +207,7 @@ class _Trainer:
                 if before_step is not None:
                     before_step(step, self.model)
                 loss = train_step(self.model, micro_batches, self.optimizer, self.scheduler, self.job.train,
-                                  self.session.device)
+                                  self.session.device, self.autocast)
             except RuntimeError as e:
                 if _is_out_of_memory(e):
                     raise OutOfMemory(f"out of memory at step {step + 1}: lower train.micro_batch_size, turn on "
@@ -220,7 +227,8 @@ class _Trainer:
     def _report(self, train_loss: float, wall_s: float) -> None:
         self.progress["report"] += 1
         eval_start = time.perf_counter()
-        metrics = _evaluate(self.job, self.model, self.tokenizer, self.data.validation_batches())
+        with mixed_precision(self.session.device, self.autocast):
+            metrics = _evaluate(self.job, self.model, self.tokenizer, self.data.validation_batches())
         self.seconds["time_eval_s"] += time.perf_counter() - eval_start
         save_start = time.perf_counter()
         metrics.update(train_loss=train_loss, step=self.progress["step"], total_steps=self.total_steps,
@@ -243,8 +251,9 @@ class _Trainer:
         """A mask file (MFT) or a safetensors checkpoint (FFT) for this evaluation point."""
         out = Path(self.job.artifact_dir) / f"report_{self.progress['report']:03d}"
         model = unwrap(self.model)
-        if self.job.kind == "fft":
-            model.save_pretrained(out, state_dict=trainable, safe_serialization=True)
+        if self.job.kind == "fft":  # in the backbone's dtype, as the user would ship it; masters stay in the state
+            weights = {n: t.to(self.compute_dtype) if t.is_floating_point() else t for n, t in trainable.items()}
+            model.save_pretrained(out, state_dict=weights, safe_serialization=True)
             self.tokenizer.save_pretrained(out)
             return
         spec = self.job.mask

@@ -103,7 +103,8 @@ def _evaluate(study: Study, table: ResultsTable, log) -> None:
     winner = winners[0]
     study.prepare_data("refine")  # the baselines train and score on all the data: tokenised here, once
     baselines = study.cfg.baselines
-    masks = [EvalVariant(name=b, baseline=b, mask_file=winner.mask_path) for b in ("random", "l1") if b in baselines]
+    masks = [EvalVariant(name=b, baseline=b, mask_file=winner.mask_path, seed=study.cfg.seed)
+             for b in ("random", "l1") if b in baselines]
     validation = {"best_mft": winner.metric}
     log(f"[{study.name}] validation: unmasked backbone and {', '.join(v.name for v in masks) or 'no'} baselines")
     validation.update(run_evaluation(study, [EvalVariant(name="unmasked"), *masks], study.domain.validation,

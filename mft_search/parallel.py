@@ -14,8 +14,13 @@ from torch.nn.parallel import DistributedDataParallel
 from .architectures import layout_for
 
 
-def wrap_model(model: nn.Module, strategy: Literal["ddp", "fsdp"], device: torch.device) -> nn.Module:
-    """The model ready for data-parallel training on this rank (unchanged when alone)."""
+def wrap_model(model: nn.Module, strategy: Literal["ddp", "fsdp"], device: torch.device,
+               compute_dtype: torch.dtype | None = None) -> nn.Module:
+    """The model ready for data-parallel training on this rank (unchanged when alone).
+
+    compute_dtype: fp32 master weights computed in this dtype; FSDP2 then gathers parameters in
+    it and reduces gradients in fp32 (DDP relies on the caller's autocast alone).
+    """
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return model
     if torch.distributed.get_world_size() == 1:
@@ -23,18 +28,21 @@ def wrap_model(model: nn.Module, strategy: Literal["ddp", "fsdp"], device: torch
     if strategy == "ddp":
         # Frozen weights are skipped by DDP's reducer: only scores (MFT) or weights (FFT) sync.
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    return _fully_shard(model)
+    return _fully_shard(model, compute_dtype)
 
 
-def _fully_shard(model: nn.Module) -> nn.Module:
+def _fully_shard(model: nn.Module, compute_dtype: torch.dtype | None) -> nn.Module:
     # One FSDP unit per transformer block, then the root: a block's frozen weight and its
     # trainable scores live in the same unit and are gathered together.
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    policy = MixedPrecisionPolicy()
+    if compute_dtype is not None and compute_dtype != torch.float32:
+        policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
     blocks = model.get_submodule(layout_for(model.config.model_type).blocks)
     for block in blocks:
-        fully_shard(block)
-    fully_shard(model)
+        fully_shard(block, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
     return model
 
 

@@ -1,9 +1,13 @@
 """The training step MFT and FFT share, in plain torch (no Ray): optimiser, schedule, one step.
 
-The loss of a step is the sum of token losses over the whole global batch divided by its token
-count, whatever the number of workers and micro-batches. So a 2-worker run takes the same step
-as a 1-worker run over the same global batch (up to float summation order): DDP and FSDP
-average gradients over ranks, and each micro-batch's loss is scaled to undo that.
+The loss of a step is a weighted sum of token losses over the whole global batch divided by
+the global sum of the weights, whatever the number of workers and micro-batches:
+- `token` reduction: every response token weighs 1 (the mean over the batch's tokens);
+- `example` reduction: each token weighs 1 / its example's token count, so each example's mean
+  loss counts once (the authors' runs: micro-batch 1, mean loss, averaged over examples).
+So a 2-worker run takes the same step as a 1-worker run over the same global batch (up to
+float summation order): DDP and FSDP average gradients over ranks, and each micro-batch's loss
+is scaled to undo that.
 """
 
 from __future__ import annotations
@@ -11,8 +15,10 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterable
+from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
@@ -31,6 +37,8 @@ class TrainSettings(BaseModel):
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="linear warm-up, as a fraction of all steps")
     weight_decay: float = Field(0.0, ge=0, description="AdamW decay; 0 for MFT (decay pulls scores to 0)")
     max_grad_norm: float | None = Field(1.0, gt=0, description="gradient clipping; null for none")
+    loss_reduction: Literal["token", "example"] = Field(
+        "token", description="token: mean over the batch's response tokens; example: mean of per-example means")
     activation_checkpointing: bool = Field(False, description="recompute activations in backward")
     eval_every_steps: int | None = Field(None, ge=1, description="evaluate every N steps; null = every epoch")
     seed: int = Field(0, description="data order and initialisation seed")
@@ -54,9 +62,46 @@ def make_optimizer(params: Iterable[nn.Parameter], settings: TrainSettings, tota
     return optimizer, linear_schedule(optimizer, total_steps, settings.warmup_ratio)
 
 
-def scored_tokens(labels: torch.Tensor) -> int:
-    """Tokens that contribute to the causal-LM loss (labels shift by one inside the model)."""
-    return int((labels[:, 1:] != -100).sum())
+def token_weights(batch: dict[str, torch.Tensor], reduction: str) -> torch.Tensor:
+    """Each predicted token's weight in the loss, shape (rows, length - 1); 0 where unlabelled.
+
+    `example`: 1 / the token count of the example the label belongs to. Packed rows hold several
+    examples, told apart by their restarting position ids.
+    """
+    scored = (batch["labels"][:, 1:] != -100).float()
+    if reduction == "token":
+        return scored
+    if "position_ids" in batch:
+        example = torch.cumsum(batch["position_ids"] == 0, dim=1)[:, 1:]
+    else:
+        example = torch.zeros_like(batch["labels"][:, 1:])
+    rows = torch.arange(example.size(0), device=example.device).unsqueeze(1)
+    flat = (rows * (int(example.max()) + 1) + example).reshape(-1)
+    counts = torch.zeros(int(flat.max()) + 1, device=scored.device).index_add_(0, flat, scored.reshape(-1))
+    return scored / counts[flat].clamp(min=1).view_as(scored)
+
+
+def weighted_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+    """Sum over predicted tokens of weight * cross-entropy, in fp32 whatever the compute dtype."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    # use_cache=False: with a KV cache, packed examples would attend to each other
+    logits = model(**inputs, use_cache=False).logits[:, :-1].float()
+    targets = batch["labels"][:, 1:]
+    losses = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100,
+                             reduction="none")
+    return (losses * weights.reshape(-1)).sum()
+
+
+def mixed_precision(device: torch.device, compute_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Compute in `compute_dtype` over fp32 master weights (autocast); nothing when None.
+
+    FFT needs fp32 masters: AdamW at lr 2e-5 on bf16 weights leaves most updates below bf16's
+    resolution, and the continued-FFT control would barely train (the authors' DeepSpeed bf16
+    runs kept fp32 masters too).
+    """
+    if compute_dtype is None or compute_dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=compute_dtype)
 
 
 def _global_sum(value: float, device: torch.device) -> float:
@@ -74,19 +119,22 @@ def _world_size() -> int:
 
 
 def train_step(model: nn.Module, micro_batches: list[dict[str, torch.Tensor]], optimizer, scheduler,
-               settings: TrainSettings, device: torch.device) -> float:
-    """One optimiser step over this rank's micro-batches; returns the global token-mean loss."""
-    local_tokens = sum(scored_tokens(b["labels"]) for b in micro_batches)
-    global_tokens = max(1.0, _global_sum(local_tokens, device))
-    scale = _world_size() / global_tokens  # gradient reducers average over ranks: undo it
+               settings: TrainSettings, device: torch.device, compute_dtype: torch.dtype | None = None) -> float:
+    """One optimiser step over this rank's micro-batches; returns the global weighted-mean loss.
+
+    compute_dtype: autocast the forward to it over fp32 master weights (FFT under bf16).
+    """
+    micro_batches = [{k: v.to(device) for k, v in b.items()} for b in micro_batches]
+    weights = [token_weights(b, settings.loss_reduction) for b in micro_batches]
+    global_weight = max(1e-12, _global_sum(float(sum(w.sum() for w in weights)), device))
+    scale = _world_size() / global_weight  # gradient reducers average over ranks: undo it
     loss_sum = 0.0
-    for i, batch in enumerate(micro_batches):
-        batch = {k: v.to(device) for k, v in batch.items()}
+    for i, (batch, weight) in enumerate(zip(micro_batches, weights)):
         last = i == len(micro_batches) - 1
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
-            # use_cache=False: with a KV cache, packed examples would attend to each other
-            loss = model(**batch, use_cache=False).loss * scored_tokens(batch["labels"])
+            with mixed_precision(device, compute_dtype):
+                loss = weighted_loss_sum(model, batch, weight)
             (loss * scale).backward()
         loss_sum += float(loss.detach())
     params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -96,4 +144,4 @@ def train_step(model: nn.Module, micro_batches: list[dict[str, torch.Tensor]], o
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     refresh_masks(model)
-    return _global_sum(loss_sum, device) / global_tokens
+    return _global_sum(loss_sum, device) / global_weight

@@ -85,6 +85,17 @@ def test_fft_trains_the_weights_and_saves_loadable_checkpoints(tmp_path, tiny_ba
     assert not torch.equal(saved.model.layers[0].mlp.up_proj.weight, original.model.layers[0].mlp.up_proj.weight)
 
 
+def test_fft_on_a_bf16_backbone_keeps_fp32_masters_and_ships_bf16_weights(tmp_path, tiny_backbone, gsm8k_sft):
+    backbone = tiny_backbone.model_copy(update={"dtype": "bfloat16"})
+    session = LocalSession(tmp_path / "session")
+    run_job(make_job(tmp_path, backbone, gsm8k_sft, kind="fft", mask=None), session)
+    masters = load_file(session.latest_checkpoint() / "weights.safetensors")
+    shipped = load_file(tmp_path / "artifacts" / "t" / "report_002" / "model.safetensors")
+    name = "model.layers.0.mlp.up_proj.weight"
+    assert masters[name].dtype == torch.float32 and shipped[name].dtype == torch.bfloat16
+    assert torch.equal(masters[name].bfloat16(), shipped[name])
+
+
 @pytest.mark.parametrize("baseline", ["unmasked", "random", "l1", "learned"])
 def test_baselines_and_learned_masks_evaluate(tmp_path, tiny_backbone, gsm8k_sft, gsm8k_dir, baseline):
     evaluation = EvalSpec(evaluator="gsm8k", source=str(gsm8k_dir / "test.jsonl"), limit=2, max_new_tokens=4)
@@ -113,6 +124,15 @@ def test_one_evaluation_job_scores_several_variants_including_other_weights(
             session)
     (report,) = session.reports
     assert {"unmasked/metric", "random/metric", "continued/metric"} <= set(report)
+
+
+def test_the_random_baseline_follows_the_seed_it_is_given(tmp_path, tiny_backbone, gsm8k_sft):
+    variants = [EvalVariant(name=f"random{i}", baseline="random", seed=seed) for i, seed in enumerate((5, 5, 6))]
+    session = LocalSession(tmp_path / "eval")
+    run_job(make_job(tmp_path, tiny_backbone, gsm8k_sft, kind="evaluate", variants=variants), session)
+    (report,) = session.reports
+    losses = [report[f"{v.name}/val_loss"] for v in variants]
+    assert losses[0] == losses[1] and losses[0] != losses[2]
 
 
 def test_a_loss_that_becomes_nan_fails_the_trial_with_its_reason(tmp_path, tiny_backbone, gsm8k_sft):
