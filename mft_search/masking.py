@@ -111,7 +111,8 @@ class MaskedLinear(nn.Module):
         self.fixed_mask: torch.Tensor | None = None
         self.mask_computations = 0  # observable, so tests and benchmarks can count recomputes
         self._cache: tuple[int, torch.Tensor] | None = None
-        object.__setattr__(self, "_base", base)  # unregistered: restored by detach/materialize
+        # No reference to `base` is kept: after FSDP2 shards this module, a kept base would hold
+        # the full weight alive on every rank. detach/materialize rebuild a plain module instead.
 
     def mask(self) -> torch.Tensor:
         """The current binary mask (bool, the weight's shape)."""
@@ -137,6 +138,15 @@ class MaskedLinear(nn.Module):
             return F.linear(x, w, self.bias)
         out = torch.addmm(self.bias, x.reshape(-1, x.size(-1)), w)
         return out.view(*x.shape[:-1], w.size(-1))
+
+    def to_plain(self) -> nn.Module:
+        """A plain nn.Linear / Conv1D holding this module's own weight and bias (no copy)."""
+        out_features, in_features = self.weight.shape[::-1] if self.transposed else self.weight.shape
+        with torch.device("meta"):  # built empty: the real tensors are assigned below
+            plain = Conv1D(out_features, in_features) if self.transposed else nn.Linear(
+                in_features, out_features, bias=self.bias is not None)
+        plain.weight, plain.bias = self.weight, self.bias
+        return plain
 
     def extra_repr(self) -> str:
         setting = f"ratio={self.ratio}" if self.mode == "local" else f"threshold={self.threshold}"
@@ -240,7 +250,7 @@ def fraction_kept(masks: dict[str, torch.Tensor]) -> float:
 def detach_masks(model: nn.Module) -> None:
     """Put the original modules back, weights untouched (the unmasked backbone again)."""
     for name, module in masked_modules(model).items():
-        _replace(model, name, module._base)
+        _replace(model, name, module.to_plain())
 
 
 def multiply_masks_in(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:

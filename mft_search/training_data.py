@@ -12,6 +12,7 @@ import torch
 from .data import DataSpec, iterate_batches, shard_indices, steps_per_epoch, tokenized_dataset
 from .data.cache import parts
 from .data.batching import collate
+from .data.encode import IGNORE
 from .errors import DataError
 from .training import TrainSettings
 
@@ -60,11 +61,17 @@ class TrainingData:
 
 
 def rank_batches(dataset, rank: int, world_size: int, size: int, pad_id: int) -> list[Batch]:
-    """A rank's strided share of a tokenised set, collated `size` rows at a time."""
+    """A rank's strided share of a tokenised set, collated `size` rows at a time.
+
+    Every rank gets as many rows as the largest share: the short ones end with a filler row
+    whose labels are all ignored, so the loss is unchanged and every rank runs the same number
+    of forwards (under FSDP2 each forward is a collective: a missing one deadlocks the others).
+    """
     mine = shard_indices(len(dataset), rank, world_size)
+    fillers = -(-len(dataset) // world_size) - len(mine)
     columns = [c for c in ("input_ids", "labels", "position_ids") if c in dataset.column_names]
-    batches = []
-    for i in range(0, len(mine), size):
-        rows = dataset.select(mine[i : i + size]).select_columns(columns)
-        batches.append(collate([dict(zip(columns, v)) for v in zip(*(rows[c] for c in columns))], pad_id))
-    return batches
+    rows = dataset.select(mine + [0] * fillers).select_columns(columns)
+    features = [dict(zip(columns, v)) for v in zip(*(rows[c] for c in columns))]
+    for feature in features[len(mine):]:
+        feature["labels"] = [IGNORE] * len(feature["labels"])
+    return [collate(features[i : i + size], pad_id) for i in range(0, len(features), size)]

@@ -9,6 +9,7 @@ work on it and it survives a restart of the driver.
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 import tempfile
@@ -30,6 +31,7 @@ from .config import DomainSpec, SweepConfig
 from .data import DataSpec
 from .job import TrialJob, run_job
 from .masking import MaskSpec
+from .parallel import release_memory
 from .results import REPORT_FIELDS, ResultsTable, trial_status
 from .space import define_by_run, enqueue_points, make_sampler, params_to_trial
 from .storage import Storage
@@ -114,7 +116,13 @@ def _trial_driver(config: dict[str, Any], study: Study, stage: Stage, planned_fa
     job = study.mft_job(params, trial_id, stage)
     fault = faults.for_params(planned_faults, params)
     if study.placement.num_workers == 1:
-        run_job(job, faults.inject(TuneSession(study.placement.use_gpu), fault))
+        session = TuneSession(study.placement.use_gpu)
+        try:
+            run_job(job, faults.inject(session, fault))
+        finally:
+            # This actor may take the next trial (reuse_actors); Tune never reuses one whose
+            # trial errored (an OOM included), so what is left here is a finished trial's.
+            _release(session.device)
         return
     forward = _CountingReportCallback()
     result = build_trainer(job, study.placement, storage_path=study.run_dir(), callbacks=[forward],
@@ -123,6 +131,13 @@ def _trial_driver(config: dict[str, Any], study: Study, stage: Stage, planned_fa
         # A driver restarted after its Train run had finished: the run is restored complete and
         # reports nothing, so hand Tune its final metrics once more.
         tune.report(result.metrics)
+
+
+def _release(device: torch.device) -> None:
+    left = release_memory(device)
+    if left > 256 * 2**20:
+        logging.getLogger(__name__).warning(
+            "%.1f GiB still allocated on %s after the trial: something holds the last model", left / 2**30, device)
 
 
 def _recorded_end(study: Study, stage: Stage, trial_id: str) -> dict[str, Any] | None:

@@ -135,6 +135,50 @@ def test_the_random_baseline_follows_the_seed_it_is_given(tmp_path, tiny_backbon
     assert losses[0] == losses[1] and losses[0] != losses[2]
 
 
+@pytest.mark.parametrize("settings", [SETTINGS, SETTINGS.model_copy(update={"lr": 1e30, "max_grad_norm": None})],
+                         ids=["finished", "failed"])
+def test_no_reference_to_a_trials_model_outlives_it(tmp_path, tiny_backbone, gsm8k_sft, monkeypatch, settings):
+    """A reused trial actor must not carry the last trial's model (or, after FSDP2, its full weights)."""
+    import gc
+    import weakref
+
+    from mft_search import job as job_module
+
+    loaded = []
+    original = job_module.load_model
+
+    def tracked(*args, **kwargs):
+        model = original(*args, **kwargs)
+        loaded.append(weakref.ref(model))
+        return model
+
+    monkeypatch.setattr(job_module, "load_model", tracked)
+    try:
+        run_job(make_job(tmp_path, tiny_backbone, gsm8k_sft, train=settings), LocalSession(tmp_path / "s"))
+    except FloatingPointError:
+        pass
+    gc.collect()
+    assert loaded and all(ref() is None for ref in loaded)
+
+
+def test_a_masked_module_holds_no_reference_to_the_module_it_replaced(tiny_backbone):
+    import gc
+    import weakref
+
+    from mft_search.backbone import load_model
+    from mft_search.masking import attach_masks, detach_masks, spec_module_names
+
+    model, spec = load_model(tiny_backbone, torch.float32), MaskSpec(blocks=(1,))
+    originals = [weakref.ref(model.get_submodule(n)) for n in spec_module_names(model, spec)]
+    attach_masks(model, spec)
+    gc.collect()
+    assert all(ref() is None for ref in originals)
+    weight = model.model.layers[1].mlp.up_proj.weight
+    detach_masks(model)
+    assert type(model.model.layers[1].mlp.up_proj).__name__ == "Linear"
+    assert model.model.layers[1].mlp.up_proj.weight is weight
+
+
 def test_a_loss_that_becomes_nan_fails_the_trial_with_its_reason(tmp_path, tiny_backbone, gsm8k_sft):
     explode = SETTINGS.model_copy(update={"lr": 1e30, "max_grad_norm": None})  # activations overflow
     with pytest.raises(FloatingPointError, match="training loss became nan at step"):

@@ -1,9 +1,10 @@
 """Batched greedy generation shared by every generating evaluator.
 
 Under torch.distributed each rank generates a strided shard of the prompts and the texts are
-gathered back into the original order on every rank. Ranks generate independently (different
-numbers of batches and steps), so `model` must be a full copy on each rank: pass the unwrapped
-module, not an FSDP-sharded one, whose forwards would have to run in lockstep.
+gathered back into the original order on every rank. A full copy per rank generates on its
+own; an FSDP-sharded model's forwards are collectives, so its ranks run in lockstep: as many
+batches as the largest shard (filler prompts, dropped after) and as many decoding steps as the
+longest batch on any rank (`synced_gpus`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria
 
 from mft_search.evaluation.base import GenerationSettings, rank_and_world
+from mft_search.parallel import is_sharded
 
 
 def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, settings: GenerationSettings) -> str:
@@ -41,7 +43,11 @@ def generate(
     """Greedy completions of `prompts`, in order, identical on every rank."""
     rank, world = rank_and_world()
     shard = list(range(rank, len(prompts), world))
-    local = _generate_local(model, tokenizer, [prompts[i] for i in shard], settings)
+    mine = [prompts[i] for i in shard]
+    lockstep = world > 1 and is_sharded(model)
+    if lockstep and prompts:
+        mine += [prompts[0]] * (-(-len(prompts) // world) - len(mine))
+    local = _generate_local(model, tokenizer, mine, settings, lockstep)[: len(shard)]
     if world == 1:
         return local
     gathered: list[list[tuple[int, str]] | None] = [None] * world
@@ -58,6 +64,7 @@ def _generate_local(
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[str],
     settings: GenerationSettings,
+    lockstep: bool = False,
 ) -> list[str]:
     texts = [format_prompt(tokenizer, p, settings) for p in prompts]
     chat = settings.use_chat_template and bool(getattr(tokenizer, "chat_template", None))
@@ -70,7 +77,8 @@ def _generate_local(
     with _padding_left(tokenizer), _eval_mode(model):
         for start in range(0, len(order), settings.batch_size):
             idx = order[start : start + settings.batch_size]
-            completions = _generate_batch(model, tokenizer, [texts[i] for i in idx], settings, add_special)
+            completions = _generate_batch(model, tokenizer, [texts[i] for i in idx], settings, add_special,
+                                          lockstep)
             for i, text in zip(idx, completions):
                 out[i] = text
     return out
@@ -82,6 +90,7 @@ def _generate_batch(
     texts: list[str],
     settings: GenerationSettings,
     add_special: bool,
+    lockstep: bool,
 ) -> list[str]:
     enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=add_special).to(model.device)
     prompt_len = enc.input_ids.shape[1]
@@ -94,7 +103,7 @@ def _generate_batch(
         eos_token_id=eos if eos is not None else tokenizer.eos_token_id,
     )
     criteria = [_StopStrings(tokenizer, settings.stop, prompt_len)] if settings.stop else None
-    output = model.generate(**enc, generation_config=config, stopping_criteria=criteria)
+    output = model.generate(**enc, generation_config=config, stopping_criteria=criteria, synced_gpus=lockstep)
     decoded = tokenizer.batch_decode(output[:, prompt_len:], skip_special_tokens=True)
     return [truncate_at_stop(t, settings.stop) for t in decoded]
 
