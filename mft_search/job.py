@@ -198,7 +198,7 @@ class _Trainer:
         losses: list[float] = []
         start = time.perf_counter()
         self.model.train()
-        while self.progress["step"] < self.total_steps:
+        while self.progress["step"] < self.total_steps and not self.progress.get("no_op"):
             step = self.progress["step"]
             step_start = time.perf_counter()
             micro_batches = self.data.step_batches(step)
@@ -238,6 +238,9 @@ class _Trainer:
         masks = masks_from_scores(trainable, self.job.mask) if self.job.kind == "mft" else {}
         if masks:
             metrics["kept_fraction"] = fraction_kept(masks)
+            # A mask that keeps every weight is the unmasked model: the trial ends here, a no-op.
+            self.progress["no_op"] = int(metrics["kept_fraction"] >= 1.0)
+            metrics["no_op"] = self.progress["no_op"]
         checkpoint = None
         if self.session.rank == 0:
             self._write_artifact(trainable, masks)

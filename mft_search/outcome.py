@@ -15,7 +15,7 @@ import yaml
 
 from .job import EvalVariant
 from .maskfile import load_mask_file
-from .results import best_reports
+from .results import NOT_CANDIDATES, best_reports
 from .space import params_to_trial
 from .tuning import Study
 from .worker import build_trainer
@@ -36,7 +36,7 @@ class Candidate:
 
 def best_candidates(frame: pd.DataFrame, study: str, stage: str, k: int) -> list[Candidate]:
     """The k best non-failed trials of a stage, each at its best report (ties: earlier trial)."""
-    rows = frame[(frame["study"] == study) & (frame["stage"] == stage) & (frame["status"] != "failed")]
+    rows = frame[(frame["study"] == study) & (frame["stage"] == stage) & ~frame["status"].isin(NOT_CANDIDATES)]
     best = best_reports(rows)
     out = []
     for _, row in best.head(k).iterrows():

@@ -19,7 +19,11 @@ KEY = ("study", "stage", "trial_id", "report")
 # A trial still "running" on record when its stage ended: the driver died before Tune saved it
 # (the resumed Tune ran another in its place), or its own write failed on full storage.
 INTERRUPTED = "still running when the sweep stopped; --resume did not continue it"
-REPORT_FIELDS = ("step", "total_steps", "epoch", "metric", "val_loss", "train_loss", "kept_fraction")
+REPORT_FIELDS = ("step", "total_steps", "epoch", "metric", "val_loss", "train_loss", "kept_fraction", "no_op")
+# Never candidates for selection: a failed trial, or one whose mask kept every weight (the unmasked model).
+NOT_CANDIDATES = ("failed", "no-op")
+NO_OP = ("kept every weight: no score fell below the threshold, so the mask changes nothing (global mode with "
+         "magnitude init starts every score at |W| >= 0); use a threshold above 0, normal init, or local mode")
 
 
 class ResultsTable:
@@ -88,9 +92,12 @@ def best_reports(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def trial_status(last_result: dict[str, Any] | None, errored: bool) -> str:
-    """completed (ran all its steps), pruned (stopped early by ASHA) or failed."""
+    """completed (ran all its steps), pruned (stopped early by ASHA), no-op (ended as soon as its
+    mask kept every weight) or failed."""
     if errored:
         return "failed"
+    if last_result and last_result.get("no_op") == 1:
+        return "no-op"
     if last_result and last_result.get("step", 0) < last_result.get("total_steps", 0):
         return "pruned"
     return "completed"

@@ -164,8 +164,12 @@ GroupsDim = _tagged(list[list[int]], "choices", LayerRange, "a list of groups or
 def _train_dim(name: str) -> Any:
     """The YAML dimension of a TrainSettings field, typed after that field."""
     info = TrainSettings.model_fields[name]
-    base = next(a for a in typing.get_args(info.annotation) or (info.annotation,) if a is not type(None))
-    dim = {bool: _dim(bool), int: IntDim, float: FloatDim}[base]
+    annotation = info.annotation
+    if typing.get_origin(annotation) is typing.Literal:  # a choice among names (loss_reduction)
+        dim = _dim(annotation)
+    else:
+        base = next(a for a in typing.get_args(annotation) or (annotation,) if a is not type(None))
+        dim = {bool: _dim(bool), int: IntDim, float: FloatDim}[base]
     return (dim | None, Field(None, description=f"{info.description} (searched; null = the train section's value)"))
 
 

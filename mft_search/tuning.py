@@ -32,7 +32,7 @@ from .data import DataSpec
 from .job import TrialJob, run_job
 from .masking import MaskSpec
 from .parallel import release_memory
-from .results import REPORT_FIELDS, ResultsTable, trial_status
+from .results import NO_OP, REPORT_FIELDS, ResultsTable, trial_status
 from .space import define_by_run, enqueue_points, make_sampler, params_to_trial
 from .storage import Storage
 from .worker import Placement, build_trainer
@@ -143,7 +143,7 @@ def _release(device: torch.device) -> None:
 def _recorded_end(study: Study, stage: Stage, trial_id: str) -> dict[str, Any] | None:
     """The last report of a trial results.parquet records as completed or pruned, else None."""
     rows = ResultsTable(study.exp_dir / "results.parquet").trial_rows(study.name, stage, trial_id)
-    if not rows or rows[0].get("status") not in ("completed", "pruned"):
+    if not rows or rows[0].get("status") not in ("completed", "pruned", "no-op"):
         return None
     last = max(rows, key=lambda r: r["report"])
     report = {k: v for k, v in last.items() if k in (*REPORT_FIELDS, "report") or k.startswith(("eval_", "time_"))}
@@ -299,7 +299,7 @@ class Recorder(tune.Callback):
         self._check_storage()
         last = self._last.get(trial.trial_id)
         status = trial_status(last, errored)
-        error = _error_text(trial) if errored else None
+        error = _error_text(trial) if errored else (NO_OP if status == "no-op" else None)
         if error and self.study.storage is not None:
             # not the trial's failure: stop the sweep before every later trial fails the same way
             failure = self.study.storage.failed_trial(error)

@@ -126,6 +126,21 @@ def test_one_evaluation_job_scores_several_variants_including_other_weights(
     assert {"unmasked/metric", "random/metric", "continued/metric"} <= set(report)
 
 
+def test_a_trial_whose_mask_keeps_every_weight_ends_at_once_as_a_no_op(tmp_path, tiny_backbone, gsm8k_sft):
+    from mft_search.results import trial_status
+
+    # Magnitude init puts every score at |W| >= 0, above the negative threshold: nothing is masked.
+    spec = MaskSpec(blocks=(1, 2), mode="global", threshold=-0.035, init="magnitude")
+    session = LocalSession(tmp_path / "session")
+    run_job(make_job(tmp_path, tiny_backbone, gsm8k_sft, mask=spec), session)
+    (report,) = session.reports  # two epochs planned; it stopped at its first evaluation point
+    assert report["kept_fraction"] == 1.0 and report["no_op"] == 1 and report["step"] < report["total_steps"]
+    assert trial_status(report, errored=False) == "no-op"
+    normal = LocalSession(tmp_path / "normal")
+    run_job(make_job(tmp_path, tiny_backbone, gsm8k_sft, name="n", mask=MaskSpec(blocks=(1, 2), mode="global")), normal)
+    assert len(normal.reports) == 2 and all(r["no_op"] == 0 and r["kept_fraction"] < 1 for r in normal.reports)
+
+
 def test_the_random_baseline_follows_the_seed_it_is_given(tmp_path, tiny_backbone, gsm8k_sft):
     variants = [EvalVariant(name=f"random{i}", baseline="random", seed=seed) for i, seed in enumerate((5, 5, 6))]
     session = LocalSession(tmp_path / "eval")

@@ -19,6 +19,7 @@ from optuna.trial import TrialState, create_trial
 
 from mft_search.cli import run
 from mft_search.report import main, write_report
+from mft_search.results import NO_OP
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NAN = math.nan
@@ -30,8 +31,9 @@ TRIALS = [
     ("t3", "pruned", "20-23", "local", 0.05, NAN, 1e-5, [0.45]),
     ("t4", "pruned", "0-3", "local", 0.10, NAN, 2e-5, [0.40]),
     ("t5", "failed", "8-11", "local", 0.10, NAN, 2e-5, []),  # failed before its first report
+    ("t6", "no-op", "8-11", "global", NAN, -0.035, 2e-5, [0.70]),  # kept every weight: never ranked
 ]
-STATES = {"completed": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL,
+STATES = {"completed": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL, "no-op": TrialState.COMPLETE,
           "running": TrialState.RUNNING}
 DISTRIBUTIONS = {
     "layer_group": CategoricalDistribution(["0-3", "8-11", "20-23"]),
@@ -51,9 +53,9 @@ def _rows(backbone: str, domain: str, trials: list) -> list[dict]:
         for report, metric in enumerate(metrics, start=1):
             rows.append({
                 "study": f"{backbone}/{domain}", "backbone": backbone, "domain": domain, "stage": "probe",
-                "trial_id": trial_id, "status": status, "error": None,
+                "trial_id": trial_id, "status": status, "error": NO_OP if status == "no-op" else None,
                 "report": report, "step": 10 * report, "epoch": float(report), "metric": metric,
-                "val_loss": 1.0 - metric, "train_loss": 1.1, "kept_fraction": 0.9,
+                "val_loss": 1.0 - metric, "train_loss": 1.1, "kept_fraction": 1.0 if status == "no-op" else 0.9,
                 "wall_s": 5.0 * report, "mask_path": f"trials/{trial_id}/report_{report:03d}/mask.safetensors",
                 "workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0.0, "seed": 0,
                 "param.layer_group": group, "param.mode": mode, "param.ratio": ratio, "param.threshold": threshold,
@@ -70,7 +72,7 @@ def _journal(path: Path, study_name: str, trials: list) -> None:
         params = {"layer_group": group, "mode": mode, "lr": lr}
         params.update({"ratio": ratio} if mode == "local" else {"threshold": threshold})
         study.add_trial(create_trial(
-            state=STATES[status], value=max(metrics) if status == "completed" else None, params=params,
+            state=STATES[status], value=max(metrics) if status in ("completed", "no-op") else None, params=params,
             distributions={k: DISTRIBUTIONS[k] for k in params},
             intermediate_values={i: m for i, m in enumerate(metrics, start=1)}))
 
@@ -131,11 +133,12 @@ def test_finished_experiment_leaderboard(finished: Path) -> None:
             "lr 2e-05.") in text
     assert "Mask: `best/tiny/arithmetic/mask.safetensors`\n" in text
     assert "**Verdict:** best MFT beats the unmasked backbone on validation by +3.0 points" in text
-    assert "| tiny/arithmetic | 3 | 2 | 1 | 0 | 0 | 6 |" in text
+    assert "| tiny/arithmetic | 3 | 2 | 1 | 1 | 0 | 0 | 7 |" in text
     top = text[text.index("top 5 trials"):].splitlines()
     ranked = [line.split(" | ")[1] for line in top if line.startswith("| ") and line[2].isdigit()]
     assert ranked == ["t0", "t1", "t2", "t3", "t4"]  # each trial by its best report; t5 never scored
-    assert "| 1 | t0 | probe | completed | 63.0 | 2 | 20-23 | local | 0.1 | normal | 2e-05 |" in text
+    assert "| 1 | t0 | probe | completed | 63.0 | 2 | 90.0% | 20-23 | local | 0.1 | normal | 2e-05 |" in text
+    assert "| t6 | probe | 8-11 | global | -0.035 | kept every weight" in text
 
 
 def test_finished_experiment_plots(finished: Path) -> None:
@@ -161,8 +164,8 @@ def test_half_finished_experiment_is_pending(tmp_path: Path) -> None:
     code = text[text.index("## tiny / code"):text.index("## Trials")]
     assert "Evaluation pending: 4 trials so far" in code
     assert "Parameter importances skipped: needs at least 2 completed trials, the study has 0" in code
-    assert "| tiny/code | 0 | 2 | 1 | 1 | 0 | 4 |" in text
-    assert "| 1 | t6 | probe | running | 52.0 | 1 | 20-23 | local | 0.1 | normal | 2e-05 |" in text
+    assert "| tiny/code | 0 | 2 | 0 | 1 | 1 | 0 | 4 |" in text
+    assert "| 1 | t6 | probe | running | 52.0 | 1 | 90.0% | 20-23 | local | 0.1 | normal | 2e-05 |" in text
     assert "1 evaluated, 1 pending" in text
     assert exp / "plots" / "tiny__code" / "history.png" in files.plots
 
@@ -190,10 +193,10 @@ def test_no_winner_is_said_plainly(tmp_path: Path) -> None:
 def test_summary_without_a_finished_trial(tmp_path: Path) -> None:
     summary = {**_summary("tiny", "arithmetic"), "rows": [],
                "verdict": "no trial finished with a validation metric; nothing to select"}
-    exp = _experiment(tmp_path / "exp", {("tiny", "arithmetic"): (TRIALS[5:], summary)})
+    exp = _experiment(tmp_path / "exp", {("tiny", "arithmetic"): (TRIALS[5:6], summary)})
     text = write_report(exp).leaderboard.read_text()
     assert "**Verdict:** no trial finished with a validation metric; nothing to select" in text
-    assert "| Model |" not in text and "| tiny/arithmetic | 0 | 0 | 1 | 0 | 0 | 1 |" in text
+    assert "| Model |" not in text and "| tiny/arithmetic | 0 | 0 | 0 | 1 | 0 | 0 | 1 |" in text
 
 
 def test_cli_prints_leaderboard_and_plots(finished: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -63,3 +63,15 @@ def test_closing_a_stage_marks_trials_still_running_as_interrupted(tmp_path):
     assert table.close_stage("b/d", "probe") == ["lost"]
     statuses = {(r["stage"], r["trial_id"]): r["status"] for r in table.frame().to_dict("records")}
     assert statuses == {("probe", "done"): "completed", ("probe", "lost"): "interrupted", ("refine", "other"): "running"}
+
+
+def test_selection_never_takes_a_failed_or_no_op_trial():
+    import pandas as pd
+
+    from mft_search.outcome import best_candidates
+
+    frame = pd.DataFrame([
+        {"study": "b/d", "stage": "probe", "trial_id": t, "status": status, "report": 1, "metric": metric,
+         "mask_path": f"{t}.mask", "param.mode": "global"}
+        for t, status, metric in (("t1", "no-op", 0.9), ("t2", "failed", 0.8), ("t3", "completed", 0.5))])
+    assert [c.trial_id for c in best_candidates(frame, "b/d", "probe", 3)] == ["t3"]

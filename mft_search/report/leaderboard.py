@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..results import NOT_CANDIDATES
 from .experiment import Experiment, Study, Summary, SummaryRow
 from .importance import Importances
 
@@ -17,7 +18,7 @@ ROW_LABELS = {"unmasked": "Unmasked backbone", "random": "Random mask", "l1": "L
 # The selected configuration, in the order a reader compares trials by.
 CONFIG_PARAMS = {"layer_group": "layer group", "mode": "mode", "ratio": "ratio", "threshold": "threshold",
                  "init": "init", "lr": "lr"}
-STATUSES = ("completed", "pruned", "failed", "running")
+STATUSES = ("completed", "pruned", "no-op", "failed", "running")
 TOP = 5
 
 
@@ -124,11 +125,12 @@ def _trials_section(studies: list[Study]) -> list[str]:
 
 
 def _failed_trials(study: Study) -> list[str]:
-    """Each failed trial with its reason: a NaN loss or an OOM says what to change."""
-    failed = study.trials[study.trials["status"] == "failed"]
+    """Each failed or no-op trial with its reason: a NaN loss, an OOM or a mask that kept every
+    weight says what to change."""
+    failed = study.trials[study.trials["status"].isin(NOT_CANDIDATES)].drop_duplicates("trial_id", keep="last")
     if failed.empty:
         return []
-    lines = [f"### {study.name}: failed trials", "", "| Trial | Stage | Layer group | Mode | Ratio / threshold | Reason |",
+    lines = [f"### {study.name}: failed and no-op trials", "", "| Trial | Stage | Layer group | Mode | Ratio / threshold | Reason |",
              "|---|---|---|---|---:|---|"]
     for _, t in failed.iterrows():
         cut = t.get("param.ratio") if _present(t.get("param.ratio")) else t.get("param.threshold")
@@ -140,19 +142,20 @@ def _failed_trials(study: Study) -> list[str]:
 
 
 def _top_trials(study: Study) -> list[str]:
-    # Ranked as the sweep selects: failed trials never qualify; ties go to the earlier trial.
-    trials = study.trials[study.trials["status"] != "failed"].dropna(subset=["metric"])
+    # Ranked as the sweep selects: failed and no-op trials never qualify; ties go to the earlier trial.
+    trials = study.trials[~study.trials["status"].isin(NOT_CANDIDATES)].dropna(subset=["metric"])
     scored = trials.sort_values("metric", ascending=False, kind="stable")
-    lines = [f"### {study.name}: top {TOP} trials by validation metric (failed trials excluded)", ""]
+    lines = [f"### {study.name}: top {TOP} trials by validation metric (failed and no-op trials excluded)", ""]
     if scored.empty:
         return lines + ["No trial has a validation metric yet.", ""]
     percent = study.metric_is_fraction()
-    lines += ["| # | Trial | Stage | Status | Metric | Report | Layer group | Mode | Ratio / threshold | Init | LR |",
-              "|---:|---|---|---|---:|---:|---|---|---:|---|---:|"]
+    lines += ["| # | Trial | Stage | Status | Metric | Report | Kept | Layer group | Mode | Ratio / threshold | Init | LR |",
+              "|---:|---|---|---|---:|---:|---:|---|---|---:|---|---:|"]
     for rank, (_, t) in enumerate(scored.head(TOP).iterrows(), start=1):
         cut = t.get("param.ratio") if _present(t.get("param.ratio")) else t.get("param.threshold")
         cells = [rank, t["trial_id"], t["stage"], t["status"], _metric(t["metric"], percent),
-                 _value(t["report"]), *(_value(t.get(f"param.{n}")) for n in ("layer_group", "mode")),
+                 _value(t["report"]), _kept(t.get("kept_fraction")),
+                 *(_value(t.get(f"param.{n}")) for n in ("layer_group", "mode")),
                  _value(cut), _value(t.get("param.init")), _value(t.get("param.lr"))]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     return lines + [""]
@@ -162,6 +165,11 @@ def _ordered(rows: tuple[SummaryRow, ...]) -> list[SummaryRow]:
     """Table 1's order, then any baseline this report does not know, as the sweep listed them."""
     known = list(ROW_LABELS)
     return sorted(rows, key=lambda r: known.index(r.name) if r.name in known else len(known))
+
+
+def _kept(value: Any) -> str:
+    """The fraction of the masked modules' weights the mask keeps, e.g. 90.0%."""
+    return f"{100 * value:.1f}%" if _present(value) else "n/a"
 
 
 def _metric(value: Any, percent: bool) -> str:

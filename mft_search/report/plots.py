@@ -14,11 +14,12 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from ..results import NOT_CANDIDATES
 from .experiment import Study
 
 MAX_RATIO_COLUMNS = 8  # beyond this many distinct ratios (a continuous range), bin them
 STATUS_STYLES = {"completed": ("o", "tab:blue"), "pruned": ("v", "tab:orange"), "running": ("s", "tab:gray"),
-                 "failed": ("x", "tab:red")}
+                 "no-op": ("D", "tab:purple"), "failed": ("x", "tab:red")}
 
 
 def png_bytes(figure: Figure) -> bytes:
@@ -68,7 +69,7 @@ def history(study: Study, percent: bool, reference: float | None) -> Figure | No
     unscored = trials["order"][metric.isna()]  # failed before any report: marked on the x axis
     axes.plot(unscored, np.zeros(len(unscored)), "x", color=STATUS_STYLES["failed"][1],
               transform=axes.get_xaxis_transform(), clip_on=False)
-    selectable = metric.where(trials["status"] != "failed")  # the sweep never selects a failed trial
+    selectable = metric.where(~trials["status"].isin(NOT_CANDIDATES))  # the sweep never selects these
     axes.step(trials["order"], selectable.cummax().ffill(), where="post", color="black", label="running best")
     if reference is not None:
         axes.axhline(reference * scale, color="gray", linestyle="--", label="unmasked")
