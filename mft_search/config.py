@@ -25,6 +25,7 @@ from .architectures import layout_for, model_depth, resolve_kinds
 from .backbone import BackboneSpec, load_config, load_tokenizer
 from .data import DataSpec
 from .errors import ConfigError, DataError, did_you_mean
+from .evaluation.records import BENCHMARK_DATA, data_identity
 from .evaluation.spec import EvalSpec
 from .space import (
     UNION_TAGS,
@@ -61,14 +62,29 @@ class DomainSpec(BaseModel):
         if self.validation is None and self.train.validation_fraction == 0 and self.train.validation_split is None:
             raise FieldIssue("validation", "null needs validation data from train: set train.validation_fraction "
                              "or train.validation_split, or give a validation benchmark")
+        if self.validation is not None:
+            _check_not_test_split(self.validation)
         if self.validation and self.test and _eval_data(self.validation) == _eval_data(self.test):
             raise FieldIssue("test", "reads the same problems as validation, so selection would see the test set; "
                              "point one of them at other data")
         return self
 
 
-def _eval_data(spec: EvalSpec) -> tuple[str, str | None]:
-    return spec.evaluator, spec.source
+def _eval_data(spec: EvalSpec) -> tuple[str, ...]:
+    return data_identity(spec.evaluator, spec.source, spec.split)
+
+
+def _check_not_test_split(validation: EvalSpec) -> None:
+    """Selection must never see test: a hub benchmark read at the split it reports is its test set."""
+    kind, *where = _eval_data(validation)
+    test_split = BENCHMARK_DATA[validation.evaluator].split
+    if kind == "hub" and where[1] == test_split:
+        raise FieldIssue("validation", f"reads {where[0]}'s '{test_split}' split, the problems {validation.evaluator} "
+                         "reports as its test set, so selection would see test; give validation.split (another split) "
+                         "or a local file")
+    if kind == "bundled":
+        raise FieldIssue("validation", f"reads the {validation.evaluator} problems the test reports; give "
+                         "validation.source a local file of other problems")
 
 
 class AshaSettings(BaseModel):

@@ -151,7 +151,8 @@ def _evaluate(job: TrialJob, model, tokenizer, val_batches) -> dict[str, float]:
         metrics.update(val_loss=loss["loss"], val_perplexity=loss["perplexity"])
     if job.evaluation is not None:
         evaluator = get_evaluator(job.evaluation.evaluator)
-        problems = _problems(job.evaluation.evaluator, job.evaluation.source, job.evaluation.limit)
+        spec = job.evaluation
+        problems = _problems(spec.evaluator, spec.source, spec.limit, spec.split)
         scores = evaluator.evaluate(unwrap(model), tokenizer, problems, job.evaluation.generation())
         metrics.update({f"eval_{k}": float(v) for k, v in scores.items()})
         metrics["metric"] = float(scores[evaluator.metric])
@@ -161,9 +162,9 @@ def _evaluate(job: TrialJob, model, tokenizer, val_batches) -> dict[str, float]:
 
 
 @functools.lru_cache(maxsize=4)
-def _problems(evaluator: str, source: str | None, limit: int | None) -> list:
+def _problems(evaluator: str, source: str | None, limit: int | None, split: str | None) -> list:
     """A benchmark's problems, read once per process rather than at every evaluation point."""
-    return get_evaluator(evaluator).load(source, limit)
+    return get_evaluator(evaluator).load(source, limit, split)
 
 
 class _Trainer:

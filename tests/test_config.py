@@ -118,8 +118,14 @@ BAD = [  # (YAML patch over the valid base, substring the one-line error must co
      "domains[0].train: set both prompt_field and response_field"),
     ("domains: [{name: math, train: {source: t.jsonl, prompt_field: q, response_field: a}}]",
      "domains[0].validation: null needs validation data from train"),
-    ("domains: [{name: m, train: {source: t.jsonl, prompt_field: q, response_field: a}, validation: {evaluator: gsm8k, source: x},"
-     " test: {evaluator: gsm8k, source: x}}]", "domains[0].test: reads the same problems as validation"),
+    ("domains: [{name: m, train: {source: t.jsonl, prompt_field: q, response_field: a}, validation: {evaluator: gsm8k, source: x.jsonl},"
+     " test: {evaluator: gsm8k, source: x.jsonl}}]", "domains[0].test: reads the same problems as validation"),
+    ("domains: [{name: m, train: {source: t.jsonl, prompt_field: q, response_field: a}, validation: {evaluator: gsm8k,"
+     " source: ./v.jsonl}, test: {evaluator: gsm8k, source: v.jsonl}}]", "domains[0].test: reads the same problems as validation"),
+    ("domains: [{name: m, train: {source: t.jsonl, prompt_field: q, response_field: a}, validation: {evaluator: gsm8k,"
+     " source: openai/gsm8k}, test: {evaluator: gsm8k}}]", "domains[0].validation: reads openai/gsm8k's 'test' split"),
+    ("domains: [{name: m, train: {source: t.jsonl, prompt_field: q, response_field: a}, validation: {evaluator: gsm8k}}]",
+     "domains[0].validation: reads openai/gsm8k's 'test' split, the problems gsm8k reports as its test set"),
     ("domains: [{name: math, train: {source: t.jsonl, prompt_field: q, response_field: a, template: 'Q: {question}'},"
      " validation: {evaluator: gsm8k}}]", "domains[0].train.template: has fields ['question']"),
     ("domains: [{name: math/x, train: {source: t.jsonl, prompt_field: q, response_field: a}, validation: {evaluator: gsm8k}}]",
@@ -276,3 +282,10 @@ def test_plan_names_studies_trials_resources_and_outputs(tiny_dir, tmp_path):
                      "2 worker(s) x (1 CPU, 1 GPU), ddp", "at most 2 trial(s) per study, needing 4 CPU and 4 GPU",
                      "unmasked, random, l1, continued_fft", "ratio: 0.02..0.4 log (when local)"):
         assert expected in plan
+
+
+def test_a_hub_validation_at_another_split_is_accepted():
+    patch = ("domains: [{name: m, train: {source: t.jsonl, prompt_field: q, response_field: a}, validation: {evaluator: "
+             "gsm8k, source: openai/gsm8k, split: train, limit: 500}, test: {evaluator: gsm8k}}]")
+    cfg = parse_config(merged(base(), yaml.safe_load(patch)))
+    assert cfg.domains[0].validation.split == "train" and cfg.domains[0].test.split is None

@@ -40,8 +40,9 @@ class Evaluator(Protocol):
     name: str  # the benchmark, e.g. "gsm8k"
     metric: str  # the key of the primary metric in `evaluate`'s result; higher is better
 
-    def load(self, source: str | None = None, limit: int | None = None) -> list[Problem]:
-        """Problems from `source` (a local path or hub id; None = the evaluator's default)."""
+    def load(self, source: str | None = None, limit: int | None = None, split: str | None = None) -> list[Problem]:
+        """Problems from `source` (a local path or hub id; None = the evaluator's default), at
+        `split` of a hub dataset (None = the split the benchmark reports)."""
         ...
 
     def evaluate(

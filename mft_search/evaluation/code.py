@@ -237,8 +237,8 @@ class HumanEvalEvaluator:
         self.timeout_s = timeout_s or (20.0 if plus else 10.0)
         self.memory_mb, self.workers = memory_mb, workers
 
-    def load(self, source: str | None = None, limit: int | None = None) -> list[Problem]:
-        return load_humaneval(source, limit, plus=self.plus)
+    def load(self, source: str | None = None, limit: int | None = None, split: str | None = None) -> list[Problem]:
+        return load_humaneval(source, limit, plus=self.plus)  # local files only: no splits
 
     def evaluate(
         self,

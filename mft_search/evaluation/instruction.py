@@ -35,7 +35,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from mft_search.errors import DataError
 from mft_search.evaluation.base import GenerationSettings, Problem
 from mft_search.evaluation.generate import generate
-from mft_search.evaluation.records import load_records
+from mft_search.evaluation.records import load_benchmark
 
 FIELDS = ("key", "prompt", "instruction_id_list", "kwargs")
 
@@ -119,8 +119,8 @@ class IFEvalEvaluator:
     name = "ifeval"
     metric = "prompt_strict_accuracy"
 
-    def load(self, source: str | None = None, limit: int | None = None) -> list[Problem]:
-        rows = load_records(source or "google/IFEval", FIELDS, "train", None, limit)
+    def load(self, source: str | None = None, limit: int | None = None, split: str | None = None) -> list[Problem]:
+        rows = load_benchmark("ifeval", source, FIELDS, split, limit)
         known = _registry()
         problems = []
         for row in rows:

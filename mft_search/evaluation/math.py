@@ -21,7 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from mft_search.errors import DataError
 from mft_search.evaluation.base import GenerationSettings, Problem
 from mft_search.evaluation.generate import generate
-from mft_search.evaluation.records import load_records
+from mft_search.evaluation.records import load_benchmark, load_records
 
 # ---------------------------------------------------------------- GSM8K answers
 
@@ -161,8 +161,8 @@ class GSM8KEvaluator:
     def __init__(self, num_fewshot: int = 0, fewshot_source: str | None = None, strict: bool = True):
         self.num_fewshot, self.fewshot_source, self.strict = num_fewshot, fewshot_source, strict
 
-    def load(self, source: str | None = None, limit: int | None = None) -> list[Problem]:
-        rows = load_records(source or "openai/gsm8k", ("question", "answer"), "test", "main", limit)
+    def load(self, source: str | None = None, limit: int | None = None, split: str | None = None) -> list[Problem]:
+        rows = load_benchmark("gsm8k", source, ("question", "answer"), split, limit)
         prefix = self._fewshot_prefix()
         return [
             Problem(id=str(i), prompt=prefix + _gsm8k_question(r["question"]), reference=gsm8k_reference(r["answer"]))
@@ -207,8 +207,8 @@ class MATHEvaluator:
     name = "math"
     metric = "accuracy"
 
-    def load(self, source: str | None = None, limit: int | None = None) -> list[Problem]:
-        rows = load_records(source or "HuggingFaceH4/MATH-500", ("problem", "solution"), "test", None, limit)
+    def load(self, source: str | None = None, limit: int | None = None, split: str | None = None) -> list[Problem]:
+        rows = load_benchmark("math", source, ("problem", "solution"), split, limit)
         problems = []
         for i, r in enumerate(rows):
             reference = last_boxed(r["solution"])

@@ -7,12 +7,55 @@ Local files are read directly (no `datasets` cache, no network); a hub id goes t
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mft_search.errors import DataError
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+@dataclass(frozen=True)
+class HubData:
+    """Where a benchmark's problems come from when no local file is given."""
+
+    source: str | None  # hub id; None: the data ships with a package (HumanEval)
+    split: str | None  # the split the benchmark reports: its test problems
+    config: str | None = None
+
+
+BENCHMARK_DATA = {
+    "gsm8k": HubData("openai/gsm8k", "test", "main"),
+    "math": HubData("HuggingFaceH4/MATH-500", "test"),
+    "ifeval": HubData("google/IFEval", "train"),  # IFEval's 541 prompts are its only split
+    "humaneval": HubData(None, None),
+    "humaneval_plus": HubData(None, None),
+}
+
+
+def load_benchmark(evaluator: str, source: str | None, fields: tuple[str, ...], split: str | None = None,
+                   limit: int | None = None) -> list[dict[str, Any]]:
+    """A benchmark's rows: `source` (default: its hub id) at `split` (default: its test split)."""
+    default = BENCHMARK_DATA[evaluator]
+    return load_records(source or default.source, fields, split or default.split, default.config, limit)
+
+
+def is_local(source: str) -> bool:
+    """A local file (by suffix or existence) rather than a hub id: the rule `load_records` reads by."""
+    path = Path(source).expanduser()
+    return path.suffix in LOCAL_SUFFIXES or path.exists()
+
+
+def data_identity(evaluator: str, source: str | None, split: str | None) -> tuple[str, ...]:
+    """What problems an evaluation reads, with defaults and paths resolved: equal identities read
+    the same problems, whichever evaluator scores them and however the path is written."""
+    default = BENCHMARK_DATA[evaluator]
+    if source is None:
+        return ("hub", default.source, split or default.split) if default.source else ("bundled", evaluator)
+    if is_local(source):
+        return ("file", str(Path(source).expanduser().resolve()))
+    return ("hub", source, split or default.split)
 
 
 def load_records(
@@ -23,9 +66,8 @@ def load_records(
     limit: int | None = None,
 ) -> list[dict[str, Any]]:
     """The first `limit` rows of `source`, each checked to carry every name in `fields`."""
-    path = Path(source).expanduser()
-    if path.suffix in LOCAL_SUFFIXES or path.exists():
-        rows = _read_local(path)
+    if is_local(source):
+        rows = _read_local(Path(source).expanduser())
     else:
         rows = _read_hub(source, split, hub_config)
     rows = rows[:limit] if limit is not None else rows

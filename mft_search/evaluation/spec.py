@@ -15,6 +15,7 @@ class EvalSpec(BaseModel):
 
     evaluator: str = Field(description="benchmark: gsm8k, math, humaneval, humaneval_plus or ifeval")
     source: str | None = Field(None, description="local file or hub id of the problems; null = the evaluator's default")
+    split: str | None = Field(None, description="split of a hub dataset; null = the benchmark's test split")
     limit: int | None = Field(None, ge=1, description="evaluate only the first N problems; null = all")
     max_new_tokens: int = Field(256, ge=1, description="generation budget per problem")
     batch_size: int = Field(16, ge=1, description="prompts per generate call on one worker")
