@@ -15,11 +15,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import cli
-from .backbone import DTYPES, BackboneSpec, load_model, load_tokenizer
-from .errors import ConfigError
-from .maskfile import load_mask_file, verify_for_model
-from .masking import multiply_masks_in
+from mft_search import cli
+from mft_search.core.backbone import DTYPES, BackboneSpec, load_model, load_tokenizer
+from mft_search.errors import ConfigError
+from mft_search.core.maskfile import load_mask_file, verify_for_model
+from mft_search.core.masking import multiply_masks_in
 
 
 def apply_mask(backbone: str, mask_path: str | Path, out: str | Path, *, revision: str | None = None,

@@ -1,7 +1,7 @@
 """What every command-line entry point shares: errors a user can act on as one line.
 
 Exit status 2: bad input (nothing was run or written). 3: storage failed during the run
-(mft_search.storage: full or vanished); what was written before is intact.
+(mft_search.experiment.storage: full or vanished); what was written before is intact.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from .errors import MftError
+from mft_search.errors import MftError
 
 
 def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:

@@ -23,9 +23,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import cli
-from .config import SweepConfig, check_against_models, check_data, describe_plan, load_config_file, resolve_storage
-from .errors import ConfigError
+from mft_search import cli
+from mft_search.config.schema import SweepConfig, check_against_models, check_data, describe_plan, load_config_file, resolve_storage
+from mft_search.errors import ConfigError
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "search_spaces" / "demo.yaml"
 NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "lustre", "gpfs", "ceph", "glusterfs", "beegfs", "fuse")
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     started = time.perf_counter()
     if args.config is None and not args.dry_run:
-        from .demo import build_demo
+        from mft_search.demo import build_demo
 
         build_demo()
     cfg = load_config_file(args.config or DEMO_CONFIG)
@@ -52,9 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with ray_session() as cluster:
         check_cluster(cfg, cluster, exp_dir)
-        from .orchestration import run_sweep
+        from mft_search.report import write_report
+        from mft_search.tune.sweep import run_sweep
 
-        leaderboard = run_sweep(cfg, exp_dir, resume=args.resume)
+        leaderboard = run_sweep(cfg, exp_dir, resume=args.resume, finish=write_report)
     print(leaderboard)
     print(f"outputs in {exp_dir} ({time.perf_counter() - started:.0f} s)")
     return 0
@@ -70,8 +71,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _demo_built() -> bool:
-    from .demo import default_cache_dir
-    from .demo.build import COMPLETE
+    from mft_search.demo import default_cache_dir
+    from mft_search.demo.assets import COMPLETE
 
     return (default_cache_dir() / COMPLETE).exists()
 

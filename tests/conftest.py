@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from mft_search.backbone import BackboneSpec
-from mft_search.data import DataSpec
-from mft_search.tiny import tiny_llama, tiny_tokenizer
+from mft_search.core.backbone import BackboneSpec
+from mft_search.core.data import DataSpec
+from mft_search.demo.tiny import tiny_llama, tiny_tokenizer
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

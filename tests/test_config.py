@@ -7,7 +7,7 @@ import shutil
 import pytest
 import yaml
 
-from mft_search.config import (
+from mft_search.config.schema import (
     SweepConfig,
     check_against_models,
     check_data,
@@ -17,7 +17,7 @@ from mft_search.config import (
     resolve_storage,
 )
 from mft_search.errors import ConfigError, DataError
-from mft_search.tiny import tiny_gpt2, tiny_llama, tiny_tokenizer
+from mft_search.demo.tiny import tiny_gpt2, tiny_llama, tiny_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from mft_search.data import (
+from mft_search.core.data import (
     IGNORE,
     DataSpec,
     collate,
@@ -26,10 +26,10 @@ from mft_search.data import (
     tokenized_dataset,
     tokenizer_fingerprint,
 )
-from mft_search.data import cache as cache_module
-from mft_search.data import load as load_module
+from mft_search.core.data import cache as cache_module
+from mft_search.core.data import load as load_module
 from mft_search.errors import ConfigError, DataError
-from mft_search.tiny import tiny_llama, tiny_tokenizer
+from mft_search.demo.tiny import tiny_llama, tiny_tokenizer
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 GSM8K = DATA / "gsm8k" / "train.jsonl"

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from mft_search.config import load_config_file
+from mft_search.config.schema import load_config_file
 from mft_search.demo import DemoSize, PretrainSettings, build_demo, default_cache_dir, sft_data_spec
 from mft_search.demo.problems import ALL_PHRASINGS, TRAIN_PHRASINGS, make_splits
-from mft_search.evaluation.math import GSM8KEvaluator, gsm8k_reference
+from mft_search.core.evaluation.math import GSM8KEvaluator, gsm8k_reference
 
 DEMO_YAML = Path(__file__).resolve().parents[1] / "search_spaces" / "demo.yaml"
 MICRO = DemoSize(train=16, validation=8, test=8, documents=200, vocab_size=300, hidden=32, layers=2,

@@ -10,13 +10,13 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from mft_search.evaluation.base import GenerationSettings
-from mft_search.evaluation.generate import generate
-from mft_search.evaluation.loss import evaluate_loss
-from mft_search.masking import MaskSpec, attach_masks
-from mft_search.parallel import wrap_model
-from mft_search.tiny import tiny_llama, tiny_tokenizer
-from mft_search.training_data import rank_batches
+from mft_search.core.evaluation.base import GenerationSettings
+from mft_search.core.evaluation.generate import generate
+from mft_search.core.evaluation.loss import evaluate_loss
+from mft_search.core.masking import MaskSpec, attach_masks
+from mft_search.core.distributed import wrap_model
+from mft_search.demo.tiny import tiny_llama, tiny_tokenizer
+from mft_search.train.batches import rank_batches
 
 WORLD, ROWS, MICRO = 3, 7, 2  # shards of 3, 2, 2 rows: 2, 1, 1 micro-batches without padding
 PROMPTS = [f"Tom has {n} apples. He buys {n + 3} more." for n in range(ROWS)]

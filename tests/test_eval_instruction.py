@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from mft_search.evaluation.base import GenerationSettings
-from mft_search.evaluation.instruction import (
+from mft_search.core.evaluation.base import GenerationSettings
+from mft_search.core.evaluation.instruction import (
     Following,
     IFEvalEvaluator,
     check_response,
     ifeval_metrics,
     prepare_offline_checkers,
 )
-from mft_search.tiny import tiny_llama, tiny_tokenizer
+from mft_search.demo.tiny import tiny_llama, tiny_tokenizer
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ifeval" / "input_data.jsonl"
 DUMMY = [

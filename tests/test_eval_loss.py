@@ -13,8 +13,8 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from mft_search.errors import DataError
-from mft_search.evaluation.loss import evaluate_loss
-from mft_search.tiny import tiny_gpt2
+from mft_search.core.evaluation.loss import evaluate_loss
+from mft_search.demo.tiny import tiny_gpt2
 
 
 def _batch(seed: int, rows: int, length: int, scored_from: int) -> dict[str, torch.Tensor]:

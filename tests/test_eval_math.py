@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from mft_search.errors import DataError
-from mft_search.evaluation.base import GenerationSettings
-from mft_search.evaluation.math import (
+from mft_search.core.evaluation.base import GenerationSettings
+from mft_search.core.evaluation.math import (
     GSM8KEvaluator,
     MATHEvaluator,
     extract_gsm8k_flexible,
@@ -20,7 +20,7 @@ from mft_search.evaluation.math import (
     math_equivalent,
     normalize_number,
 )
-from mft_search.tiny import tiny_llama, tiny_tokenizer
+from mft_search.demo.tiny import tiny_llama, tiny_tokenizer
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
 

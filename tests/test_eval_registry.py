@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 
 from mft_search.errors import ConfigError
-from mft_search.evaluation import get_evaluator
+from mft_search.core.evaluation import get_evaluator
 
 
 @pytest.mark.parametrize(
@@ -24,7 +24,7 @@ def test_unknown_name_names_the_closest_and_all_choices():
         get_evaluator("gsm8")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("mft_search.evaluation.code") is None, reason="code.py not written yet")
+@pytest.mark.skipif(importlib.util.find_spec("mft_search.core.evaluation.code") is None, reason="code.py not written yet")
 @pytest.mark.parametrize("name", ["humaneval", "humaneval_plus"])
 def test_humaneval_is_imported_on_demand(name):
     evaluator = get_evaluator(name)

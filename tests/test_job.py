@@ -4,12 +4,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mft_search.evaluation.spec import EvalSpec
-from mft_search import faults
-from mft_search.job import EvalVariant, LocalSession, OutOfMemory, TrialJob, run_job
-from mft_search.maskfile import load_mask_file
-from mft_search.masking import MaskSpec
-from mft_search.training import TrainSettings
+from mft_search.core.evaluation.spec import EvalSpec
+from mft_search.train import faults
+from mft_search.train.job import EvalVariant, LocalSession, OutOfMemory, TrialJob, run_job
+from mft_search.core.maskfile import load_mask_file
+from mft_search.core.masking import MaskSpec
+from mft_search.train.step import TrainSettings
 
 SETTINGS = TrainSettings(lr=1e-2, epochs=2, global_batch_size=16, micro_batch_size=4)
 
@@ -127,7 +127,7 @@ def test_one_evaluation_job_scores_several_variants_including_other_weights(
 
 
 def test_a_trial_whose_mask_keeps_every_weight_ends_at_once_as_a_no_op(tmp_path, tiny_backbone, gsm8k_sft):
-    from mft_search.results import trial_status
+    from mft_search.experiment.results import trial_status
 
     # Magnitude init puts every score at |W| >= 0, above the negative threshold: nothing is masked.
     spec = MaskSpec(blocks=(1, 2), mode="global", threshold=-0.035, init="magnitude")
@@ -157,7 +157,7 @@ def test_no_reference_to_a_trials_model_outlives_it(tmp_path, tiny_backbone, gsm
     import gc
     import weakref
 
-    from mft_search import job as job_module
+    from mft_search.train import job as job_module
 
     loaded = []
     original = job_module.load_model
@@ -180,8 +180,8 @@ def test_a_masked_module_holds_no_reference_to_the_module_it_replaced(tiny_backb
     import gc
     import weakref
 
-    from mft_search.backbone import load_model
-    from mft_search.masking import attach_masks, detach_masks, spec_module_names
+    from mft_search.core.backbone import load_model
+    from mft_search.core.masking import attach_masks, detach_masks, spec_module_names
 
     model, spec = load_model(tiny_backbone, torch.float32), MaskSpec(blocks=(1,))
     originals = [weakref.ref(model.get_submodule(n)) for n in spec_module_names(model, spec)]

@@ -8,10 +8,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mft_search import mask_codec
+from mft_search.core import mask_codec
 from mft_search.errors import MaskFileError
-from mft_search.maskfile import FORMAT, _digest, load_mask_file, save_mask_file
-from mft_search.selection import local_mask
+from mft_search.core.maskfile import FORMAT, _digest, load_mask_file, save_mask_file
+from mft_search.core.topk import local_mask
 
 
 def entropy_bytes(numel: int, p: float) -> float:

@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import save_file
 
 from mft_search.errors import MaskFileError
-from mft_search.maskfile import backbone_fingerprint, load_mask_file, save_mask_file, verify_for_model
-from mft_search.masking import MaskSpec, attach_masks, current_masks, score_parameters
-from mft_search.tiny import tiny_gpt2, tiny_llama, tiny_tokenizer
+from mft_search.core.maskfile import backbone_fingerprint, load_mask_file, save_mask_file, verify_for_model
+from mft_search.core.masking import MaskSpec, attach_masks, current_masks, score_parameters
+from mft_search.demo.tiny import tiny_gpt2, tiny_llama, tiny_tokenizer
 
 MODELS = {"llama": tiny_llama, "gpt2": tiny_gpt2}
 

@@ -8,10 +8,10 @@ from torch import nn
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 from transformers.pytorch_utils import Conv1D
 
-from mft_search.architectures import module_names
-from mft_search.baselines import kept_counts_for_ratio, l1_masks, random_masks
+from mft_search.core.architectures import module_names
+from mft_search.core.baselines import kept_counts_for_ratio, l1_masks, random_masks
 from mft_search.errors import ArchitectureError, ConfigError
-from mft_search.masking import (
+from mft_search.core.masking import (
     MaskedLinear,
     MaskSpec,
     attach_masks,
@@ -21,8 +21,8 @@ from mft_search.masking import (
     materialize,
     score_parameters,
 )
-from mft_search.selection import global_mask, kept_count, local_mask, top_k_mask
-from mft_search.tiny import tiny_gpt2, tiny_llama
+from mft_search.core.topk import global_mask, kept_count, local_mask, top_k_mask
+from mft_search.demo.tiny import tiny_gpt2, tiny_llama
 
 MODELS = {"llama": tiny_llama, "gpt2": tiny_gpt2}
 

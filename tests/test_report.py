@@ -19,7 +19,7 @@ from optuna.trial import TrialState, create_trial
 
 from mft_search.cli import run
 from mft_search.report import main, write_report
-from mft_search.results import NO_OP
+from mft_search.experiment.results import NO_OP
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NAN = math.nan

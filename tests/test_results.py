@@ -1,7 +1,7 @@
 """results.parquet: upserts by (study, stage, trial, report), statuses, atomic rewrites."""
 
 
-from mft_search.results import ResultsTable, trial_status
+from mft_search.experiment.results import ResultsTable, trial_status
 
 
 def test_reports_upsert_and_survive_a_reload_in_numeric_order(tmp_path):
@@ -37,7 +37,7 @@ def test_a_trial_on_record_as_ended_is_replayed_not_retrained(tmp_path):
     # Tune may restore a trial as unfinished when the driver died after our record of its end
     from types import SimpleNamespace
 
-    from mft_search.tuning import _recorded_end
+    from mft_search.tune.stage import _recorded_end
 
     table = ResultsTable(tmp_path / "results.parquet")
     base = {"study": "b/d", "stage": "probe", "trial_id": "t1"}
@@ -68,7 +68,7 @@ def test_closing_a_stage_marks_trials_still_running_as_interrupted(tmp_path):
 def test_selection_never_takes_a_failed_or_no_op_trial():
     import pandas as pd
 
-    from mft_search.outcome import best_candidates
+    from mft_search.tune.evaluate import best_candidates
 
     frame = pd.DataFrame([
         {"study": "b/d", "stage": "probe", "trial_id": t, "status": status, "report": 1, "metric": metric,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mft_search.evaluation.sandbox import run_many, run_program
+from mft_search.core.evaluation.sandbox import run_many, run_program
 
 LIMITS = {"timeout_s": 3.0, "memory_mb": 512}
 

@@ -15,11 +15,11 @@ import pytest
 import yaml
 from transformers import LlamaConfig
 
-from mft_search.config import SweepConfig, check_against_models, check_data, describe_plan, load_config_file
-from mft_search.data.load import local_files
+from mft_search.config.schema import SweepConfig, check_against_models, check_data, describe_plan, load_config_file
+from mft_search.core.data.load import local_files
 from mft_search.errors import DataError
-from mft_search.space import layer_groups
-from mft_search.tiny import tiny_tokenizer
+from mft_search.config.space import layer_groups
+from mft_search.demo.tiny import tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = ROOT / "search_spaces"

@@ -5,19 +5,11 @@ import importlib.util
 import optuna
 import pytest
 
-from mft_search.config import parse_config
+from mft_search.config.schema import parse_config
 from mft_search.errors import ConfigError
-from mft_search.masking import MaskSpec
-from mft_search.space import (
-    SearchSpace,
-    decode_blocks,
-    define_by_run,
-    encode_blocks,
-    enqueue_points,
-    grid_size,
-    make_sampler,
-    params_to_trial,
-)
+from mft_search.core.masking import MaskSpec
+from mft_search.config.space import SearchSpace, decode_blocks, encode_blocks, enqueue_points, grid_size
+from mft_search.tune.sampling import define_by_run, make_sampler, params_to_trial
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -138,7 +130,7 @@ def test_params_to_trial_merges_over_train_defaults():
     cfg = parse_config({
         "name": "t", "seed": 5, "backbones": [{"source": "x"}], "train": {"lr": 2e-5, "epochs": 3, "warmup_ratio": 0.1},
         "domains": [{"name": "d", "train": {"source": "t.jsonl", "prompt_field": "q", "response_field": "a"},
-                     "validation": {"evaluator": "gsm8k"}}],
+                     "validation": {"evaluator": "gsm8k", "split": "train"}}],
         "search": {"space": {**SPACE, "kinds": [["q", "v"]], "epochs": 1}}})
     params = define_by_run(cfg.search.space)(optuna.create_study(sampler=make_sampler("tpe", 0, cfg.search.space)).ask())
     mask, train = params_to_trial(params, cfg)

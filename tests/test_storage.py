@@ -6,7 +6,7 @@ import os
 import pytest
 
 from mft_search import cli
-from mft_search.storage import MARKER, Storage, StorageError
+from mft_search.experiment.storage import MARKER, Storage, StorageError
 
 
 @pytest.fixture

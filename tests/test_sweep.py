@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from mft_search.config import load_config_file
+from mft_search.config.schema import load_config_file
 from mft_search.errors import ConfigError
 from mft_search.sweep import check_cluster
 

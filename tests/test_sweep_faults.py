@@ -1,6 +1,6 @@
 """Trials that really break inside a real sweep: a NaN loss and an out-of-memory allocation.
 
-Both are aimed at enqueued points through MFT_SEARCH_FAULTS (mft_search/faults.py). The sweep
+Both are aimed at enqueued points through MFT_SEARCH_FAULTS (mft_search/train/faults.py). The sweep
 must record them failed with their reason, select neither, and finish."""
 
 import json
@@ -10,7 +10,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from mft_search import faults
+from mft_search.train import faults
 from test_sweep import sweep, write_config
 
 pytestmark = pytest.mark.ray

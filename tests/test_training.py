@@ -5,8 +5,8 @@ import copy
 import pytest
 import torch
 
-from mft_search.tiny import tiny_llama
-from mft_search.training import TrainSettings, make_optimizer, token_weights, train_step
+from mft_search.demo.tiny import tiny_llama
+from mft_search.train.step import TrainSettings, make_optimizer, token_weights, train_step
 
 CPU = torch.device("cpu")
 

@@ -3,11 +3,11 @@ mid-trial that resumes from its checkpoint. Slow (a Ray Train run costs ~20 s he
 
 import pytest
 
-from mft_search.job import TrialJob
-from mft_search.maskfile import load_mask_file
-from mft_search.masking import MaskSpec
-from mft_search.training import TrainSettings
-from mft_search.worker import Placement, build_trainer
+from mft_search.train.job import TrialJob
+from mft_search.core.maskfile import load_mask_file
+from mft_search.core.masking import MaskSpec
+from mft_search.train.step import TrainSettings
+from mft_search.train.ray_train import Placement, build_trainer
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray

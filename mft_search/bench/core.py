@@ -33,8 +33,8 @@ def _peak_rss_mb() -> float:
 
 def _measure_step(case: StepCase, repeats: int) -> dict[str, float]:
     """Median seconds per optimiser step and peak RSS growth (MB) over the loaded model."""
-    from ..masking import MaskSpec, attach_masks, masked_modules, score_parameters
-    from ..tiny import tiny_llama
+    from mft_search.core.masking import MaskSpec, attach_masks, masked_modules, score_parameters
+    from mft_search.demo.tiny import tiny_llama
 
     torch.manual_seed(0)
     model = tiny_llama(**BENCH_MODEL).train()
@@ -87,7 +87,7 @@ def bench_core(quick: bool = False) -> None:
     shallow, deep = tuple(range(0, 4)), tuple(range(layers - 4, layers))
     repeats = 1 if quick else 3
     accumulations = (1, 4) if quick else (1, 16)
-    n_params = sum(p.numel() for p in __import__("mft_search.tiny", fromlist=["x"]).tiny_llama(**BENCH_MODEL).parameters())
+    n_params = sum(p.numel() for p in __import__("mft_search.demo.tiny", fromlist=["x"]).tiny_llama(**BENCH_MODEL).parameters())
     print(f"# core: Llama {n_params / 1e6:.1f}M params ({BENCH_MODEL}), micro-batch {MICRO_BATCH}x{SEQ_LEN} "
           f"tokens, CPU, {torch.get_num_threads()} threads, median of {repeats}")
     print(f"{'accum':>5} {'case':<22} {'step s':>8} {'x FFT':>7} {'x bare':>7} {'peak MB':>8} {'x FFT':>7} {'mask %':>7}")

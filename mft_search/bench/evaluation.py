@@ -15,12 +15,12 @@ import time
 
 import torch
 
-from ..backbone import BackboneSpec, load_model, load_tokenizer
-from ..evaluation.base import GenerationSettings
-from ..evaluation.code import build_program, load_humaneval
-from ..evaluation.generate import generate
-from ..evaluation.math import GSM8K_STOP, GSM8KEvaluator, extract_gsm8k_strict
-from ..evaluation.sandbox import run_many
+from mft_search.core.backbone import BackboneSpec, load_model, load_tokenizer
+from mft_search.core.evaluation.base import GenerationSettings
+from mft_search.core.evaluation.code import build_program, load_humaneval
+from mft_search.core.evaluation.generate import generate
+from mft_search.core.evaluation.math import GSM8K_STOP, GSM8KEvaluator, extract_gsm8k_strict
+from mft_search.core.evaluation.sandbox import run_many
 
 BATCH_SIZES = (1, 16, 64)
 
@@ -31,7 +31,7 @@ def run(quick: bool = False) -> None:
 
 
 def _generation(prompts: int) -> None:
-    from ..demo import default_cache_dir
+    from mft_search.demo import default_cache_dir
 
     demo = default_cache_dir()
     spec = BackboneSpec(source=str(demo / "backbone"))

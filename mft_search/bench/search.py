@@ -98,7 +98,7 @@ class DemoObjective:
     """Trains demo MFT trials in-process, memoised by their parameters."""
 
     def __init__(self, cfg, workdir: Path) -> None:
-        from ..tuning import Study
+        from mft_search.tune.stage import Study
 
         self.study = Study(cfg, cfg.backbones[0], cfg.domains[0], workdir)
         self.workdir, self.memo, self.trained_s = workdir, {}, 0.0
@@ -110,7 +110,7 @@ class DemoObjective:
         return self.memo[key]
 
     def _train(self, params: dict[str, Any]) -> list[float]:
-        from ..job import LocalSession, run_job
+        from mft_search.train.job import LocalSession, run_job
 
         name = f"t{len(self.memo):03d}"
         session = LocalSession(self.workdir / "sessions" / name)
@@ -121,9 +121,10 @@ class DemoObjective:
 
 
 def run(quick: bool = False) -> None:
-    from ..config import parse_config
-    from ..space import define_by_run, encode_blocks, layer_groups, make_sampler
-    from ..sweep import DEMO_CONFIG
+    from mft_search.config.schema import parse_config
+    from mft_search.config.space import encode_blocks, layer_groups
+    from mft_search.tune.sampling import define_by_run, make_sampler
+    from mft_search.sweep import DEMO_CONFIG
 
     raw = yaml.safe_load(DEMO_CONFIG.read_text())
     if quick:  # a smoke run: a tenth of the validation problems, one seed

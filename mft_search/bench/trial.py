@@ -24,10 +24,10 @@ import yaml
 from ray import tune
 from safetensors import safe_open
 
-from ..config import parse_config
-from ..sweep import DEMO_CONFIG, ray_session
-from ..tuning import Study, run_stage
-from ..storage import Storage
+from mft_search.config.schema import parse_config
+from mft_search.sweep import DEMO_CONFIG, ray_session
+from mft_search.tune.stage import Study, run_stage
+from mft_search.experiment.storage import Storage
 
 TARGET = 0.25  # fixed cost at most this share of a demo trial's wall time
 TRIALS = (1, 3)  # two stages: what the second costs beyond the first is per trial
@@ -47,8 +47,8 @@ class Stage:
 
 
 def run(quick: bool = False) -> None:
-    from ..demo import default_cache_dir
-    from ..demo.build import COMPLETE
+    from mft_search.demo import default_cache_dir
+    from mft_search.demo.assets import COMPLETE
 
     if not (default_cache_dir() / COMPLETE).exists():
         raise SystemExit("the demo is not built: run `python -m mft_search.sweep` (or mft_search.demo) once first")

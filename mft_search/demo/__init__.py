@@ -5,9 +5,10 @@
     assets.backbone, assets.train, assets.validation, assets.test, assets.facts()
 """
 
-from .build import DemoAssets, DemoSize, build_demo, default_cache_dir
-from .finetune import TEMPLATE, sft_data_spec
-from .pretrain import PretrainSettings
+from mft_search.demo.assets import DemoAssets, DemoSize, default_cache_dir
+from mft_search.demo.build import build_demo
+from mft_search.demo.finetune import TEMPLATE, sft_data_spec
+from mft_search.demo.pretrain import PretrainSettings
 
 __all__ = ["TEMPLATE", "DemoAssets", "DemoSize", "PretrainSettings", "build_demo", "default_cache_dir",
            "sft_data_spec"]

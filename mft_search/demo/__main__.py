@@ -4,7 +4,7 @@ import json
 import sys
 from pathlib import Path
 
-from .build import build_demo
+from mft_search.demo.build import build_demo
 
 
 def main(argv: list[str]) -> None:

@@ -16,15 +16,15 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..backbone import BackboneSpec, load_model, load_tokenizer
-from ..data import DataSpec
-from ..evaluation import get_evaluator
-from ..evaluation.spec import EvalSpec
-from ..job import LocalSession, TrialJob, run_job
-from ..training import TrainSettings
+from mft_search.core.backbone import BackboneSpec, load_model, load_tokenizer
+from mft_search.core.data import DataSpec
+from mft_search.core.evaluation import get_evaluator
+from mft_search.core.evaluation.spec import EvalSpec
+from mft_search.train.job import LocalSession, TrialJob, run_job
+from mft_search.train.step import TrainSettings
 
 if TYPE_CHECKING:
-    from .build import DemoAssets, DemoSize
+    from mft_search.demo.assets import DemoAssets, DemoSize
 
 Log = Callable[[str], None]
 TEMPLATE = "Question: {prompt}\nAnswer:"  # the GSM8K evaluator's prompt, so SFT and evaluation agree

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..training import linear_schedule
+from mft_search.train.step import linear_schedule
 
 
 @dataclass(frozen=True)

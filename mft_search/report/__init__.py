@@ -7,7 +7,7 @@ leaderboard.md and plots/<backbone>__<domain>/*.png atomically, so it is safe to
 sweep is still writing.
 """
 
-from .build import ReportFiles, write_report
-from .command import main
+from mft_search.report.build import ReportFiles, write_report
+from mft_search.report.command import main
 
 __all__ = ["ReportFiles", "main", "write_report"]

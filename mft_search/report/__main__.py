@@ -2,7 +2,7 @@
 
 import sys
 
-from .. import cli
-from .command import main
+from mft_search import cli
+from mft_search.report.command import main
 
 sys.exit(cli.run(main))

@@ -7,11 +7,11 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ConfigError
-from . import plots
-from .experiment import Study, load_experiment
-from .importance import param_importances
-from .leaderboard import StudyReport, render
+from mft_search.errors import ConfigError
+from mft_search.report import plots
+from mft_search.report.experiment import Study, load_experiment
+from mft_search.report.importance import param_importances
+from mft_search.report.leaderboard import StudyReport, render
 
 LEADERBOARD = "leaderboard.md"
 PLOTS = "plots"

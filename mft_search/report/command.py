@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .build import write_report
+from mft_search.report.build import write_report
 
 
 def main(argv: list[str] | None = None) -> int:

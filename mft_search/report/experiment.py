@@ -15,8 +15,8 @@ from typing import Any
 
 import pandas as pd
 
-from ..errors import ConfigError
-from ..results import best_reports
+from mft_search.errors import ConfigError
+from mft_search.experiment.results import best_reports
 
 RESULTS = "results.parquet"
 STUDIES = "studies"

@@ -12,7 +12,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from .experiment import first_line
+from mft_search.report.experiment import first_line
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ from typing import Any
 
 import pandas as pd
 
-from ..results import NOT_CANDIDATES
-from .experiment import Experiment, Study, Summary, SummaryRow
-from .importance import Importances
+from mft_search.experiment.results import NOT_CANDIDATES
+from mft_search.report.experiment import Experiment, Study, Summary, SummaryRow
+from mft_search.report.importance import Importances
 
 ROW_LABELS = {"unmasked": "Unmasked backbone", "random": "Random mask", "l1": "L1 mask",
               "continued_fft": "Continued FFT", "best_mft": "Best MFT"}

@@ -14,8 +14,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from ..results import NOT_CANDIDATES
-from .experiment import Study
+from mft_search.experiment.results import NOT_CANDIDATES
+from mft_search.report.experiment import Study
 
 MAX_RATIO_COLUMNS = 8  # beyond this many distinct ratios (a continuous range), bin them
 STATUS_STYLES = {"completed": ("o", "tab:blue"), "pruned": ("v", "tab:orange"), "running": ("s", "tab:gray"),

@@ -1,0 +1,480 @@
+"""The sweep's YAML, validated once at the door into typed objects.
+
+    cfg = load_config_file("search_spaces/demo.yaml")   # ConfigError: one line naming the field
+    model_configs = check_against_models(cfg)            # layer groups and kinds fit each backbone
+    check_data(cfg)                                      # local data files hold the mapped columns
+    print(describe_plan(cfg, model_configs))             # what --dry-run prints
+
+Only the layers above (sweep, CLI) read YAML; everything below receives these objects. Every
+field documents itself (`SweepConfig.model_json_schema()`), and no key is silently ignored.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from transformers import PretrainedConfig
+
+from mft_search.core.architectures import layout_for, model_depth, resolve_kinds
+from mft_search.core.backbone import BackboneSpec, load_config, load_tokenizer
+from mft_search.core.data import DataSpec
+from mft_search.errors import ConfigError, DataError, did_you_mean
+from mft_search.core.evaluation.records import BENCHMARK_DATA, data_identity
+from mft_search.core.evaluation.spec import EvalSpec
+from mft_search.config.space import (
+    UNION_TAGS,
+    FieldIssue,
+    LayerRange,
+    SearchSpace,
+    check_algorithm_available,
+    describe_space,
+    enqueue_points,
+    grid_size,
+    layer_groups,
+)
+from mft_search.train.step import TrainSettings
+
+Baseline = Literal["unmasked", "random", "l1", "continued_fft"]
+DEFAULT_TRIALS = 16
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # becomes a directory name
+_STRICT = ConfigDict(extra="forbid")
+
+
+class DomainSpec(BaseModel):
+    """One fine-tuning domain: the SFT data MFT trains on and the benchmarks that judge it."""
+
+    model_config = _STRICT
+    name: str = Field(description="short name used in outputs, e.g. math")
+    train: DataSpec = Field(description="the SFT data that fine-tuned the backbone; MFT trains on it")
+    validation: EvalSpec | None = Field(
+        None, description="benchmark that selects the best mask; null = lowest loss on train's validation carve-out")
+    test: EvalSpec | None = Field(None, description="benchmark reported for the selected mask, never used to select")
+
+    @model_validator(mode="after")
+    def _held_apart(self) -> DomainSpec:
+        _check_name(self.name, "name")
+        if self.validation is None and self.train.validation_fraction == 0 and self.train.validation_split is None:
+            raise FieldIssue("validation", "null needs validation data from train: set train.validation_fraction "
+                             "or train.validation_split, or give a validation benchmark")
+        if self.validation is not None:
+            _check_not_test_split(self.validation)
+        if self.validation and self.test and _eval_data(self.validation) == _eval_data(self.test):
+            raise FieldIssue("test", "reads the same problems as validation, so selection would see the test set; "
+                             "point one of them at other data")
+        return self
+
+
+def _eval_data(spec: EvalSpec) -> tuple[str, ...]:
+    return data_identity(spec.evaluator, spec.source, spec.split)
+
+
+def _check_not_test_split(validation: EvalSpec) -> None:
+    """Selection must never see test: a hub benchmark read at the split it reports is its test set."""
+    kind, *where = _eval_data(validation)
+    test_split = BENCHMARK_DATA[validation.evaluator].split
+    if kind == "hub" and where[1] == test_split:
+        raise FieldIssue("validation", f"reads {where[0]}'s '{test_split}' split, the problems {validation.evaluator} "
+                         "reports as its test set, so selection would see test; give validation.split (another split) "
+                         "or a local file")
+    if kind == "bundled":
+        raise FieldIssue("validation", f"reads the {validation.evaluator} problems the test reports; give "
+                         "validation.source a local file of other problems")
+
+
+class AshaSettings(BaseModel):
+    """Early stopping of unpromising trials (Ray Tune's ASHA)."""
+
+    model_config = _STRICT
+    grace_period: int = Field(1, ge=1, description="evaluation points every trial gets before it may be stopped")
+    reduction_factor: int = Field(2, ge=2, description="keep the best 1/reduction_factor at each rung")
+
+
+class SearchSettings(BaseModel):
+    """How configurations are proposed: algorithm, budget, first points and the space."""
+
+    model_config = _STRICT
+    algorithm: Literal["tpe", "gp", "random", "grid"] = Field(
+        "tpe", description="tpe (default), gp (needs scipy), random, or grid (every point of a finite space)")
+    num_trials: int | None = Field(
+        None, ge=1, description=f"probe trials per study; null = {DEFAULT_TRIALS}, or the whole grid for grid")
+    max_concurrent_trials: int = Field(2, ge=1, description="trials running at once per study")
+    seed: int = Field(0, description="sampler seed; defaults to the top-level seed")
+    asha: AshaSettings | None = Field(
+        default_factory=AshaSettings, description="early stopping, in evaluation points (epochs or eval_every_steps); null disables")
+    enqueue: list[dict[str, Any]] = Field(
+        [], description="points tried first, e.g. the paper's {layer_group: [20,21,22,23], mode: local, ratio: 0.1}")
+    space: SearchSpace = Field(description="the dimensions searched")
+
+    @property
+    def trials(self) -> int:
+        """Probe trials per study."""
+        if self.num_trials is not None:
+            return self.num_trials
+        return grid_size(self.space) if self.algorithm == "grid" else DEFAULT_TRIALS
+
+    @model_validator(mode="after")
+    def _budget(self) -> SearchSettings:
+        # The space's own functions raise ConfigErrors that already name search.*; pydantic lets
+        # them through unwrapped.
+        check_algorithm_available(self.algorithm)
+        enqueue_points(self.space, self.enqueue)
+        if self.algorithm == "grid" and self.num_trials is not None and self.num_trials > grid_size(self.space):
+            raise FieldIssue("num_trials", f"{self.num_trials} exceeds the grid's {grid_size(self.space)} points; "
+                             "lower it, or leave it null for the whole grid")
+        if len(self.enqueue) > self.trials:
+            raise FieldIssue("enqueue", f"{len(self.enqueue)} points but only {self.trials} trials; "
+                             "raise num_trials or enqueue fewer")
+        return self
+
+
+class ProbeStage(BaseModel):
+    """The search itself, on a fraction of the training data (paper: ~10%)."""
+
+    model_config = _STRICT
+    data_fraction: float = Field(0.1, gt=0, le=1, description="seeded fraction of train kept (after train.fraction)")
+
+
+class RefineStage(BaseModel):
+    """The best probe configurations re-run on all the training data."""
+
+    model_config = _STRICT
+    top_k: int = Field(2, ge=0, description="configurations re-run per study; 0 skips the stage")
+
+
+class Stages(BaseModel):
+    model_config = _STRICT
+    probe: ProbeStage = Field(default_factory=ProbeStage, description="search on part of the data")
+    refine: RefineStage = Field(default_factory=RefineStage, description="re-run the best on all of it")
+
+
+class Resources(BaseModel):
+    """What one trial occupies; Ray places each trial's workers as one group."""
+
+    model_config = _STRICT
+    workers_per_trial: int = Field(1, ge=1, description="Ray Train workers (data-parallel ranks) per trial")
+    cpus_per_worker: float = Field(1, gt=0, description="CPUs reserved per worker")
+    gpus_per_worker: float = Field(0, ge=0, description="GPUs per worker; 0 trains on CPU")
+    strategy: Literal["ddp", "fsdp"] = Field("ddp", description="ddp replicates the backbone; fsdp shards it")
+
+
+class SweepConfig(BaseModel):
+    """A whole sweep: which backbones and domains, what to search, with what resources."""
+
+    model_config = _STRICT
+    name: str = Field(description="experiment name; outputs go to <storage>/<name>/")
+    storage: str = Field("~/mft_runs", description="a directory; on a cluster one every node mounts (NFS, mounted bucket)")
+    seed: int = Field(0, description="score-init and baseline seed; the default of train.seed and search.seed")
+    backbones: list[BackboneSpec] = Field(min_length=1, description="fully fine-tuned models to mask")
+    domains: list[DomainSpec] = Field(min_length=1, description="training data and benchmarks, one per domain")
+    train: TrainSettings = Field(default_factory=TrainSettings, description="training settings of every trial, unless searched")
+    search: SearchSettings = Field(description="the search algorithm, budget and space")
+    stages: Stages = Field(default_factory=Stages, description="probe then refine")
+    resources: Resources = Field(default_factory=Resources, description="per-trial resources")
+    baselines: list[Baseline] = Field(
+        ["unmasked", "random", "l1", "continued_fft"],
+        description="reference runs per study: unmasked (always run), random and l1 masks at the same ratio, "
+        "continued_fft (more fine-tuning at the final rate: the control that separates MFT from more training)")
+    retries: int = Field(1, ge=0, description="times a failed trial is retried before it is recorded failed")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_seed(cls, data: Any) -> Any:
+        """The top-level seed seeds the sampler and data order too, unless those are set."""
+        if isinstance(data, dict) and "seed" in data:
+            for section in ("train", "search"):
+                if isinstance(data.get(section, {}), dict) and "seed" not in data.get(section, {}):
+                    data = {**data, section: {**data.get(section, {}), "seed": data["seed"]}}
+        return data
+
+    @field_validator("name")
+    @classmethod
+    def _path_safe(cls, name: str) -> str:
+        _check_name(name, None)
+        return name
+
+    @field_validator("storage")
+    @classmethod
+    def _scheme(cls, storage: str) -> str:
+        scheme = storage.split("://", 1)[0] if "://" in storage else None
+        if scheme is not None:
+            # Masks and results are written with plain file I/O, on the driver and the workers.
+            raise ValueError(f"'{scheme}://' URIs are not supported yet; mount the bucket (mountpoint-s3, gcsfuse) "
+                             "or use an NFS path that every node mounts, and give that path")
+        return storage
+
+    @field_validator("baselines")
+    @classmethod
+    def _reference_first(cls, baselines: list[str]) -> list[str]:
+        if len(set(baselines)) != len(baselines):
+            raise ValueError(f"{baselines} lists a baseline twice; list each once")
+        return baselines if "unmasked" in baselines else ["unmasked", *baselines]  # the reference row always runs
+
+    @model_validator(mode="after")
+    def _distinct(self) -> SweepConfig:
+        for field, labels in (("backbones", [b.label for b in self.backbones]), ("domains", [d.name for d in self.domains])):
+            for i, label in enumerate(labels):
+                if label in labels[:i]:
+                    raise FieldIssue(f"{field}[{i}].name", f"'{label}' repeats {field}[{labels.index(label)}]; "
+                                     "outputs are named by it, give each a distinct name")
+        for i, backbone in enumerate(self.backbones):
+            _check_name(backbone.label, f"backbones[{i}].name")
+        if self.stages.refine.top_k > self.search.trials:
+            raise FieldIssue("stages.refine.top_k", f"{self.stages.refine.top_k} exceeds the {self.search.trials} "
+                             "probe trials; lower it")
+        return self
+
+
+def _check_name(name: str, field: str | None) -> None:
+    if not _NAME.match(name):
+        message = f"'{name}' is not usable as a directory name; use letters, digits, '_', '-' and '.'"
+        raise FieldIssue(field, message) if field else ValueError(message)
+
+
+# ---------------------------------------------------------------- loading and error messages
+
+
+def load_config_file(path: str | Path) -> SweepConfig:
+    """Read and validate a sweep YAML; every mistake is one ConfigError line naming file and field."""
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"--config: cannot read {path} ({exc.strerror}); give the path of a sweep YAML") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}{where}: invalid YAML ({problem}); fix the syntax there") from None
+    if data is None:
+        raise ConfigError(f"{path}: empty; a sweep needs at least name, backbones, domains and search")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level is a {type(data).__name__}; it must be a mapping "
+                          "(name: ..., backbones: ..., domains: ..., search: ...)")
+    try:
+        return parse_config(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping: PyYAML silently keeps the last."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, typing.Hashable):
+                continue  # the base class reports unhashable keys
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' given twice in one mapping; keep one", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def parse_config(data: dict[str, Any]) -> SweepConfig:
+    """SweepConfig from a mapping; a ValidationError becomes one ConfigError naming the first bad field."""
+    try:
+        return _expand_home(SweepConfig.model_validate(data))
+    except ValidationError as exc:
+        raise ConfigError(format_error(exc.errors()[0])) from None
+
+
+def _expand_home(cfg: SweepConfig) -> SweepConfig:
+    """A leading ~ in a model or data path means the user's home, as in a shell."""
+    def home(spec):
+        if spec is None or not (spec.source or "").startswith("~"):
+            return spec
+        return spec.model_copy(update={"source": str(Path(spec.source).expanduser())})
+
+    backbones = [home(b) for b in cfg.backbones]
+    domains = [d.model_copy(update={"train": home(d.train), "validation": home(d.validation), "test": home(d.test)})
+               for d in cfg.domains]
+    return cfg.model_copy(update={"backbones": backbones, "domains": domains})
+
+
+def format_error(error: dict[str, Any]) -> str:
+    """'dotted.field: what is wrong; the fix' for one pydantic error."""
+    loc = [p for p in error["loc"] if p not in UNION_TAGS]
+    issue = error.get("ctx", {}).get("error")
+    if isinstance(issue, FieldIssue) and issue.field:
+        loc += issue.field.split(".")
+    message = _strip_prefix(str(issue) if isinstance(issue, Exception) else error["msg"])
+    if error["type"] == "extra_forbidden":
+        key = loc[-1]
+        fields = _fields_at(loc[:-1])
+        message = f"unknown key{did_you_mean(key, fields)}; valid keys: {', '.join(fields)}"
+    elif error["type"] == "literal_error" and isinstance(error.get("input"), str):
+        options = re.findall(r"'([^']*)'", error["ctx"]["expected"])
+        message = f"'{error['input']}' is not one of {', '.join(options)}{did_you_mean(error['input'], options)}"
+    elif error["type"] == "missing":
+        message = "required; add it"
+    return f"{_dotted(loc) or 'config'}: {message}"
+
+
+def _strip_prefix(message: str) -> str:
+    """Drop 'Value error, ' and a leading 'field: ' that other modules' validators put on their messages."""
+    message = message.removeprefix("Value error, ")
+    return re.sub(r"^[A-Za-z_][\w.\[\]]*: ", "", message, count=1)
+
+
+def _dotted(loc: list[Any]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int) or str(part).isdigit():
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _fields_at(loc: list[Any]) -> list[str]:
+    """Field names of the model(s) found at `loc` below SweepConfig, for unknown-key hints."""
+    models: list[type[BaseModel]] = [SweepConfig]
+    for part in loc:
+        if isinstance(part, int) or str(part).isdigit() or "[" in str(part):
+            continue
+        models = [m for model in models if part in model.model_fields for m in _models_in(model.model_fields[part].annotation)]
+    return sorted({name for model in models for name in model.model_fields})
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
+# ---------------------------------------------------------------- checks that read outside the YAML
+
+
+def check_against_models(cfg: SweepConfig) -> dict[str, PretrainedConfig]:
+    """Each backbone's model config (no weights), after checking the space's groups and kinds fit it."""
+    configs = {}
+    for i, backbone in enumerate(cfg.backbones):
+        try:
+            model_config = load_config(backbone)
+            layout_for(model_config.model_type)
+            if Path(backbone.source).is_dir():  # a hub tokenizer would be downloaded here: left to the run
+                load_tokenizer(backbone)  # every trial needs it: an unreadable one fails now, not N times
+        except ConfigError as exc:
+            raise ConfigError(f"backbones[{i}].source: {_strip_prefix(str(exc))}") from None
+        _check_groups(cfg.search.space, backbone.label, model_config)
+        for j, kinds in enumerate(cfg.search.space.kinds or []):
+            try:
+                resolve_kinds(model_config.model_type, tuple(kinds))
+            except ConfigError as exc:
+                raise ConfigError(f"search.space.kinds[{j}]: {_strip_prefix(str(exc))} ({backbone.label})") from None
+        configs[backbone.label] = model_config
+    return configs
+
+
+def _check_groups(space: SearchSpace, label: str, model_config: PretrainedConfig) -> None:
+    depth, model_type = model_depth(model_config), model_config.model_type
+    lg = space.layer_group
+    for j, group in enumerate(layer_groups(space)):
+        if max(group) < depth:
+            continue
+        if isinstance(lg, LayerRange):
+            raise ConfigError(f"search.space.layer_group: start {group[0]} + size {lg.size} exceeds {label}'s "
+                              f"{model_type} depth {depth} (blocks 0..{depth - 1}); lower start to at most {depth - lg.size}")
+        raise ConfigError(f"search.space.layer_group[{j}]: block {max(group)} exceeds {label}'s {model_type} depth "
+                          f"{depth} (blocks 0..{depth - 1}); choose blocks within it")
+
+
+def check_data(cfg: SweepConfig) -> None:
+    """DataError naming the field when a local dataset is missing or lacks a mapped column.
+
+    Hub sources are left to the run: checking them here would download them on the driver.
+    """
+    from mft_search.core.data import load_examples
+    from mft_search.core.data.load import local_files
+
+    for i, domain in enumerate(cfg.domains):
+        at = f"domains[{i}]"
+        try:
+            if local_files(domain.train.source) is not None:
+                load_examples(domain.train.model_copy(update={"limit": 2}))
+        except DataError as exc:
+            raise DataError(_relocate(str(exc), f"{at}.train")) from None
+        for name in ("validation", "test"):
+            spec = getattr(domain, name)
+            if spec is not None and spec.source is not None:
+                _check_benchmark(spec, f"{at}.{name}")
+
+
+def _check_benchmark(spec: EvalSpec, at: str) -> None:
+    from mft_search.core.data.load import local_files
+    from mft_search.core.evaluation import get_evaluator
+
+    try:
+        if local_files(spec.source) is not None:
+            get_evaluator(spec.evaluator).load(spec.source, limit=1)
+    except DataError as exc:
+        raise DataError(f"{at}.source: {_strip_prefix(str(exc))}") from None
+
+
+def _relocate(message: str, at: str) -> str:
+    """'data.prompt_field: ...' from the data module becomes '<at>.prompt_field: ...'."""
+    match = re.match(r"^data(\.[\w.]+)?: ", message)
+    return f"{at}{match.group(1) or ''}: {message[match.end():]}" if match else f"{at}: {message}"
+
+
+def resolve_storage(cfg: SweepConfig) -> str:
+    """The expanded storage directory, after checking it can be written."""
+    path = Path(cfg.storage).expanduser().resolve()
+    existing = next(p for p in (path, *path.parents) if p.exists())  # what mkdir will create below
+    if not existing.is_dir():
+        raise ConfigError(f"storage: {existing} is a file, so {path} cannot be a directory; choose another path")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"storage: {existing} is not writable ({exc.strerror}); choose a writable directory") from None
+    return str(path)
+
+
+# ---------------------------------------------------------------- the plan --dry-run prints
+
+
+def describe_plan(cfg: SweepConfig, model_configs: dict[str, PretrainedConfig]) -> str:
+    """What a sweep will run, where, and on what: the text of --dry-run."""
+    search, res = cfg.search, cfg.resources
+    studies = len(cfg.backbones) * len(cfg.domains)
+    refine = cfg.stages.refine.top_k
+    per_study = search.trials + refine
+    storage = str(Path(cfg.storage).expanduser())
+    asha = f"ASHA grace {search.asha.grace_period}, reduction {search.asha.reduction_factor}" if search.asha else "no early stopping"
+    lines = [
+        f"experiment {cfg.name}: outputs in {storage.rstrip('/')}/{cfg.name}/",
+        f"studies (backbone x domain): {len(cfg.backbones)} x {len(cfg.domains)} = {studies}",
+        *[f"  backbone {label}: {mc.model_type}, {model_depth(mc)} blocks" for label, mc in model_configs.items()],
+        *[f"  domain {d.name}: train {d.train.source}; select on {_bench(d.validation) or 'validation loss'}; "
+          f"report {_bench(d.test) or 'nothing (no test)'}" for d in cfg.domains],
+        f"search: {search.algorithm}, seed {search.seed}, {len(search.enqueue)} enqueued point(s), {asha}",
+        *[f"  {line}" for line in describe_space(search.space)],
+        f"stages per study: probe {search.trials} trials on {cfg.stages.probe.data_fraction:.0%} of the training data"
+        + (f", refine the top {refine} on all of it" if refine else ", no refine stage"),
+        f"trials: {per_study} per study, {per_study * studies} in all, plus {len(cfg.baselines)} baseline run(s) per study "
+        f"({', '.join(cfg.baselines)}); failed trials retried {cfg.retries} time(s)",
+        f"resources per trial: {res.workers_per_trial} worker(s) x ({res.cpus_per_worker:g} CPU, {res.gpus_per_worker:g} GPU), "
+        f"{res.strategy}",
+        f"concurrency: at most {search.max_concurrent_trials} trial(s) per study, needing "
+        f"{search.max_concurrent_trials * res.workers_per_trial * res.cpus_per_worker:g} CPU and "
+        f"{search.max_concurrent_trials * res.workers_per_trial * res.gpus_per_worker:g} GPU",
+    ]
+    return "\n".join(lines)
+
+
+def _bench(spec: EvalSpec | None) -> str:
+    if spec is None:
+        return ""
+    limit = f", first {spec.limit}" if spec.limit else ""
+    return f"{spec.evaluator} ({spec.source or 'default data'}{limit})"

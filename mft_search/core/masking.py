@@ -1,0 +1,272 @@
+"""Mask Fine-Tuning on a frozen Hugging Face causal LM: masked linear layers and their injector.
+
+    model = AutoModelForCausalLM.from_pretrained(...)
+    masked = attach_masks(model, MaskSpec(blocks=(20, 21, 22, 23), ratio=0.1))
+    optimizer = torch.optim.AdamW(score_parameters(model), lr=2e-5, weight_decay=0.0)
+    ...  # ordinary SFT loop: only the scores learn
+    masks = current_masks(model)          # {module name: bool tensor}
+    materialize(model)                     # W *= M in place, plain nn.Linear / Conv1D again
+
+Each masked module keeps its frozen weight bit-identical and learns an fp32 score tensor of the
+same shape. The forward uses W * M(S); the backward is the straight-through estimator through
+the top-k or the threshold, but not through the absolute value (Zhang et al. 2025, as their
+released code runs it): local mode ranks |S|, so dL/dS = dL/d(W*M) * W * sign(S); global mode
+compares raw S with the threshold, so dL/dS = dL/d(W*M) * W.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from mft_search.core.architectures import check_blocks, layout_for, model_depth, module_names, resolve_kinds
+from mft_search.errors import ConfigError
+from mft_search.core.topk import select_mask
+
+Mode = Literal["local", "global"]
+Init = Literal["normal", "magnitude", "kaiming"]
+
+
+@dataclass(frozen=True)
+class MaskSpec:
+    """Which modules to mask and how.
+
+    blocks: transformer block indices (a layer group such as 20..23, or any list).
+    kinds: module kinds among q, k, v, o, gate, up, down; None = every kind the model has.
+    mode: "local" keeps round((1 - ratio) * numel) weights per module by |score|;
+          "global" keeps every weight with score >= threshold.
+    init: score initialisation: "normal" N(0, init_std) as the authors ran it, "magnitude"
+          |W| (starts from the L1 mask), or "kaiming" (nn.Linear's default init).
+    """
+
+    blocks: tuple[int, ...]
+    kinds: tuple[str, ...] | None = None
+    mode: Mode = "local"
+    ratio: float = 0.1
+    threshold: float = -0.035
+    init: Init = "normal"
+    init_std: float = 0.02
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.blocks:
+            raise ConfigError("mask.blocks: empty; name at least one transformer block")
+        if self.mode not in ("local", "global"):
+            raise ConfigError(f"mask.mode: '{self.mode}' is not local or global")
+        if self.mode == "local" and not 0.0 < self.ratio < 1.0:
+            raise ConfigError(f"mask.ratio: {self.ratio} is outside (0, 1); e.g. 0.1 masks 10%")
+        if self.init not in ("normal", "magnitude", "kaiming"):
+            raise ConfigError(f"mask.init: '{self.init}' is not normal, magnitude or kaiming")
+
+
+class _StraightThrough(torch.autograd.Function):
+    """W * M forward; the mask's gradient passes straight to the scores in backward.
+
+    Local mode: the mask is a top-k of |S|, and the authors apply the straight-through function
+    to `scores.abs()`, so autograd carries sign(S): dL/dS = dL/d(W*M) * W * sign(S). Without it
+    every negative score moves the wrong way and the weights the loss wants are pruned.
+    Global mode: the mask thresholds raw S, so dL/dS = dL/d(W*M) * W.
+    """
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor, through_abs: bool) -> torch.Tensor:
+        ctx.save_for_backward(weight, scores)
+        ctx.through_abs = through_abs
+        return weight * mask
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        weight, scores = ctx.saved_tensors
+        # fp32 product: a bf16 gradient of a bf16 weight is too coarse for fp32 scores.
+        grad = grad_out.float() * weight.float()
+        if ctx.through_abs:
+            grad = grad * scores.sign()  # d|S|/dS, as autograd through abs() gives it
+        return None, grad, None, None
+
+
+class MaskedLinear(nn.Module):
+    """A frozen nn.Linear or GPT-2 Conv1D whose weight is multiplied by a learned binary mask.
+
+    The mask is cached and recomputed only when the scores change, i.e. once per optimiser
+    step, not on every forward, micro-batch or activation-checkpoint recompute. A change is seen
+    through the scores' in-place version counter, or told by `refresh_masks` (FSDP2 gathers the
+    scores into a buffer whose counter does not follow the optimiser's updates of the shards).
+    `fixed_mask` overrides the scores (baselines, mask files).
+    """
+
+    def __init__(self, base: nn.Module, mode: Mode, ratio: float, threshold: float) -> None:
+        super().__init__()
+        self.weight = base.weight
+        self.bias = base.bias
+        self.transposed = isinstance(base, Conv1D)  # Conv1D stores (in, out): y = x @ W + b
+        self.mode, self.ratio, self.threshold = mode, ratio, threshold
+        self.scores = nn.Parameter(torch.zeros(base.weight.shape, dtype=torch.float32, device=base.weight.device))
+        self.fixed_mask: torch.Tensor | None = None
+        self.mask_computations = 0  # observable, so tests and benchmarks can count recomputes
+        self._cache: tuple[int, torch.Tensor] | None = None
+        # No reference to `base` is kept: after FSDP2 shards this module, a kept base would hold
+        # the full weight alive on every rank. detach/materialize rebuild a plain module instead.
+
+    def mask(self) -> torch.Tensor:
+        """The current binary mask (bool, the weight's shape)."""
+        if self.fixed_mask is not None:
+            return self.fixed_mask
+        version = self.scores._version
+        if self._cache is None or self._cache[0] != version:
+            with torch.no_grad():
+                m = select_mask(self.scores, self.mode, self.ratio, self.threshold)
+            self._cache = (version, m)
+            self.mask_computations += 1
+        return self._cache[1]
+
+    def masked_weight(self) -> torch.Tensor:
+        mask = self.mask()
+        if self.fixed_mask is not None or not self.scores.requires_grad:
+            return self.weight * mask
+        return _StraightThrough.apply(self.weight, self.scores, mask, self.mode == "local")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.masked_weight()
+        if not self.transposed:
+            return F.linear(x, w, self.bias)
+        out = torch.addmm(self.bias, x.reshape(-1, x.size(-1)), w)
+        return out.view(*x.shape[:-1], w.size(-1))
+
+    def to_plain(self) -> nn.Module:
+        """A plain nn.Linear / Conv1D holding this module's own weight and bias (no copy)."""
+        out_features, in_features = self.weight.shape[::-1] if self.transposed else self.weight.shape
+        with torch.device("meta"):  # built empty: the real tensors are assigned below
+            plain = Conv1D(out_features, in_features) if self.transposed else nn.Linear(
+                in_features, out_features, bias=self.bias is not None)
+        plain.weight, plain.bias = self.weight, self.bias
+        return plain
+
+    def extra_repr(self) -> str:
+        setting = f"ratio={self.ratio}" if self.mode == "local" else f"threshold={self.threshold}"
+        return f"shape={tuple(self.weight.shape)}, mode={self.mode}, {setting}"
+
+
+def attach_masks(model: nn.Module, spec: MaskSpec) -> dict[str, MaskedLinear]:
+    """Freeze every parameter of `model` and replace the chosen modules with MaskedLinear.
+
+    Returns the masked modules by their full name. Scores are initialised per `spec.init`,
+    seeded per module so a module's scores do not depend on which others are masked.
+    """
+    names = spec_module_names(model, spec)
+    model.requires_grad_(False)
+    masked: dict[str, MaskedLinear] = {}
+    for name in names:
+        base = model.get_submodule(name)
+        if not isinstance(base, (nn.Linear, Conv1D)):
+            raise ConfigError(f"mask.kinds: {name} is a {type(base).__name__}, not a linear layer")
+        module = MaskedLinear(base, spec.mode, spec.ratio, spec.threshold)
+        _init_scores(module.scores, base.weight, spec, name)
+        _replace(model, name, module)
+        masked[name] = module
+    return masked
+
+
+def spec_module_names(model: nn.Module, spec: MaskSpec) -> list[str]:
+    """Full names of the modules `spec` masks in `model`, after checking blocks and kinds fit it."""
+    model_type = model.config.model_type
+    layout_for(model_type)
+    check_blocks(model_type, model_depth(model.config), tuple(spec.blocks))
+    return module_names(model_type, tuple(spec.blocks), resolve_kinds(model_type, spec.kinds))
+
+
+def _init_scores(scores: nn.Parameter, weight: torch.Tensor, spec: MaskSpec, name: str) -> None:
+    gen = torch.Generator(device="cpu").manual_seed(_module_seed(spec.seed, name))
+    with torch.no_grad():
+        if spec.init == "magnitude":
+            values = weight.detach().float().abs().cpu()
+        elif spec.init == "normal":
+            values = torch.randn(scores.shape, generator=gen) * spec.init_std
+        else:  # kaiming-uniform with a=sqrt(5), nn.Linear's own default
+            fan_in = scores.shape[1]
+            bound = 1.0 / math.sqrt(fan_in)
+            values = (torch.rand(scores.shape, generator=gen) * 2 - 1) * bound
+        scores.copy_(values)
+
+
+def _module_seed(seed: int, name: str) -> int:
+    # Stable across processes (unlike hash()), so every worker initialises identically.
+    return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63)
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name), child, module)
+
+
+def masked_modules(model: nn.Module) -> dict[str, MaskedLinear]:
+    """Every MaskedLinear in `model`, by full name."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, MaskedLinear)}
+
+
+def refresh_masks(model: nn.Module) -> None:
+    """Tell every masked module its scores changed: call after each optimiser step."""
+    for module in masked_modules(model).values():
+        module._cache = None
+
+
+def score_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The trainable score tensors: the only parameters an MFT optimiser sees."""
+    return [m.scores for m in masked_modules(model).values()]
+
+
+def current_masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The binary mask of every masked module, by full name (bool tensors, weight's shape)."""
+    return {n: m.mask() for n, m in masked_modules(model).items()}
+
+
+def set_fixed_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    """Pin each masked module to a given mask (baselines, loaded mask files)."""
+    modules = masked_modules(model)
+    for name, mask in masks.items():
+        module = modules[name]
+        if mask.shape != module.weight.shape:
+            raise ConfigError(f"mask: {name} has shape {tuple(mask.shape)}, the weight {tuple(module.weight.shape)}")
+        module.fixed_mask = mask.to(device=module.weight.device, dtype=torch.bool)
+
+
+def kept_fraction(model: nn.Module) -> float:
+    """Fraction of the masked modules' weights that the current masks keep."""
+    return fraction_kept(current_masks(model))
+
+
+def fraction_kept(masks: dict[str, torch.Tensor]) -> float:
+    """Fraction of all the masks' positions that are kept (1.0 for no masks)."""
+    total = sum(m.numel() for m in masks.values())
+    return sum(int(m.sum()) for m in masks.values()) / total if total else 1.0
+
+
+def detach_masks(model: nn.Module) -> None:
+    """Put the original modules back, weights untouched (the unmasked backbone again)."""
+    for name, module in masked_modules(model).items():
+        _replace(model, name, module.to_plain())
+
+
+def multiply_masks_in(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    """W *= M for each named plain module: what a masked checkpoint is made of."""
+    with torch.no_grad():
+        for name, mask in masks.items():
+            weight = model.get_submodule(name).weight
+            weight.mul_(mask.to(device=weight.device, dtype=weight.dtype))
+
+
+def materialize(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Multiply each mask into its weight in place and restore plain nn.Linear / Conv1D.
+
+    Returns the masks that were applied. After this the model needs no mft_search code.
+    """
+    masks = current_masks(model)
+    detach_masks(model)
+    multiply_masks_in(model, masks)
+    return masks

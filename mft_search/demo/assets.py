@@ -1,0 +1,70 @@
+"""What a demo build is: its size settings and where its finished files lie (no building here)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mft_search.demo.pretrain import PretrainSettings
+
+VERSION = "v1"  # bump when the recipe changes: caches of older recipes are then left alone
+COMPLETE = ".complete"
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    """Everything that sets the build's cost; tests shrink it to build in seconds."""
+
+    train: int = 256
+    validation: int = 500
+    test: int = 500
+    documents: int = 40_000  # pre-training documents (~65 tokens each)
+    vocab_size: int = 400
+    hidden: int = 128
+    layers: int = 4
+    intermediate: int = 384
+    pretrain: PretrainSettings = field(default_factory=PretrainSettings)
+    fft_epochs: int = 16
+    fft_lr: float = 1e-3
+    fft_batch: int = 16
+    max_new_tokens: int = 48  # the longest held-out answer is ~40 tokens
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DemoAssets:
+    """Paths of a finished build."""
+
+    root: Path
+
+    @property
+    def backbone(self) -> Path:
+        return self.root / "backbone"
+
+    @property
+    def pretrained(self) -> Path:
+        return self.root / "pretrained"
+
+    @property
+    def train(self) -> Path:
+        return self.root / "train.jsonl"
+
+    @property
+    def validation(self) -> Path:
+        return self.root / "validation.jsonl"
+
+    @property
+    def test(self) -> Path:
+        return self.root / "test.jsonl"
+
+    @property
+    def facts_path(self) -> Path:
+        return self.root / "facts.json"
+
+    def facts(self) -> dict:
+        return json.loads(self.facts_path.read_text(encoding="utf-8"))
+
+
+def default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "mft_search" / "demo" / VERSION

@@ -1,0 +1,1 @@
+"""An experiment directory's records: results table and storage checks."""

@@ -1,0 +1,147 @@
+"""The training step MFT and FFT share, in plain torch (no Ray): optimiser, schedule, one step.
+
+The loss of a step is a weighted sum of token losses over the whole global batch divided by
+the global sum of the weights, whatever the number of workers and micro-batches:
+- `token` reduction: every response token weighs 1 (the mean over the batch's tokens);
+- `example` reduction: each token weighs 1 / its example's token count, so each example's mean
+  loss counts once (the authors' runs: micro-batch 1, mean loss, averaged over examples).
+So a 2-worker run takes the same step as a 1-worker run over the same global batch (up to
+float summation order): DDP and FSDP average gradients over ranks, and each micro-batch's loss
+is scaled to undo that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from mft_search.core.masking import refresh_masks
+
+
+class TrainSettings(BaseModel):
+    """Optimiser and schedule of a training run (MFT trains scores, FFT trains weights)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float = Field(2e-5, gt=0, description="peak learning rate (paper: 2e-5 LLaMA2, 2e-6 LLaMA3.1)")
+    epochs: float = Field(2, gt=0, description="passes over the training data; fractions allowed")
+    global_batch_size: int = Field(128, ge=1, description="examples per optimiser step, over all workers")
+    micro_batch_size: int = Field(4, ge=1, description="examples per forward on one worker")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="linear warm-up, as a fraction of all steps")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decay; 0 for MFT (decay pulls scores to 0)")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="gradient clipping; null for none")
+    loss_reduction: Literal["token", "example"] = Field(
+        "token", description="token: mean over the batch's response tokens; example: mean of per-example means")
+    activation_checkpointing: bool = Field(False, description="recompute activations in backward")
+    eval_every_steps: int | None = Field(None, ge=1, description="evaluate every N steps; null = every epoch")
+    seed: int = Field(0, description="data order and initialisation seed")
+
+
+def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float):
+    """Linear warm-up to the peak rate, then linear decay to zero at `total_steps`."""
+    warmup = max(1, math.ceil(total_steps * warmup_ratio)) if warmup_ratio > 0 else 0
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def make_optimizer(params: Iterable[nn.Parameter], settings: TrainSettings, total_steps: int):
+    """AdamW on `params` with the linear schedule; returns (optimizer, scheduler)."""
+    optimizer = torch.optim.AdamW(list(params), lr=settings.lr, weight_decay=settings.weight_decay)
+    return optimizer, linear_schedule(optimizer, total_steps, settings.warmup_ratio)
+
+
+def token_weights(batch: dict[str, torch.Tensor], reduction: str) -> torch.Tensor:
+    """Each predicted token's weight in the loss, shape (rows, length - 1); 0 where unlabelled.
+
+    `example`: 1 / the token count of the example the label belongs to. Packed rows hold several
+    examples, told apart by their restarting position ids.
+    """
+    scored = (batch["labels"][:, 1:] != -100).float()
+    if reduction == "token":
+        return scored
+    if "position_ids" in batch:
+        example = torch.cumsum(batch["position_ids"] == 0, dim=1)[:, 1:]
+    else:
+        example = torch.zeros_like(batch["labels"][:, 1:])
+    rows = torch.arange(example.size(0), device=example.device).unsqueeze(1)
+    flat = (rows * (int(example.max()) + 1) + example).reshape(-1)
+    counts = torch.zeros(int(flat.max()) + 1, device=scored.device).index_add_(0, flat, scored.reshape(-1))
+    return scored / counts[flat].clamp(min=1).view_as(scored)
+
+
+def weighted_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+    """Sum over predicted tokens of weight * cross-entropy, in fp32 whatever the compute dtype."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    # use_cache=False: with a KV cache, packed examples would attend to each other
+    logits = model(**inputs, use_cache=False).logits[:, :-1].float()
+    targets = batch["labels"][:, 1:]
+    losses = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100,
+                             reduction="none")
+    return (losses * weights.reshape(-1)).sum()
+
+
+def mixed_precision(device: torch.device, compute_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Compute in `compute_dtype` over fp32 master weights (autocast); nothing when None.
+
+    FFT needs fp32 masters: AdamW at lr 2e-5 on bf16 weights leaves most updates below bf16's
+    resolution, and the continued-FFT control would barely train (the authors' DeepSpeed bf16
+    runs kept fp32 masters too).
+    """
+    if compute_dtype is None or compute_dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=compute_dtype)
+
+
+def _global_sum(value: float, device: torch.device) -> float:
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return float(t.item())
+
+
+def _world_size() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return 1
+
+
+def train_step(model: nn.Module, micro_batches: list[dict[str, torch.Tensor]], optimizer, scheduler,
+               settings: TrainSettings, device: torch.device, compute_dtype: torch.dtype | None = None) -> float:
+    """One optimiser step over this rank's micro-batches; returns the global weighted-mean loss.
+
+    compute_dtype: autocast the forward to it over fp32 master weights (FFT under bf16).
+    """
+    micro_batches = [{k: v.to(device) for k, v in b.items()} for b in micro_batches]
+    weights = [token_weights(b, settings.loss_reduction) for b in micro_batches]
+    global_weight = max(1e-12, _global_sum(float(sum(w.sum() for w in weights)), device))
+    scale = _world_size() / global_weight  # gradient reducers average over ranks: undo it
+    loss_sum = 0.0
+    for i, (batch, weight) in enumerate(zip(micro_batches, weights)):
+        last = i == len(micro_batches) - 1
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with mixed_precision(device, compute_dtype):
+                loss = weighted_loss_sum(model, batch, weight)
+            (loss * scale).backward()
+        loss_sum += float(loss.detach())
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    if settings.max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    refresh_masks(model)
+    return _global_sum(loss_sum, device) / global_weight

@@ -1,0 +1,1 @@
+"""The tune layer: Optuna studies, Tune stages, selection, baselines and the sweep's order."""

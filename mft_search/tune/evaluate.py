@@ -1,0 +1,136 @@
+"""After the search: pick the best mask on validation, score it and the baselines on the test
+benchmark, and write what the user takes home. Selection never sees the test benchmark."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from mft_search.train.job import EvalVariant
+from mft_search.core.maskfile import load_mask_file
+from mft_search.experiment.results import NOT_CANDIDATES, best_reports
+from mft_search.tune.sampling import params_to_trial
+from mft_search.tune.stage import Study
+from mft_search.train.ray_train import build_trainer
+
+ROW_ORDER = ("unmasked", "random", "l1", "continued_fft", "best_mft")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A trial's best report: its params, validation metric and mask file."""
+
+    trial_id: str
+    stage: str
+    params: dict[str, Any]
+    metric: float
+    mask_path: str
+
+
+def best_candidates(frame: pd.DataFrame, study: str, stage: str, k: int) -> list[Candidate]:
+    """The k best non-failed trials of a stage, each at its best report (ties: earlier trial)."""
+    rows = frame[(frame["study"] == study) & (frame["stage"] == stage) & ~frame["status"].isin(NOT_CANDIDATES)]
+    best = best_reports(rows)
+    out = []
+    for _, row in best.head(k).iterrows():
+        params = {c.removeprefix("param."): _plain(row[c]) for c in row.index
+                  if c.startswith("param.") and not _missing(row[c])}
+        out.append(Candidate(row["trial_id"], stage, params, float(row["metric"]), row["mask_path"]))
+    return out
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def run_evaluation(study: Study, variants: list[EvalVariant], benchmark, name: str) -> dict[str, float]:
+    """One Ray Train run that scores every variant on `benchmark` (None: validation loss); {variant: metric}."""
+    data = study.domain.train if benchmark is None else None
+    job = study.job("evaluate", f"{study.slug}-{name}", variants=variants, evaluation=benchmark, data=data)
+    result = _fit(study, job)
+    return {v.name: float(result.metrics.get(f"{v.name}/metric", math.nan)) for v in variants}
+
+
+def continued_fft(study: Study, winner: Candidate) -> tuple[str, float]:
+    """FFT continued from the backbone at the winner's own (low) learning rate and epochs: the
+    control that tells MFT's effect from more training. Returns (best checkpoint, its metric)."""
+    _, train = params_to_trial(winner.params, study.cfg)
+    job = study.job("fft", f"{study.slug}-continued_fft", data=study.domain.train, train=train)
+    history = _fit(study, job).metrics_dataframe
+    best = history.sort_values(["metric", "report"], ascending=[False, True]).iloc[0]
+    return str(Path(job.artifact_dir) / f"report_{int(best['report']):03d}"), float(best["metric"])
+
+
+def _fit(study: Study, job):
+    """One Ray Train run outside Tune (baselines, test), retried as trials are; raises its error."""
+    result = build_trainer(job, study.placement, storage_path=study.run_dir(), max_failures=study.cfg.retries).fit()
+    if result.error:
+        raise result.error
+    return result
+
+
+def export_best(study: Study, winner: Candidate) -> Path:
+    """best/<backbone>/<domain>/: the mask file, its metadata and the exact config behind it."""
+    out = study.exp_dir / "best" / study.backbone.label / study.domain.name
+    # Written into a staging directory and renamed into place: storage that fills mid-export
+    # leaves the staging directory behind, never a best/ with half its files.
+    staging = out.with_name(f".{out.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    shutil.copyfile(winner.mask_path, staging / "mask.safetensors")
+    meta = load_mask_file(staging / "mask.safetensors").meta
+    (staging / "mask.json").write_text(json.dumps(meta, indent=2))
+    mask, train = params_to_trial(winner.params, study.cfg)
+    selected = {"trial_id": winner.trial_id, "stage": winner.stage, "validation_metric": winner.metric,
+                "params": winner.params, "mask": {**mask, "blocks": list(mask["blocks"])}, "train": train.model_dump(),
+                "backbone": study.backbone.model_dump(), "sweep": study.cfg.model_dump(mode="json")}
+    (staging / "config.yaml").write_text(yaml.safe_dump(selected, sort_keys=False))
+    shutil.rmtree(out, ignore_errors=True)  # a resumed sweep re-exports the same selection
+    staging.rename(out)
+    return out
+
+
+def write_summary(study: Study, rows: list[dict[str, Any]], verdict: str) -> Path:
+    summary = {"study": study.name, "backbone": study.backbone.label, "domain": study.domain.name,
+               "metric_name": _metric_name(study), "validation_benchmark": _bench(study.domain.validation),
+               "test_benchmark": _bench(study.domain.test),
+               "rows": sorted(rows, key=lambda r: ROW_ORDER.index(r["name"])), "verdict": verdict}
+    path = study.dir / "summary.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(summary, indent=2))
+    tmp.replace(path)
+    return path
+
+
+def _metric_name(study: Study) -> str:
+    if study.domain.validation is None:
+        return "-validation loss"
+    from mft_search.core.evaluation import get_evaluator
+
+    return get_evaluator(study.domain.validation.evaluator).metric
+
+
+def _bench(spec) -> str | None:
+    return None if spec is None else f"{spec.evaluator} ({spec.source or 'default'}" + \
+        (f", first {spec.limit})" if spec.limit else ")")
+
+
+def verdict(best: float, unmasked: float) -> tuple[bool, str]:
+    """Whether the best mask beats the unmasked backbone on validation, said plainly."""
+    gain = 100 * (best - unmasked) if abs(best) <= 1 and abs(unmasked) <= 1 else best - unmasked
+    if best > unmasked:
+        return True, f"best MFT beats the unmasked backbone on validation by +{gain:.2f} points"
+    return False, (f"no mask beat the unmasked backbone on validation (best MFT {best:.4f} vs {unmasked:.4f}); "
+                   "nothing exported as best")

@@ -1,0 +1,132 @@
+"""The sweep's stages in order, per study, with what has finished recorded in state.json so
+that --resume skips it: probe search, refine re-runs, then selection and evaluation."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mft_search.config.schema import SweepConfig
+from mft_search.train.job import EvalVariant
+from mft_search.tune.evaluate import best_candidates, continued_fft, export_best, run_evaluation, verdict, write_summary
+from mft_search.experiment.results import ResultsTable
+from mft_search.experiment.storage import Storage
+from mft_search.tune.stage import Study, run_stage
+
+
+class SweepState:
+    """Which (study, step) pairs are done; written atomically after each."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.done: dict[str, bool] = json.loads(path.read_text()) if path.exists() else {}
+
+    def finished(self, study: Study, step: str) -> bool:
+        return self.done.get(f"{study.name}:{step}", False)
+
+    def mark(self, study: Study, step: str) -> None:
+        self.done[f"{study.name}:{step}"] = True
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.done, indent=2))
+        tmp.replace(self.path)
+
+
+def run_sweep(cfg: SweepConfig, exp_dir: Path, *, resume: bool, finish: Callable[[Path], Any], log=print) -> str:
+    """Every study of the sweep, then `finish(exp_dir)` (the entry point's report); returns the
+    leaderboard text. The report is passed in because it sits above the tune layer."""
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    storage = Storage(exp_dir)
+    storage.claim()
+    try:
+        _run_studies(cfg, exp_dir, storage, resume, log)
+        finish(exp_dir)  # inside the guard: a full disk while writing the report is a storage failure too
+    except Exception as exc:  # storage that filled or vanished, however deep Ray wrapped it
+        failure = storage.failure(exc)
+        if failure is None:
+            raise
+        raise failure from None
+    return (exp_dir / "leaderboard.md").read_text()
+
+
+def _run_studies(cfg: SweepConfig, exp_dir: Path, storage: Storage, resume: bool, log) -> None:
+    state = SweepState(exp_dir / "state.json")
+    results = exp_dir / "results.parquet"
+    for backbone in cfg.backbones:
+        for domain in cfg.domains:
+            study = Study(cfg, backbone, domain, exp_dir, storage)
+            _search(study, state, results, resume, log)
+            if not state.finished(study, "evaluation"):
+                storage.check()
+                _evaluate(study, ResultsTable(results), log)
+                state.mark(study, "evaluation")
+
+
+def _search(study: Study, state: SweepState, results: Path, resume: bool, log) -> None:
+    """Probe, then refine; the Tune callbacks write results.parquet, read back here from disk."""
+    if not state.finished(study, "probe"):
+        study.storage.check()
+        log(f"[{study.name}] probe: {study.cfg.search.trials} trials on "
+            f"{study.cfg.stages.probe.data_fraction:.0%} of the training data")
+        run_stage(study, "probe", results, resume=resume, log=log)
+        _close_stage(study, "probe", results, log)
+        state.mark(study, "probe")
+    k = study.cfg.stages.refine.top_k
+    if k and not state.finished(study, "refine"):
+        points = [c.params for c in best_candidates(ResultsTable(results).frame(), study.name, "probe", k)]
+        log(f"[{study.name}] refine: the best {len(points)} probe point(s) on all the training data")
+        if points:
+            study.storage.check()
+            run_stage(study, "refine", results, resume=resume, points=points, log=log)
+            _close_stage(study, "refine", results, log)
+        state.mark(study, "refine")
+
+
+def _close_stage(study: Study, stage: str, results: Path, log) -> None:
+    table = ResultsTable(results)
+    lost = table.close_stage(study.name, stage)
+    if lost:
+        table.flush()
+        log(f"[{study.name} {stage}] {len(lost)} trial(s) left running by the earlier stop, marked interrupted: "
+            f"{', '.join(lost)}")
+
+
+def _evaluate(study: Study, table: ResultsTable, log) -> None:
+    """Select on validation, then score the selection and the baselines on test."""
+    frame = table.frame()
+    stage = "refine" if study.cfg.stages.refine.top_k and (frame["stage"] == "refine").any() else "probe"
+    winners = best_candidates(frame, study.name, stage, 1)
+    if not winners:
+        write_summary(study, [], "no trial finished with a validation metric; nothing to select")
+        log(f"[{study.name}] no trial finished: nothing selected")
+        return
+    winner = winners[0]
+    study.prepare_data("refine")  # the baselines train and score on all the data: tokenised here, once
+    baselines = study.cfg.baselines
+    masks = [EvalVariant(name=b, baseline=b, mask_file=winner.mask_path, seed=study.cfg.seed)
+             for b in ("random", "l1") if b in baselines]
+    validation = {"best_mft": winner.metric}
+    log(f"[{study.name}] validation: unmasked backbone and {', '.join(v.name for v in masks) or 'no'} baselines")
+    validation.update(run_evaluation(study, [EvalVariant(name="unmasked"), *masks], study.domain.validation,
+                                     "validation"))
+    extra = []
+    if "continued_fft" in baselines:
+        log(f"[{study.name}] continued FFT control at the selected learning rate")
+        weights, validation["continued_fft"] = continued_fft(study, winner)
+        extra.append(EvalVariant(name="continued_fft", weights=weights))
+    selected, text = verdict(winner.metric, validation.get("unmasked", float("-inf")))
+    if selected:
+        export_best(study, winner)
+    test: dict[str, float] = {}
+    if study.domain.test is not None:
+        log(f"[{study.name}] test: the selected mask and every baseline")
+        learned = EvalVariant(name="best_mft", baseline="learned", mask_file=winner.mask_path)
+        test = run_evaluation(study, [EvalVariant(name="unmasked"), *masks, *extra, learned], study.domain.test, "test")
+    rows = [{"name": n, "validation": validation.get(n), "test": test.get(n)} for n in validation]
+    for row in rows:
+        if row["name"] == "best_mft":
+            row.update(trial_id=winner.trial_id, params=winner.params, selected=selected,
+                       mask=f"best/{study.backbone.label}/{study.domain.name}/mask.safetensors" if selected else None)
+    write_summary(study, rows, text)
+    log(f"[{study.name}] {text}")
