@@ -75,3 +75,12 @@ def test_selection_never_takes_a_failed_or_no_op_trial():
          "mask_path": f"{t}.mask", "param.mode": "global"}
         for t, status, metric in (("t1", "no-op", 0.9), ("t2", "failed", 0.8), ("t3", "completed", 0.5))])
     assert [c.trial_id for c in best_candidates(frame, "b/d", "probe", 3)] == ["t3"]
+
+
+def test_selection_finds_nothing_when_no_trial_ever_reported():
+    import pandas as pd
+
+    from mft_search.tune.evaluate import best_candidates
+
+    frame = pd.DataFrame([{"study": "b/d", "stage": "probe", "trial_id": "t1", "status": "failed", "report": 0}])
+    assert best_candidates(frame, "b/d", "probe", 2) == []

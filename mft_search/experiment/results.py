@@ -87,6 +87,8 @@ class ResultsTable:
 def best_reports(rows: pd.DataFrame) -> pd.DataFrame:
     """Each trial's best report (highest metric; ties: the earliest report), one row per
     (stage, trial), best trials first. Every report saved a mask, so this is what selection takes."""
+    if "metric" not in rows:  # no trial has reported yet (every one failed at its first step)
+        return rows
     ranked = rows.dropna(subset=["metric"]).sort_values(["metric", "report"], ascending=[False, True], kind="stable")
     return ranked.groupby(["stage", "trial_id"], sort=False).head(1)
 
