@@ -26,6 +26,7 @@ from pathlib import Path
 from mft_search import cli
 from mft_search.config.schema import SweepConfig, check_against_models, check_data, describe_plan, load_config_file, resolve_storage
 from mft_search.errors import ConfigError
+from mft_search.experiment import layout
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "search_spaces" / "demo.yaml"
 NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "lustre", "gpfs", "ceph", "glusterfs", "beegfs", "fuse")
@@ -79,7 +80,7 @@ def _demo_built() -> bool:
 
 def _check_experiment_dir(exp_dir: Path, resume: bool, dry_run: bool) -> None:
     """A finished or half-finished experiment is never overwritten by accident."""
-    exists = (exp_dir / "results.parquet").exists() or (exp_dir / "studies").exists()
+    exists = layout.is_experiment(exp_dir)
     if exists and not resume and not dry_run:
         raise ConfigError(f"name: {exp_dir} already holds an experiment; pass --resume to finish it, "
                           "or choose another name")

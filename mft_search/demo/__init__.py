@@ -1,4 +1,4 @@
-"""The embedded demo: a tiny Llama fine-tuned past its peak on synthetic word problems, built offline.
+"""The embedded demo: a tiny Llama fine-tuned (best epoch kept) on synthetic word problems, built offline.
 
     from mft_search.demo import build_demo
     assets = build_demo()        # cached under ~/.cache/mft_search/demo/v1

@@ -18,10 +18,7 @@ import pandas as pd
 from mft_search.errors import ConfigError
 from mft_search.experiment.results import best_reports
 
-RESULTS = "results.parquet"
-STUDIES = "studies"
-SUMMARY = "summary.json"
-JOURNAL = "optuna.journal"
+from mft_search.experiment.layout import JOURNAL, RESULTS, STUDIES, SUMMARY
 REQUIRED_COLUMNS = ("study", "stage", "trial_id", "status", "report")
 
 

@@ -253,7 +253,7 @@ class _Trainer:
 
     def _write_artifact(self, trainable: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> None:
         """A mask file (MFT) or a safetensors checkpoint (FFT) for this evaluation point."""
-        out = Path(self.job.artifact_dir) / f"report_{self.progress['report']:03d}"
+        out = report_artifact(Path(self.job.artifact_dir), self.progress["report"])
         model = unwrap(self.model)
         if self.job.kind == "fft":  # in the backbone's dtype, as the user would ship it; masters stay in the state
             weights = {n: t.to(self.compute_dtype) if t.is_floating_point() else t for n, t in trainable.items()}
@@ -261,10 +261,20 @@ class _Trainer:
             self.tokenizer.save_pretrained(out)
             return
         spec = self.job.mask
-        save_mask_file(out.with_suffix(".mask.safetensors"), masks, fingerprint=self.fingerprint,
+        save_mask_file(mask_artifact(Path(self.job.artifact_dir), self.progress["report"]), masks, fingerprint=self.fingerprint,
                        model_type=model.config.model_type, dtype=model.get_input_embeddings().weight.dtype,
                        mode=spec.mode, ratio=spec.ratio, threshold=spec.threshold,
                        extra={"trial": self.job.name, "step": self.progress["step"]})
+
+
+def report_artifact(artifact_dir: Path, report: int) -> Path:
+    """Where a job writes its FFT checkpoint of evaluation point `report` (a directory)."""
+    return artifact_dir / f"report_{report:03d}"
+
+
+def mask_artifact(artifact_dir: Path, report: int) -> Path:
+    """Where a job writes its mask file of evaluation point `report`."""
+    return report_artifact(artifact_dir, report).with_suffix(".mask.safetensors")
 
 
 class OutOfMemory(RuntimeError):

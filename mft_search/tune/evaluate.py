@@ -13,7 +13,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from mft_search.train.job import EvalVariant
+from mft_search.experiment import layout
+from mft_search.train.job import EvalVariant, report_artifact
 from mft_search.core.maskfile import load_mask_file
 from mft_search.experiment.results import NOT_CANDIDATES, best_reports
 from mft_search.tune.sampling import params_to_trial
@@ -69,7 +70,7 @@ def continued_fft(study: Study, winner: Candidate) -> tuple[str, float]:
     job = study.job("fft", f"{study.slug}-continued_fft", data=study.domain.train, train=train)
     history = _fit(study, job).metrics_dataframe
     best = history.sort_values(["metric", "report"], ascending=[False, True]).iloc[0]
-    return str(Path(job.artifact_dir) / f"report_{int(best['report']):03d}"), float(best["metric"])
+    return str(report_artifact(Path(job.artifact_dir), int(best["report"]))), float(best["metric"])
 
 
 def _fit(study: Study, job):
@@ -82,7 +83,7 @@ def _fit(study: Study, job):
 
 def export_best(study: Study, winner: Candidate) -> Path:
     """best/<backbone>/<domain>/: the mask file, its metadata and the exact config behind it."""
-    out = study.exp_dir / "best" / study.backbone.label / study.domain.name
+    out = study.exp_dir / layout.BEST / study.backbone.label / study.domain.name
     # Written into a staging directory and renamed into place: storage that fills mid-export
     # leaves the staging directory behind, never a best/ with half its files.
     staging = out.with_name(f".{out.name}.staging")
@@ -106,7 +107,7 @@ def write_summary(study: Study, rows: list[dict[str, Any]], verdict: str) -> Pat
                "metric_name": _metric_name(study), "validation_benchmark": _bench(study.domain.validation),
                "test_benchmark": _bench(study.domain.test),
                "rows": sorted(rows, key=lambda r: ROW_ORDER.index(r["name"])), "verdict": verdict}
-    path = study.dir / "summary.json"
+    path = study.dir / layout.SUMMARY
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(summary, indent=2))

@@ -29,12 +29,13 @@ from mft_search.train import faults
 from mft_search.core.backbone import BackboneSpec
 from mft_search.config.schema import DomainSpec, SweepConfig
 from mft_search.core.data import DataSpec
-from mft_search.train.job import TrialJob, run_job
+from mft_search.train.job import TrialJob, mask_artifact, run_job
 from mft_search.core.masking import MaskSpec
 from mft_search.core.distributed import release_memory
 from mft_search.experiment.results import NO_OP, REPORT_FIELDS, ResultsTable, trial_status
 from mft_search.config.space import enqueue_points
 from mft_search.tune.sampling import define_by_run, make_sampler, params_to_trial
+from mft_search.experiment import layout
 from mft_search.experiment.storage import Storage
 from mft_search.train.ray_train import Placement, build_trainer
 
@@ -58,11 +59,11 @@ class Study:
 
     @property
     def slug(self) -> str:
-        return f"{self.backbone.label}__{self.domain.name}"
+        return layout.study_slug(self.backbone.label, self.domain.name)
 
     @property
     def dir(self) -> Path:
-        return self.exp_dir / "studies" / self.slug
+        return layout.study_dir(self.exp_dir, self.slug)
 
     @property
     def placement(self) -> Placement:
@@ -73,8 +74,8 @@ class Study:
     def job(self, kind: str, name: str, **fields: Any) -> TrialJob:
         """A TrialJob of this study with the sweep's shared settings filled in."""
         defaults = dict(backbone=self.backbone, evaluation=self.domain.validation, train=self.cfg.train,
-                        strategy=self.cfg.resources.strategy, cache_dir=str(self.exp_dir / "cache"),
-                        artifact_dir=str(self.dir / "artifacts" / name))
+                        strategy=self.cfg.resources.strategy, cache_dir=str(self.exp_dir / layout.CACHE),
+                        artifact_dir=str(self.dir / layout.ARTIFACTS / name))
         return TrialJob(name=name, kind=kind, **{**defaults, **fields})
 
     def train_data(self, stage: Stage) -> DataSpec:
@@ -86,7 +87,7 @@ class Study:
 
     def mft_job(self, params: dict[str, Any], trial_id: str, stage: Stage) -> TrialJob:
         mask_kwargs, train = params_to_trial(params, self.cfg)
-        return self.job("mft", f"{self.slug}-{stage}-{trial_id}", data=self.train_data(stage),
+        return self.job("mft", layout.trial_name(self.slug, stage, trial_id), data=self.train_data(stage),
                         mask=MaskSpec(**mask_kwargs), train=train)
 
     def prepare_data(self, stage: Stage) -> None:
@@ -97,10 +98,10 @@ class Study:
 
         spec, tokenizer = self.train_data(stage), load_tokenizer(self.backbone)
         for part in parts(spec):
-            ensure_tokenized(spec, tokenizer, self.exp_dir / "cache", part)
+            ensure_tokenized(spec, tokenizer, self.exp_dir / layout.CACHE, part)
 
     def run_dir(self) -> str:
-        return str(self.exp_dir / "ray")
+        return str(self.exp_dir / layout.RAY)
 
 
 def _trial_driver(config: dict[str, Any], study: Study, stage: Stage, planned_faults: list[dict]) -> None:
@@ -143,7 +144,7 @@ def _release(device: torch.device) -> None:
 
 def _recorded_end(study: Study, stage: Stage, trial_id: str) -> dict[str, Any] | None:
     """The last report of a trial results.parquet records as completed or pruned, else None."""
-    rows = ResultsTable(study.exp_dir / "results.parquet").trial_rows(study.name, stage, trial_id)
+    rows = ResultsTable(layout.results_path(study.exp_dir)).trial_rows(study.name, stage, trial_id)
     if not rows or rows[0].get("status") not in ("completed", "pruned", "no-op"):
         return None
     last = max(rows, key=lambda r: r["report"])
@@ -221,7 +222,7 @@ def journal_storage(study: Study) -> optuna.storages.JournalStorage:
     from optuna.storages.journal import JournalFileBackend
 
     study.dir.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.JournalStorage(JournalFileBackend(str(study.dir / "optuna.journal")))
+    return optuna.storages.JournalStorage(JournalFileBackend(str(study.dir / layout.JOURNAL)))
 
 
 def make_searcher(study: Study) -> PrunedAwareOptunaSearch:
@@ -285,8 +286,8 @@ class Recorder(tune.Callback):
             return
         base = self._base(trial)
         report = int(result.get("report", 0))
-        name = f"{self.study.slug}-{self.stage}-{trial.trial_id}"
-        base["mask_path"] = str(self.study.dir / "artifacts" / name / f"report_{report:03d}.mask.safetensors")
+        job_dir = self.study.dir / layout.ARTIFACTS / layout.trial_name(self.study.slug, self.stage, trial.trial_id)
+        base["mask_path"] = str(mask_artifact(job_dir, report))
         self.table.add_report(base, _params(trial.config), result)
         self._last[trial.trial_id] = result
 

@@ -11,6 +11,7 @@ from typing import Any
 from mft_search.config.schema import SweepConfig
 from mft_search.train.job import EvalVariant
 from mft_search.tune.evaluate import best_candidates, continued_fft, export_best, run_evaluation, verdict, write_summary
+from mft_search.experiment import layout
 from mft_search.experiment.results import ResultsTable
 from mft_search.experiment.storage import Storage
 from mft_search.tune.stage import Study, run_stage
@@ -52,7 +53,7 @@ def run_sweep(cfg: SweepConfig, exp_dir: Path, *, resume: bool, finish: Callable
 
 def _run_studies(cfg: SweepConfig, exp_dir: Path, storage: Storage, resume: bool, log) -> None:
     state = SweepState(exp_dir / "state.json")
-    results = exp_dir / "results.parquet"
+    results = layout.results_path(exp_dir)
     for backbone in cfg.backbones:
         for domain in cfg.domains:
             study = Study(cfg, backbone, domain, exp_dir, storage)
