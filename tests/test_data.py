@@ -263,8 +263,8 @@ def test_cache_hit_skips_tokenising_even_in_a_new_process(tmp_path, tok, monkeyp
     assert sorted(builds) == sorted(p.name for p in tmp_path.glob("*.parquet"))  # each build on record, once
     script = textwrap.dedent(
         f"""
-        from mft_search.data import DataSpec, cache
-        from mft_search.tiny import tiny_tokenizer
+        from mft_search.core.data import DataSpec, cache
+        from mft_search.demo.tiny import tiny_tokenizer
         def refuse(*a):
             raise AssertionError("tokenised again")
         cache.tokenize_examples = refuse
