@@ -4,7 +4,7 @@ On the demo space (search_spaces/demo.yaml), trials run in this process without 
 compute, not wall time: trial-epochs), on the probe stage's data, validated after every epoch.
 - Grid: every layer group of the space x ratios {0.05, 0.1, 0.2} x inits, local mode (the
   paper's grid), all epochs. Its best validation score is the target; its compute is the unit.
-- TPE + ASHA: the sweep's own search space (space.define_by_run) and sampler (space.make_sampler),
+- TPE + ASHA: the sweep's own search space (tune.sampling.define_by_run) and sampler (make_sampler),
   without the demo's enqueued point (a user's hint would flatter both searches), one trial at a
   time, with Optuna's SuccessiveHalvingPruner at the demo's grace period and reduction factor
   (the asynchronous successive halving that Ray's ASHAScheduler implements).

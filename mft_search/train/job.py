@@ -3,7 +3,7 @@
 A `TrialJob` says what to run: MFT (learn a mask), FFT (train the weights: builds the demo
 backbone and the paper's continued-FFT control) or evaluate (the unmasked backbone, a random or
 L1 baseline, or a learned mask file). `run_job` runs it on this rank against a `Session` that
-reports metrics and checkpoints: worker.py gives it Ray Train's, tests give it a local one.
+reports metrics and checkpoints: ray_train.py gives it Ray Train's, tests give it a local one.
 """
 
 from __future__ import annotations
