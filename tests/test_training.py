@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from mft_search.demo.tiny import tiny_llama
-from mft_search.train.step import TrainSettings, make_optimizer, token_weights, train_step
+from mft_search.train.objectives import token_weights
+from mft_search.train.step import TrainSettings, make_optimizer, train_step
 
 CPU = torch.device("cpu")
 
