@@ -7,11 +7,10 @@ renamed into place, so a failed run leaves nothing half-written.
 
 from __future__ import annotations
 
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
+from mft_search.core import files
 from mft_search.core.backbone import DTYPES, BackboneSpec, load_model, load_tokenizer
 from mft_search.core.maskfile import load_mask_file, verify_for_model
 from mft_search.core.masking import multiply_masks_in
@@ -29,16 +28,9 @@ def apply_mask(backbone: str, mask_path: str | Path, out: str | Path, *, revisio
     model = load_model(spec, DTYPES[mask_file.meta["dtype"]])
     verify_for_model(mask_file, model)
     multiply_masks_in(model, mask_file.masks)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    with files.atomic_directory(out) as staging:  # `out` is absent or empty (checked above)
         model.save_pretrained(staging, safe_serialization=True)
         _save_tokenizer(spec, staging)
-        if out.exists():
-            out.rmdir()
-        staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out
 
 

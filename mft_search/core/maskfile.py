@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from mft_search.core import mask_codec
+from mft_search.core import files, mask_codec
 from mft_search.errors import MaskFileError
 
 FORMAT = "mft_search.mask"
@@ -115,17 +113,9 @@ def save_mask_file(path: str | Path, masks: dict[str, torch.Tensor], *, fingerpr
         **(extra or {}),
     }
     meta["digest"] = _digest(packed.numpy().tobytes(), meta)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({"mask": packed}, tmp, metadata={"format": FORMAT, "meta": json.dumps(meta)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    with files.atomic_path(path) as temporary:
+        save_file({"mask": packed}, temporary, metadata={"format": FORMAT, "meta": json.dumps(meta)})
+    return Path(path)
 
 
 def load_mask_file(path: str | Path) -> MaskFile:

@@ -8,12 +8,12 @@ file renamed into place: a reader (or a crash) never sees half a file.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from mft_search.core import files
 
 KEY = ("study", "stage", "trial_id", "report")
 # A trial still "running" on record when its stage ended: the driver died before Tune saved it
@@ -73,15 +73,8 @@ class ResultsTable:
         return pd.DataFrame(sorted(self._rows.values(), key=order))
 
     def flush(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".results.", suffix=".parquet")
-        os.close(fd)
-        try:
-            self.frame().to_parquet(tmp, index=False)
-            os.replace(tmp, self.path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with files.atomic_path(self.path) as temporary:
+            self.frame().to_parquet(temporary, index=False)
 
 
 def best_reports(rows: pd.DataFrame) -> pd.DataFrame:

@@ -14,6 +14,7 @@ import shutil
 import uuid
 from pathlib import Path
 
+from mft_search.core import files
 from mft_search.errors import MftError
 
 MARKER = ".mft_experiment"  # holds this experiment's id: gone or different = the storage vanished
@@ -41,9 +42,7 @@ class Storage:
         """Mark the directory as this experiment's (keeping the mark a resumed sweep finds)."""
         marker = self.exp_dir / MARKER
         if not marker.exists():
-            temporary = marker.with_suffix(".tmp")
-            temporary.write_text(uuid.uuid4().hex)
-            temporary.replace(marker)
+            files.write_text(marker, uuid.uuid4().hex)
         self.id = marker.read_text().strip()
 
     def check(self) -> None:

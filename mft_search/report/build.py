@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from mft_search.core import files
 from mft_search.errors import ConfigError
 from mft_search.report import plots
 from mft_search.report.experiment import Study, load_experiment
@@ -67,13 +66,8 @@ def _study_report(exp_dir: Path, study: Study) -> StudyReport:
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write through a temporary file and rename it, so that a reader never sees half a file."""
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(temporary, "xb") as out:  # plain open: permissions follow the umask
-            out.write(data)
-        os.replace(temporary, path)
+        files.write_bytes(path, data)
     except OSError as exc:
-        temporary.unlink(missing_ok=True)
         raise ConfigError(f"{path}: cannot write it ({exc.strerror}); the report writes into the experiment "
                           "directory, so copy it somewhere writable first") from exc

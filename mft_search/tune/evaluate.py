@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from mft_search.core import files
 from mft_search.experiment import layout
 from mft_search.train.job import EvalVariant, report_artifact
 from mft_search.core.maskfile import load_mask_file
@@ -84,21 +85,17 @@ def _fit(study: Study, job):
 def export_best(study: Study, winner: Candidate) -> Path:
     """best/<backbone>/<domain>/: the mask file, its metadata and the exact config behind it."""
     out = study.exp_dir / layout.BEST / study.backbone.label / study.domain.name
-    # Written into a staging directory and renamed into place: storage that fills mid-export
-    # leaves the staging directory behind, never a best/ with half its files.
-    staging = out.with_name(f".{out.name}.staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    shutil.copyfile(winner.mask_path, staging / "mask.safetensors")
-    meta = load_mask_file(staging / "mask.safetensors").meta
-    (staging / "mask.json").write_text(json.dumps(meta, indent=2))
     mask, train = params_to_trial(winner.params, study.cfg)
     selected = {"trial_id": winner.trial_id, "stage": winner.stage, "validation_metric": winner.metric,
                 "params": winner.params, "mask": {**mask, "blocks": list(mask["blocks"])}, "train": train.model_dump(),
                 "backbone": study.backbone.model_dump(), "sweep": study.cfg.model_dump(mode="json")}
-    (staging / "config.yaml").write_text(yaml.safe_dump(selected, sort_keys=False))
-    shutil.rmtree(out, ignore_errors=True)  # a resumed sweep re-exports the same selection
-    staging.rename(out)
+    # Storage that fills mid-export leaves no best/ with half its files; a resumed sweep
+    # re-exports the same selection over the earlier copy.
+    with files.atomic_directory(out) as staging:
+        shutil.copyfile(winner.mask_path, staging / "mask.safetensors")
+        meta = load_mask_file(staging / "mask.safetensors").meta
+        (staging / "mask.json").write_text(json.dumps(meta, indent=2))
+        (staging / "config.yaml").write_text(yaml.safe_dump(selected, sort_keys=False))
     return out
 
 
@@ -107,12 +104,7 @@ def write_summary(study: Study, rows: list[dict[str, Any]], verdict: str) -> Pat
                "metric_name": _metric_name(study), "validation_benchmark": _bench(study.domain.validation),
                "test_benchmark": _bench(study.domain.test),
                "rows": sorted(rows, key=lambda r: ROW_ORDER.index(r["name"])), "verdict": verdict}
-    path = study.dir / layout.SUMMARY
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(path)
-    return path
+    return files.write_text(study.dir / layout.SUMMARY, json.dumps(summary, indent=2))
 
 
 def _metric_name(study: Study) -> str:

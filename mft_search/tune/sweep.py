@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mft_search.core import files
 from mft_search.config.schema import SweepConfig
 from mft_search.train.job import EvalVariant
 from mft_search.tune.evaluate import best_candidates, continued_fft, export_best, run_evaluation, verdict, write_summary
@@ -29,9 +30,7 @@ class SweepState:
 
     def mark(self, study: Study, step: str) -> None:
         self.done[f"{study.name}:{step}"] = True
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.done, indent=2))
-        tmp.replace(self.path)
+        files.write_text(self.path, json.dumps(self.done, indent=2))
 
 
 def run_sweep(cfg: SweepConfig, exp_dir: Path, *, resume: bool, finish: Callable[[Path], Any], log=print) -> str:

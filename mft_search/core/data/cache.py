@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import datasets
 import pyarrow.parquet as pq
 from transformers import PreTrainedTokenizerBase
 
+from mft_search.core import files
 from mft_search.core.data.encode import tokenize_examples
 from mft_search.core.data.load import Part, local_files, select_examples
 from mft_search.core.data.spec import DataSpec
@@ -120,15 +120,8 @@ def _log_build(path: Path, seconds: float) -> None:
 
 def _write_atomic(ds: datasets.Dataset, path: Path) -> None:
     # Readers see no file or a whole one: concurrent trials may race, never read half a file.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        pq.write_table(ds.data.table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with files.atomic_path(path) as temporary:
+        pq.write_table(ds.data.table, temporary)
 
 
 def _file_sha256(path: Path) -> str:
