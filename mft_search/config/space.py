@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 from mft_search.core.architectures import KINDS
 from mft_search.errors import ConfigError, did_you_mean
 from mft_search.core.masking import Init, Mode
+from mft_search.core.topk import CUT_SETTING
 from mft_search.train.step import TrainSettings
 
 ALGORITHMS = ("tpe", "gp", "random", "grid")
@@ -208,12 +209,10 @@ class _MaskSpace(BaseModel):
     @model_validator(mode="after")
     def _conditional(self) -> _MaskSpace:
         modes = choices_of(self.mode)
-        if self.threshold is not None and "global" not in modes:
-            raise FieldIssue("threshold", "given but mode is only local, so it would never be used; "
-                             "remove threshold or add global to mode")
-        if self.ratio is not None and "local" not in modes:
-            raise FieldIssue("ratio", "given but mode is only global, so it would never be used; "
-                             "remove ratio or add local to mode")
+        for mode, name in CUT_SETTING.items():
+            if getattr(self, name) is not None and mode not in modes:
+                raise FieldIssue(name, f"given but mode is only {', '.join(modes)}, so it would never be used; "
+                                 f"remove {name} or add {mode} to mode")
         for name, inside in (("ratio", lambda v: 0 < v < 1), ("init_std", lambda v: v > 0)):
             for where, value in _values(getattr(self, name)):
                 if not inside(value):
@@ -331,7 +330,7 @@ def grid_size(space: SearchSpace) -> int:
 
 def _grid_size(space: SearchSpace) -> int:
     size = len(layer_groups(space)) * len(space.kinds or [None])
-    branches = {"local": _count("ratio", space.ratio), "global": _count("threshold", space.threshold)}
+    branches = {mode: _count(name, getattr(space, name)) for mode, name in CUT_SETTING.items()}
     size *= sum(branches[mode] for mode in set(choices_of(space.mode)))
     for name in ("init", "init_std", *TRAIN_FIELDS):
         size *= _count(name, getattr(space, name))
@@ -366,7 +365,7 @@ def _encode_point(space: SearchSpace, point: dict[str, Any], at: str) -> dict[st
             raise FieldIssue(f"{at}.{name}", f"unknown parameter{did_you_mean(name, PARAMS)}; "
                              f"use the names of search.space: {', '.join(MASK_PARAMS)} or a train setting")
     modes = [point["mode"]] if "mode" in point else choices_of(space.mode)
-    for name, needs in (("ratio", "local"), ("threshold", "global")):
+    for needs, name in CUT_SETTING.items():
         if name in point and modes != [needs]:
             raise FieldIssue(f"{at}.{name}", f"used only when mode is {needs}; give this point mode: {needs}")
     encoded: dict[str, Any] = {}
@@ -431,7 +430,7 @@ def describe_space(space: SearchSpace) -> list[str]:
     lg = space.layer_group
     lines = [f"layer_group: {'; '.join(encode_blocks(g) for g in layer_groups(space))}"
              + (f" (size {lg.size})" if isinstance(lg, LayerRange) else "")]
-    when = {"ratio": " (when local)", "threshold": " (when global)"}
+    when = {name: f" (when {mode})" for mode, name in CUT_SETTING.items()}
     for name in ("kinds", "mode", "ratio", "threshold", "init", "init_std", *TRAIN_FIELDS):
         dim = getattr(space, name)
         if dim is not None:

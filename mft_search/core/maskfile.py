@@ -31,6 +31,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from mft_search.core import files, mask_codec
+from mft_search.core.topk import cut_of
 from mft_search.errors import MaskFileError
 
 FORMAT = "mft_search.mask"
@@ -108,7 +109,7 @@ def save_mask_file(path: str | Path, masks: dict[str, torch.Tensor], *, fingerpr
         "dtype": str(dtype).removeprefix("torch."),
         "fingerprint": fingerprint,
         "mode": mode,
-        "ratio" if mode == "local" else "threshold": ratio if mode == "local" else threshold,
+        **dict([cut_of(mode, ratio, threshold)]),
         "modules": [[n, list(masks[n].shape), int(masks[n].sum())] for n in names],
         **(extra or {}),
     }

@@ -28,7 +28,7 @@ from transformers.pytorch_utils import Conv1D
 
 from mft_search.core.architectures import check_blocks, layout_for, model_depth, module_names, resolve_kinds
 from mft_search.errors import ConfigError
-from mft_search.core.topk import select_mask
+from mft_search.core.topk import MODES, cut_of, select_mask
 
 Mode = Literal["local", "global"]
 Init = Literal["normal", "magnitude", "kaiming"]
@@ -58,8 +58,8 @@ class MaskSpec:
     def __post_init__(self) -> None:
         if not self.blocks:
             raise ConfigError("mask.blocks: empty; name at least one transformer block")
-        if self.mode not in ("local", "global"):
-            raise ConfigError(f"mask.mode: '{self.mode}' is not local or global")
+        if self.mode not in MODES:
+            raise ConfigError(f"mask.mode: '{self.mode}' is not {' or '.join(MODES)}")
         if self.mode == "local" and not 0.0 < self.ratio < 1.0:
             raise ConfigError(f"mask.ratio: {self.ratio} is outside (0, 1); e.g. 0.1 masks 10%")
         if self.init not in ("normal", "magnitude", "kaiming"):
@@ -149,8 +149,8 @@ class MaskedLinear(nn.Module):
         return plain
 
     def extra_repr(self) -> str:
-        setting = f"ratio={self.ratio}" if self.mode == "local" else f"threshold={self.threshold}"
-        return f"shape={tuple(self.weight.shape)}, mode={self.mode}, {setting}"
+        name, value = cut_of(self.mode, self.ratio, self.threshold)
+        return f"shape={tuple(self.weight.shape)}, mode={self.mode}, {name}={value}"
 
 
 def attach_masks(model: nn.Module, spec: MaskSpec) -> dict[str, MaskedLinear]:

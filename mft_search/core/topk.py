@@ -73,6 +73,18 @@ def global_mask(scores: torch.Tensor, threshold: float) -> torch.Tensor:
     return scores.detach() >= threshold
 
 
+# The one rule that ties each mode to the setting that decides its cut: local keeps the
+# top (1 - ratio) of |S| in every module, global keeps every score >= threshold.
+CUT_SETTING = {"local": "ratio", "global": "threshold"}
+MODES = tuple(CUT_SETTING)
+
+
+def cut_of(mode: str, ratio: float | None, threshold: float | None) -> tuple[str, float | None]:
+    """(name, value) of the setting that decides a `mode` mask's cut."""
+    name = CUT_SETTING[mode]
+    return name, {"ratio": ratio, "threshold": threshold}[name]
+
+
 def select_mask(scores: torch.Tensor, mode: str, ratio: float, threshold: float) -> torch.Tensor:
     """The mask an MFT mode selects from one module's scores."""
-    return local_mask(scores, ratio) if mode == "local" else global_mask(scores, threshold)
+    return {"local": local_mask, "global": global_mask}[mode](scores, cut_of(mode, ratio, threshold)[1])

@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from mft_search.core.topk import CUT_SETTING
 from mft_search.experiment.results import NOT_CANDIDATES
 from mft_search.report.experiment import Experiment, Study, Summary, SummaryRow
 from mft_search.report.importance import Importances
@@ -133,12 +134,17 @@ def _failed_trials(study: Study) -> list[str]:
     lines = [f"### {study.name}: failed and no-op trials", "", "| Trial | Stage | Layer group | Mode | Ratio / threshold | Reason |",
              "|---|---|---|---|---:|---|"]
     for _, t in failed.iterrows():
-        cut = t.get("param.ratio") if _present(t.get("param.ratio")) else t.get("param.threshold")
         reason = str(t.get("error") or "failed").replace("|", "\\|")
         cells = [t["trial_id"], t["stage"], _value(t.get("param.layer_group")), _value(t.get("param.mode")),
-                 _value(cut), reason]
+                 _value(_cut(t)), reason]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     return lines + [""]
+
+
+def _cut(t: pd.Series) -> Any:
+    """The trial's ratio or threshold, whichever its mode uses."""
+    mode = t.get("param.mode")
+    return t.get(f"param.{CUT_SETTING[mode]}") if mode in CUT_SETTING else None
 
 
 def _top_trials(study: Study) -> list[str]:
@@ -152,11 +158,10 @@ def _top_trials(study: Study) -> list[str]:
     lines += ["| # | Trial | Stage | Status | Metric | Report | Kept | Layer group | Mode | Ratio / threshold | Init | LR |",
               "|---:|---|---|---|---:|---:|---:|---|---|---:|---|---:|"]
     for rank, (_, t) in enumerate(scored.head(TOP).iterrows(), start=1):
-        cut = t.get("param.ratio") if _present(t.get("param.ratio")) else t.get("param.threshold")
         cells = [rank, t["trial_id"], t["stage"], t["status"], _metric(t["metric"], percent),
                  _value(t["report"]), _kept(t.get("kept_fraction")),
                  *(_value(t.get(f"param.{n}")) for n in ("layer_group", "mode")),
-                 _value(cut), _value(t.get("param.init")), _value(t.get("param.lr"))]
+                 _value(_cut(t)), _value(t.get("param.init")), _value(t.get("param.lr"))]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     return lines + [""]
 

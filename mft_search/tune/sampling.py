@@ -29,6 +29,7 @@ from mft_search.config.space import (
     is_conditional,
 )
 from mft_search.core.masking import MaskSpec
+from mft_search.core.topk import CUT_SETTING
 from mft_search.errors import ConfigError, did_you_mean
 from mft_search.train.step import TrainSettings
 
@@ -57,8 +58,7 @@ class _DefineByRun:
         if space.kinds is not None:
             params["kinds"] = _sample(trial, "kinds", [",".join(k) for k in space.kinds])
         mode = params["mode"] = _sample(trial, "mode", space.mode)
-        conditional = "ratio" if mode == "local" else "threshold"
-        for name in (conditional, "init", "init_std", *TRAIN_FIELDS):
+        for name in (CUT_SETTING[mode], "init", "init_std", *TRAIN_FIELDS):
             if getattr(space, name) is not None:
                 params[name] = _sample(trial, name, getattr(space, name))
         return params
