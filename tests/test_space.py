@@ -8,8 +8,8 @@ import pytest
 from mft_search.config.schema import parse_config
 from mft_search.errors import ConfigError
 from mft_search.core.masking import MaskSpec
-from mft_search.config.space import SearchSpace, decode_blocks, encode_blocks, enqueue_points, grid_size
-from mft_search.tune.sampling import define_by_run, make_sampler, params_to_trial
+from mft_search.config.space import ALGORITHMS, SearchSpace, decode_blocks, encode_blocks, enqueue_points, grid_size
+from mft_search.tune.sampling import SAMPLERS, define_by_run, make_sampler, params_to_trial
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -76,6 +76,11 @@ def test_gp_needs_scipy():
 def test_unknown_algorithm():
     with pytest.raises(ConfigError, match="search.algorithm: unknown 'tp' .*did you mean 'tpe'"):
         make_sampler("tp", 0, space())
+
+
+def test_every_configurable_algorithm_has_a_sampler():
+    # The config layer names the algorithms without Optuna; the tune layer builds them.
+    assert set(SAMPLERS) == set(ALGORITHMS)
 
 
 def test_grid_walks_every_distinct_point_once():

@@ -27,7 +27,9 @@ from mft_search.core.data import DataSpec
 from mft_search.errors import ConfigError, DataError, did_you_mean
 from mft_search.core.evaluation.records import BENCHMARK_DATA, data_identity
 from mft_search.core.evaluation.spec import EvalSpec
+from mft_search.core.distributed import Strategy
 from mft_search.config.space import (
+    Algorithm,
     UNION_TAGS,
     FieldIssue,
     LayerRange,
@@ -99,7 +101,7 @@ class SearchSettings(BaseModel):
     """How configurations are proposed: algorithm, budget, first points and the space."""
 
     model_config = _STRICT
-    algorithm: Literal["tpe", "gp", "random", "grid"] = Field(
+    algorithm: Algorithm = Field(
         "tpe", description="tpe (default), gp (needs scipy), random, or grid (every point of a finite space)")
     num_trials: int | None = Field(
         None, ge=1, description=f"probe trials per study; null = {DEFAULT_TRIALS}, or the whole grid for grid")
@@ -160,7 +162,7 @@ class Resources(BaseModel):
     workers_per_trial: int = Field(1, ge=1, description="Ray Train workers (data-parallel ranks) per trial")
     cpus_per_worker: float = Field(1, gt=0, description="CPUs reserved per worker")
     gpus_per_worker: float = Field(0, ge=0, description="GPUs per worker; 0 trains on CPU")
-    strategy: Literal["ddp", "fsdp"] = Field("ddp", description="ddp replicates the backbone; fsdp shards it")
+    strategy: Strategy = Field("ddp", description="ddp replicates the backbone; fsdp shards it")
 
 
 class SweepConfig(BaseModel):

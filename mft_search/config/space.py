@@ -16,7 +16,7 @@ import contextlib
 import importlib.util
 import typing
 from collections.abc import Callable, Iterator
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, create_model, field_validator, model_validator
 
@@ -26,7 +26,9 @@ from mft_search.core.masking import Init, Mode
 from mft_search.core.topk import CUT_SETTING
 from mft_search.train.step import TrainSettings
 
+# The search algorithms' names; tune.sampling.SAMPLERS builds each (Optuna stays out of this layer).
 ALGORITHMS = ("tpe", "gp", "random", "grid")
+Algorithm = Literal[ALGORITHMS]
 TRAIN_FIELDS = tuple(TrainSettings.model_fields)
 MASK_PARAMS = ("layer_group", "kinds", "mode", "ratio", "threshold", "init", "init_std")
 PARAMS = MASK_PARAMS + TRAIN_FIELDS

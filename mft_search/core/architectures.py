@@ -6,10 +6,9 @@ Each architecture names them differently; this table is the only place that know
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 
-from mft_search.errors import ArchitectureError, ConfigError
+from mft_search.errors import ArchitectureError, ConfigError, did_you_mean
 
 KINDS = ("q", "k", "v", "o", "gate", "up", "down")
 
@@ -78,10 +77,8 @@ def resolve_kinds(model_type: str, kinds: tuple[str, ...] | None) -> tuple[str, 
         return tuple(k for k in KINDS if k in layout.kinds)
     for kind in kinds:
         if kind not in layout.kinds:
-            close = difflib.get_close_matches(kind, list(layout.kinds), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(
-                f"mask.kinds: '{kind}' is not a module kind of {model_type}{hint}; "
+                f"mask.kinds: '{kind}' is not a module kind of {model_type}{did_you_mean(kind, layout.kinds)}; "
                 f"choose from {', '.join(layout.kinds)}"
             )
     for group in layout.fused:

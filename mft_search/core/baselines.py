@@ -9,10 +9,10 @@ pass the MFT mask's own per-module kept counts so the comparison is at equal spa
 
 from __future__ import annotations
 
-import zlib
 
 import torch
 
+from mft_search.core.seeds import module_seed
 from mft_search.core.topk import kept_count, top_k_mask
 
 
@@ -25,7 +25,7 @@ def random_masks(shapes: dict[str, torch.Size], kept: dict[str, int], seed: int)
     """Random masks keeping exactly `kept[name]` weights of each module, seeded per module."""
     masks = {}
     for name, shape in shapes.items():
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+        gen = torch.Generator().manual_seed(module_seed(seed, name))
         order = torch.randperm(shape.numel(), generator=gen)
         flat = torch.zeros(shape.numel(), dtype=torch.bool)
         flat[order[: kept[name]]] = True

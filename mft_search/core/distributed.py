@@ -14,8 +14,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from mft_search.core.architectures import layout_for
 
+# ddp replicates the backbone on every worker; fsdp (FSDP2) shards weights and scores per block.
+Strategy = Literal["ddp", "fsdp"]
 
-def wrap_model(model: nn.Module, strategy: Literal["ddp", "fsdp"], device: torch.device,
+
+def wrap_model(model: nn.Module, strategy: Strategy, device: torch.device,
                compute_dtype: torch.dtype | None = None) -> nn.Module:
     """The model ready for data-parallel training on this rank (unchanged when alone).
 

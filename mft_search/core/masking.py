@@ -17,7 +17,6 @@ compares raw S with the threshold, so dL/dS = dL/d(W*M) * W.
 from __future__ import annotations
 
 import math
-import zlib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -28,6 +27,7 @@ from transformers.pytorch_utils import Conv1D
 
 from mft_search.core.architectures import check_blocks, layout_for, model_depth, module_names, resolve_kinds
 from mft_search.errors import ConfigError
+from mft_search.core.seeds import module_seed
 from mft_search.core.topk import MODES, cut_of, select_mask
 
 Mode = Literal["local", "global"]
@@ -182,7 +182,7 @@ def spec_module_names(model: nn.Module, spec: MaskSpec) -> list[str]:
 
 
 def _init_scores(scores: nn.Parameter, weight: torch.Tensor, spec: MaskSpec, name: str) -> None:
-    gen = torch.Generator(device="cpu").manual_seed(_module_seed(spec.seed, name))
+    gen = torch.Generator(device="cpu").manual_seed(module_seed(spec.seed, name))
     with torch.no_grad():
         if spec.init == "magnitude":
             values = weight.detach().float().abs().cpu()
@@ -193,11 +193,6 @@ def _init_scores(scores: nn.Parameter, weight: torch.Tensor, spec: MaskSpec, nam
             bound = 1.0 / math.sqrt(fan_in)
             values = (torch.rand(scores.shape, generator=gen) * 2 - 1) * bound
         scores.copy_(values)
-
-
-def _module_seed(seed: int, name: str) -> int:
-    # Stable across processes (unlike hash()), so every worker initialises identically.
-    return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63)
 
 
 def _replace(model: nn.Module, name: str, module: nn.Module) -> None:

@@ -28,7 +28,7 @@ from mft_search.core.evaluation.base import rank_and_world
 from mft_search.core.evaluation.loss import evaluate_loss
 from mft_search.core.maskfile import backbone_fingerprint, load_mask_file, save_mask_file, verify_for_model
 from mft_search.core.masking import MaskSpec, attach_masks, fraction_kept, multiply_masks_in, spec_module_names
-from mft_search.core.distributed import is_sharded, unwrap, wrap_model
+from mft_search.core.distributed import Strategy, is_sharded, unwrap, wrap_model
 from mft_search.core.topk import select_mask
 from mft_search.train.step import TrainSettings, make_optimizer, mixed_precision, train_step
 from mft_search.train.batches import TrainingData
@@ -62,7 +62,7 @@ class TrialJob(BaseModel):
     mask: MaskSpec | None = None  # mft; for random/l1 without a mask file, the modules and ratio
     variants: list[EvalVariant] = []  # evaluate: the models to score, one after another
     train: TrainSettings = TrainSettings()
-    strategy: Literal["ddp", "fsdp"] = "ddp"
+    strategy: Strategy = "ddp"
     cache_dir: str  # tokenised data, shared by all trials of a sweep
     artifact_dir: str  # masks (mft) or weights (fft) at every evaluation point
 

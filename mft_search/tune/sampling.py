@@ -98,25 +98,42 @@ def params_to_trial(params: dict[str, Any], cfg: SweepConfig) -> tuple[dict[str,
 
 
 def make_sampler(algorithm: str, seed: int, space: SearchSpace) -> optuna.samplers.BaseSampler:
-    """The Optuna sampler of a search algorithm: tpe, gp, random or grid."""
-    if algorithm == "tpe":
-        with _stable_since_years():
-            # group=True models each set of co-occurring parameters apart (local vs global trials);
-            # constant_liar keeps concurrent trials from being handed the same point.
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=is_conditional(space),
-                                              constant_liar=True)
-    if algorithm == "gp":
-        with _as_config_error("search"):
-            check_algorithm_available("gp")
-        return optuna.samplers.GPSampler(seed=seed)
-    if algorithm == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if algorithm == "grid":
-        grid_size(space)  # raises for a continuous dimension
-        with _stable_since_years():
-            return _ExhaustiveSampler(seed=seed)
-    raise ConfigError(f"search.algorithm: unknown '{algorithm}'{did_you_mean(algorithm, ALGORITHMS)}; "
-                      f"choose one of {', '.join(ALGORITHMS)}")
+    """The Optuna sampler of a search algorithm (one of config.space.ALGORITHMS)."""
+    if algorithm not in SAMPLERS:
+        raise ConfigError(f"search.algorithm: unknown '{algorithm}'{did_you_mean(algorithm, ALGORITHMS)}; "
+                          f"choose one of {', '.join(ALGORITHMS)}")
+    return SAMPLERS[algorithm](seed, space)
+
+
+def _tpe(seed: int, space: SearchSpace) -> optuna.samplers.BaseSampler:
+    with _stable_since_years():
+        # group=True models each set of co-occurring parameters apart (local vs global trials);
+        # constant_liar keeps concurrent trials from being handed the same point.
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=is_conditional(space),
+                                          constant_liar=True)
+
+
+def _gp(seed: int, space: SearchSpace) -> optuna.samplers.BaseSampler:
+    with _as_config_error("search"):
+        check_algorithm_available("gp")
+    return optuna.samplers.GPSampler(seed=seed)
+
+
+def _grid(seed: int, space: SearchSpace) -> optuna.samplers.BaseSampler:
+    grid_size(space)  # raises for a continuous dimension
+    with _stable_since_years():
+        return _ExhaustiveSampler(seed=seed)
+
+
+# A new Optuna algorithm is an entry here plus its name in config.space.ALGORITHMS (the config
+# layer validates names without importing Optuna; tests/test_space.py checks the two agree).
+# A Tune-native searcher (ray.tune.search.*) would replace the searcher in tune.stage.make_searcher.
+SAMPLERS: dict[str, Callable[[int, SearchSpace], optuna.samplers.BaseSampler]] = {
+    "tpe": _tpe,
+    "gp": _gp,
+    "random": lambda seed, space: optuna.samplers.RandomSampler(seed=seed),
+    "grid": _grid,
+}
 
 
 @contextlib.contextmanager

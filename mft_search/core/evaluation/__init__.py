@@ -12,10 +12,9 @@ generated answers, and lower is better.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 
-from mft_search.errors import ConfigError
+from mft_search.errors import ConfigError, did_you_mean
 from mft_search.core.evaluation.base import Evaluator, GenerationSettings, Problem, rank_and_world
 
 
@@ -59,9 +58,7 @@ def get_evaluator(name: str) -> Evaluator:
     """A fresh evaluator for benchmark `name` (one of `EVALUATORS`)."""
     if name not in EVALUATORS:
         choices = ", ".join(sorted(EVALUATORS))
-        close = difflib.get_close_matches(name, EVALUATORS, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"evaluator: unknown '{name}'{hint}; choose one of {choices}")
+        raise ConfigError(f"evaluator: unknown '{name}'{did_you_mean(name, EVALUATORS)}; choose one of {choices}")
     return EVALUATORS[name]()
 
 
