@@ -27,6 +27,8 @@ from safetensors import safe_open
 from mft_search.config.schema import parse_config
 from mft_search.sweep import DEMO_CONFIG, ray_session
 from mft_search.tune.stage import Study, run_stage
+from mft_search.core.data.cache import BUILD_LOG
+from mft_search.experiment import layout
 from mft_search.experiment.storage import Storage
 
 TARGET = 0.25  # fixed cost at most this share of a demo trial's wall time
@@ -70,12 +72,12 @@ def _run_stage(cfg, exp_dir: Path, trials: int) -> Stage:
     prepare_s = time.perf_counter() - start
     clock = _TrialClock()
     start = time.perf_counter()
-    run_stage(study, "probe", exp_dir / "results.parquet", resume=False, log=lambda *_: None, callbacks=[clock])
+    run_stage(study, "probe", layout.results_path(exp_dir), resume=False, log=lambda *_: None, callbacks=[clock])
     wall_s = time.perf_counter() - start
-    frame = pd.read_parquet(exp_dir / "results.parquet")
+    frame = pd.read_parquet(layout.results_path(exp_dir))
     last = frame.sort_values("report").groupby("trial_id").tail(1).copy()
     last["driver_s"] = last["trial_id"].map(clock.seconds)
-    builds = [json.loads(line) for line in (exp_dir / "cache" / "builds.jsonl").read_text().splitlines()]
+    builds = [json.loads(line) for line in (exp_dir / layout.CACHE / BUILD_LOG).read_text().splitlines()]
     return Stage(last, builds, prepare_s, wall_s)
 
 

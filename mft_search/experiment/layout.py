@@ -1,18 +1,28 @@
 """Every path of an experiment directory, named once: the sweep writes them, the report reads them.
 
+    <experiment>/.mft_experiment                     this experiment's id (experiment.storage checks it)
     <experiment>/results.parquet                     one row per trial report (experiment.results)
+    <experiment>/state.json                          which (study, step) pairs are done (--resume)
+    <experiment>/leaderboard.md                      the report (python -m mft_search.report)
+    <experiment>/plots/<study>/*.png                 the report's figures
     <experiment>/studies/<backbone>__<domain>/       a study: optuna.journal, summary.json, artifacts/
     <experiment>/studies/<study>/artifacts/<trial>/  report_NNN.mask.safetensors (MFT) or report_NNN/ (FFT)
-    <experiment>/best/<backbone>/<domain>/           the selected mask, its metadata and config
-    <experiment>/cache/                              tokenised data shared by every trial
+    <experiment>/best/<backbone>/<domain>/           mask.safetensors, mask.json, config.yaml of the selection
+    <experiment>/cache/                              tokenised data shared by every trial, builds.jsonl
     <experiment>/ray/                                Ray Tune and Train state (what --resume restores)
+
+Inside a trial's artifact directory the job names its own files (train.job.report_artifact).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+MARKER = ".mft_experiment"
 RESULTS = "results.parquet"
+STATE = "state.json"
+LEADERBOARD = "leaderboard.md"
+PLOTS = "plots"
 STUDIES = "studies"
 SUMMARY = "summary.json"
 JOURNAL = "optuna.journal"
@@ -20,6 +30,9 @@ ARTIFACTS = "artifacts"
 CACHE = "cache"
 RAY = "ray"
 BEST = "best"
+BEST_MASK = "mask.safetensors"
+BEST_META = "mask.json"
+BEST_CONFIG = "config.yaml"
 
 
 def results_path(exp_dir: Path) -> Path:
@@ -32,6 +45,10 @@ def study_slug(backbone: str, domain: str) -> str:
 
 def study_dir(exp_dir: Path, slug: str) -> Path:
     return Path(exp_dir) / STUDIES / slug
+
+
+def best_dir(exp_dir: Path, backbone: str, domain: str) -> Path:
+    return Path(exp_dir) / BEST / backbone / domain
 
 
 def trial_name(slug: str, stage: str, trial_id: str) -> str:

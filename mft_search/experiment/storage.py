@@ -16,8 +16,8 @@ from pathlib import Path
 
 from mft_search.core import files
 from mft_search.errors import MftError
+from mft_search.experiment.layout import MARKER  # holds the experiment's id: gone or different = storage vanished
 
-MARKER = ".mft_experiment"  # holds this experiment's id: gone or different = the storage vanished
 MIN_FREE_BYTES = 16 << 20  # below this, the next checkpoint or results write may fail half way
 FULL = {errno.ENOSPC, errno.EDQUOT}
 GONE = {errno.ESTALE, errno.EIO, errno.EROFS}

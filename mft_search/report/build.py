@@ -7,13 +7,12 @@ from pathlib import Path
 
 from mft_search.core import files
 from mft_search.errors import ConfigError
+from mft_search.experiment import layout
 from mft_search.report import plots
 from mft_search.report.experiment import Study, load_experiment
 from mft_search.report.importance import param_importances
 from mft_search.report.leaderboard import StudyReport, render
 
-LEADERBOARD = "leaderboard.md"
-PLOTS = "plots"
 
 
 @dataclass(frozen=True)
@@ -36,7 +35,7 @@ def write_report(exp_dir: Path) -> ReportFiles:
     exp_dir = Path(exp_dir)
     experiment = load_experiment(exp_dir)
     reports = [_study_report(exp_dir, study) for study in experiment.studies]
-    leaderboard = exp_dir / LEADERBOARD
+    leaderboard = exp_dir / layout.LEADERBOARD
     write_atomic(leaderboard, render(experiment, reports).encode())
     return ReportFiles(leaderboard, tuple(exp_dir / p for r in reports for p in r.figures.values()))
 
@@ -58,7 +57,7 @@ def _study_report(exp_dir: Path, study: Study) -> StudyReport:
         if figure is None:
             notes += [f"No {title} figure: {why_not}"] if why_not else []
             continue
-        relative = Path(PLOTS) / study.slug / name
+        relative = Path(layout.PLOTS) / study.slug / name
         write_atomic(exp_dir / relative, plots.png_bytes(figure))
         figures[title] = relative
     return StudyReport(study, importances, figures, tuple(notes))

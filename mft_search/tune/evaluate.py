@@ -84,7 +84,7 @@ def _fit(study: Study, job):
 
 def export_best(study: Study, winner: Candidate) -> Path:
     """best/<backbone>/<domain>/: the mask file, its metadata and the exact config behind it."""
-    out = study.exp_dir / layout.BEST / study.backbone.label / study.domain.name
+    out = layout.best_dir(study.exp_dir, study.backbone.label, study.domain.name)
     mask, train = params_to_trial(winner.params, study.cfg)
     selected = {"trial_id": winner.trial_id, "stage": winner.stage, "validation_metric": winner.metric,
                 "params": winner.params, "mask": {**mask, "blocks": list(mask["blocks"])}, "train": train.model_dump(),
@@ -92,10 +92,10 @@ def export_best(study: Study, winner: Candidate) -> Path:
     # Storage that fills mid-export leaves no best/ with half its files; a resumed sweep
     # re-exports the same selection over the earlier copy.
     with files.atomic_directory(out) as staging:
-        shutil.copyfile(winner.mask_path, staging / "mask.safetensors")
-        meta = load_mask_file(staging / "mask.safetensors").meta
-        (staging / "mask.json").write_text(json.dumps(meta, indent=2))
-        (staging / "config.yaml").write_text(yaml.safe_dump(selected, sort_keys=False))
+        shutil.copyfile(winner.mask_path, staging / layout.BEST_MASK)
+        meta = load_mask_file(staging / layout.BEST_MASK).meta
+        (staging / layout.BEST_META).write_text(json.dumps(meta, indent=2))
+        (staging / layout.BEST_CONFIG).write_text(yaml.safe_dump(selected, sort_keys=False))
     return out
 
 

@@ -47,11 +47,15 @@ def run_sweep(cfg: SweepConfig, exp_dir: Path, *, resume: bool, finish: Callable
         if failure is None:
             raise
         raise failure from None
-    return (exp_dir / "leaderboard.md").read_text()
+    return (exp_dir / layout.LEADERBOARD).read_text()
+
+
+def _relative_best_mask(study: Study) -> str:
+    return str(layout.best_dir(Path(), study.backbone.label, study.domain.name) / layout.BEST_MASK)
 
 
 def _run_studies(cfg: SweepConfig, exp_dir: Path, storage: Storage, resume: bool, log) -> None:
-    state = SweepState(exp_dir / "state.json")
+    state = SweepState(exp_dir / layout.STATE)
     results = layout.results_path(exp_dir)
     for backbone in cfg.backbones:
         for domain in cfg.domains:
@@ -127,6 +131,6 @@ def _evaluate(study: Study, table: ResultsTable, log) -> None:
     for row in rows:
         if row["name"] == "best_mft":
             row.update(trial_id=winner.trial_id, params=winner.params, selected=selected,
-                       mask=f"best/{study.backbone.label}/{study.domain.name}/mask.safetensors" if selected else None)
+                       mask=_relative_best_mask(study) if selected else None)
     write_summary(study, rows, text)
     log(f"[{study.name}] {text}")
