@@ -251,6 +251,15 @@ def test_initialisations_are_seeded_and_distinct():
     assert scores("kaiming", 0).abs().max() <= bound
 
 
+def test_kaiming_bound_follows_fan_in_for_transposed_conv1d():
+    # GPT-2's Conv1D stores (in, out): nn.Linear's bound 1/sqrt(fan_in) reads shape[0] there.
+    model = tiny_gpt2()
+    masked = attach_masks(model, MaskSpec(blocks=(0,), init="kaiming"))
+    for name, module in masked.items():
+        bound = 1 / module.weight.shape[0] ** 0.5
+        assert 0.95 * bound < module.scores.abs().max() <= bound, name
+
+
 def test_global_mode_learns_its_kept_fraction():
     model = tiny_llama()
     attach_masks(model, MaskSpec(blocks=(0,), mode="global", threshold=-0.035))

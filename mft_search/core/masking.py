@@ -167,7 +167,7 @@ def attach_masks(model: nn.Module, spec: MaskSpec) -> dict[str, MaskedLinear]:
         if not isinstance(base, (nn.Linear, Conv1D)):
             raise ConfigError(f"mask.kinds: {name} is a {type(base).__name__}, not a linear layer")
         module = MaskedLinear(base, spec.mode, spec.ratio, spec.threshold)
-        _init_scores(module.scores, base.weight, spec, name)
+        _init_scores(module, spec, name)
         _replace(model, name, module)
         masked[name] = module
     return masked
@@ -181,7 +181,8 @@ def spec_module_names(model: nn.Module, spec: MaskSpec) -> list[str]:
     return module_names(model_type, tuple(spec.blocks), resolve_kinds(model_type, spec.kinds))
 
 
-def _init_scores(scores: nn.Parameter, weight: torch.Tensor, spec: MaskSpec, name: str) -> None:
+def _init_scores(module: MaskedLinear, spec: MaskSpec, name: str) -> None:
+    scores, weight = module.scores, module.weight
     gen = torch.Generator(device="cpu").manual_seed(module_seed(spec.seed, name))
     with torch.no_grad():
         if spec.init == "magnitude":
@@ -189,7 +190,7 @@ def _init_scores(scores: nn.Parameter, weight: torch.Tensor, spec: MaskSpec, nam
         elif spec.init == "normal":
             values = torch.randn(scores.shape, generator=gen) * spec.init_std
         else:  # kaiming-uniform with a=sqrt(5), nn.Linear's own default
-            fan_in = scores.shape[1]
+            fan_in = scores.shape[0] if module.transposed else scores.shape[1]  # Conv1D is (in, out)
             bound = 1.0 / math.sqrt(fan_in)
             values = (torch.rand(scores.shape, generator=gen) * 2 - 1) * bound
         scores.copy_(values)
