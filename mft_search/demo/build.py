@@ -5,7 +5,7 @@
 
 The backbone is the best epoch (on validation accuracy) of an FFT with a decaying learning rate
 that runs well past that epoch, so that "MFT beats the best FFT" is measured against a real peak
-and not against an under-trained model (DESIGN.md, "The embedded demo").
+and not against an under-trained model (docs/design.md, "The embedded demo").
 """
 
 from __future__ import annotations

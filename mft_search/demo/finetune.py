@@ -2,7 +2,7 @@
 
 FFT goes through the same `run_job` the sweep's continued-FFT control uses, on one process
 (LocalSession, no Ray), with TrainSettings' linear decay: a constant rate never converged and
-made MFT's "gain" mere extra training (DESIGN.md).
+made MFT's "gain" mere extra training (docs/design.md).
 """
 
 from __future__ import annotations

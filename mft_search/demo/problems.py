@@ -7,7 +7,7 @@
 
 Training problems use fewer steps and fewer phrasings than validation and test problems, so
 that fine-tuning too long on them specialises the model away from what it is judged on: the
-overfitting peak an honest MFT demo needs (DESIGN.md, "The embedded demo"). The pre-training
+overfitting peak an honest MFT demo needs (docs/design.md, "The embedded demo"). The pre-training
 corpus uses every phrasing and length, so the skill exists before fine-tuning narrows it.
 """
 
@@ -120,7 +120,7 @@ def make_splits(seed: int, train: int, validation: int, test: int) -> Splits:
 def pretraining_document(rng: random.Random) -> str:
     """Plain text that teaches reading numbers off a story and adding them up, in no Q/A format.
 
-    Without documents that copy numbers from the text the model never got past 25% (DESIGN.md).
+    Without documents that copy numbers from the text the model never got past 25% (docs/design.md).
     """
     kind = rng.random()
     if kind < 0.15:  # bare arithmetic facts
