@@ -6,7 +6,10 @@ from safetensors.torch import load_file
 
 from mft_search.core.evaluation.spec import EvalSpec
 from mft_search.train import faults
-from mft_search.train.job import EvalVariant, LocalSession, OutOfMemory, TrialJob, run_job
+from mft_search.train.job import run_job
+from mft_search.train.loop import OutOfMemory
+from mft_search.train.session import LocalSession
+from mft_search.train.spec import EvalVariant, TrialJob
 from mft_search.core.maskfile import load_mask_file
 from mft_search.core.masking import MaskSpec
 from mft_search.train.step import TrainSettings
@@ -96,7 +99,7 @@ def test_fft_on_a_bf16_backbone_keeps_fp32_masters_and_ships_bf16_weights(tmp_pa
     assert torch.equal(masters[name].bfloat16(), shipped[name])
 
 
-@pytest.mark.parametrize("baseline", ["unmasked", "random", "l1", "learned"])
+@pytest.mark.parametrize("baseline", ["none", "random", "l1", "learned"])
 def test_baselines_and_learned_masks_evaluate(tmp_path, tiny_backbone, gsm8k_sft, gsm8k_dir, baseline):
     evaluation = EvalSpec(evaluator="gsm8k", source=str(gsm8k_dir / "test.jsonl"), limit=2, max_new_tokens=4)
     mask_file = None
@@ -105,7 +108,7 @@ def test_baselines_and_learned_masks_evaluate(tmp_path, tiny_backbone, gsm8k_sft
                 LocalSession(tmp_path / "mft"))
         mask_file = str(next((tmp_path / "artifacts" / "t").glob("*.mask.safetensors")))
     session = LocalSession(tmp_path / "eval")
-    variant = EvalVariant(name=baseline, baseline=baseline, mask_file=mask_file)
+    variant = EvalVariant(name=baseline, mask=baseline, mask_file=mask_file)
     run_job(make_job(tmp_path, tiny_backbone, None, kind="evaluate", variants=[variant], evaluation=evaluation),
             session)
     (report,) = session.reports
@@ -117,7 +120,7 @@ def test_one_evaluation_job_scores_several_variants_including_other_weights(
     evaluation = EvalSpec(evaluator="gsm8k", source=str(gsm8k_dir / "test.jsonl"), limit=2, max_new_tokens=4)
     run_job(make_job(tmp_path, tiny_backbone, gsm8k_sft, kind="fft", mask=None,
                      train=SETTINGS.model_copy(update={"epochs": 1})), LocalSession(tmp_path / "fft"))
-    variants = [EvalVariant(name="unmasked"), EvalVariant(name="random", baseline="random"),
+    variants = [EvalVariant(name="unmasked"), EvalVariant(name="random", mask="random"),
                 EvalVariant(name="continued", weights=str(tmp_path / "artifacts" / "t" / "report_001"))]
     session = LocalSession(tmp_path / "eval")
     run_job(make_job(tmp_path, tiny_backbone, None, kind="evaluate", variants=variants, evaluation=evaluation),
@@ -142,7 +145,7 @@ def test_a_trial_whose_mask_keeps_every_weight_ends_at_once_as_a_no_op(tmp_path,
 
 
 def test_the_random_baseline_follows_the_seed_it_is_given(tmp_path, tiny_backbone, gsm8k_sft):
-    variants = [EvalVariant(name=f"random{i}", baseline="random", seed=seed) for i, seed in enumerate((5, 5, 6))]
+    variants = [EvalVariant(name=f"random{i}", mask="random", seed=seed) for i, seed in enumerate((5, 5, 6))]
     session = LocalSession(tmp_path / "eval")
     run_job(make_job(tmp_path, tiny_backbone, gsm8k_sft, kind="evaluate", variants=variants), session)
     (report,) = session.reports

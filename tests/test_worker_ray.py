@@ -3,11 +3,12 @@ mid-trial that resumes from its checkpoint. Slow (a Ray Train run costs ~20 s he
 
 import pytest
 
-from mft_search.train.job import TrialJob
+from mft_search.train.spec import TrialJob
 from mft_search.core.maskfile import load_mask_file
 from mft_search.core.masking import MaskSpec
 from mft_search.train.step import TrainSettings
-from mft_search.train.ray_train import Placement, build_trainer
+from mft_search.train.ray_train import build_trainer
+from mft_search.train.spec import Resources
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
@@ -25,7 +26,7 @@ def local_ray():
 def fit(tmp_path, backbone, data, name, workers, strategy="ddp", **kwargs):
     job = TrialJob(name=name, kind="mft", backbone=backbone, data=data, mask=MaskSpec(blocks=(1, 2)), train=SETTINGS,
                    strategy=strategy, cache_dir=str(tmp_path / "cache"), artifact_dir=str(tmp_path / name))
-    result = build_trainer(job, Placement(num_workers=workers), storage_path=str(tmp_path / "ray"), **kwargs).fit()
+    result = build_trainer(job, Resources(workers_per_trial=workers), storage_path=str(tmp_path / "ray"), **kwargs).fit()
     final_mask = load_mask_file(sorted((tmp_path / name).glob("*.mask.safetensors"))[-1])
     return result, final_mask
 

@@ -110,7 +110,8 @@ class DemoObjective:
         return self.memo[key]
 
     def _train(self, params: dict[str, Any]) -> list[float]:
-        from mft_search.train.job import LocalSession, run_job
+        from mft_search.train.job import run_job
+        from mft_search.train.session import LocalSession
 
         name = f"t{len(self.memo):03d}"
         session = LocalSession(self.workdir / "sessions" / name)

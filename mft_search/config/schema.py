@@ -27,7 +27,7 @@ from mft_search.core.data import DataSpec
 from mft_search.errors import ConfigError, DataError, did_you_mean
 from mft_search.core.evaluation.records import BENCHMARK_DATA, data_identity
 from mft_search.core.evaluation.spec import EvalSpec
-from mft_search.core.distributed import Strategy
+from mft_search.train.spec import Resources
 from mft_search.config.space import (
     Algorithm,
     UNION_TAGS,
@@ -153,16 +153,6 @@ class Stages(BaseModel):
     model_config = _STRICT
     probe: ProbeStage = Field(default_factory=ProbeStage, description="search on part of the data")
     refine: RefineStage = Field(default_factory=RefineStage, description="re-run the best on all of it")
-
-
-class Resources(BaseModel):
-    """What one trial occupies; Ray places each trial's workers as one group."""
-
-    model_config = _STRICT
-    workers_per_trial: int = Field(1, ge=1, description="Ray Train workers (data-parallel ranks) per trial")
-    cpus_per_worker: float = Field(1, gt=0, description="CPUs reserved per worker")
-    gpus_per_worker: float = Field(0, ge=0, description="GPUs per worker; 0 trains on CPU")
-    strategy: Strategy = Field("ddp", description="ddp replicates the backbone; fsdp shards it")
 
 
 class SweepConfig(BaseModel):

@@ -20,7 +20,9 @@ from mft_search.core.backbone import BackboneSpec, load_model, load_tokenizer
 from mft_search.core.data import DataSpec
 from mft_search.core.evaluation import get_evaluator
 from mft_search.core.evaluation.spec import EvalSpec
-from mft_search.train.job import LocalSession, TrialJob, run_job
+from mft_search.train.job import run_job
+from mft_search.train.session import LocalSession
+from mft_search.train.spec import TrialJob
 from mft_search.train.step import TrainSettings
 
 if TYPE_CHECKING:

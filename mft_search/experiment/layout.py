@@ -11,7 +11,7 @@
     <experiment>/cache/                              tokenised data shared by every trial, builds.jsonl
     <experiment>/ray/                                Ray Tune and Train state (what --resume restores)
 
-Inside a trial's artifact directory the job names its own files (train.job.report_artifact).
+Inside a trial's artifact directory the job names its own files (train.spec.report_artifact).
 """
 
 from __future__ import annotations

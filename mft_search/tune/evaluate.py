@@ -15,7 +15,7 @@ import yaml
 
 from mft_search.core import files
 from mft_search.experiment import layout
-from mft_search.train.job import EvalVariant, report_artifact
+from mft_search.train.spec import EvalVariant, report_artifact
 from mft_search.core.maskfile import load_mask_file
 from mft_search.experiment.results import NOT_CANDIDATES, best_reports
 from mft_search.tune.sampling import params_to_trial
@@ -76,7 +76,7 @@ def continued_fft(study: Study, winner: Candidate) -> tuple[str, float]:
 
 def _fit(study: Study, job):
     """One Ray Train run outside Tune (baselines, test), retried as trials are; raises its error."""
-    result = build_trainer(job, study.placement, storage_path=study.run_dir(), max_failures=study.cfg.retries).fit()
+    result = build_trainer(job, study.resources, storage_path=study.run_dir(), max_failures=study.cfg.retries).fit()
     if result.error:
         raise result.error
     return result

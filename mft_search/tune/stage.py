@@ -1,7 +1,7 @@
 """The tune layer: one Optuna study per (backbone, domain), searched by Ray Tune with ASHA.
 
 Each Tune trial runs MFT at its sampled point: a one-worker trial in its own process (a
-TuneSession), a multi-worker one as a TorchTrainer that the trial fits, TuneReportCallback
+RaySession on Tune's report), a multi-worker one as a TorchTrainer that the trial fits, TuneReportCallback
 forwarding rank 0's (already all-reduced) metrics to Tune. The Optuna study lives in a
 JournalStorage file in the experiment directory, so optuna-dashboard and `optuna.importance`
 work on it and it survives a restart of the driver.
@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -29,7 +27,8 @@ from mft_search.train import faults
 from mft_search.core.backbone import BackboneSpec
 from mft_search.config.schema import DomainSpec, SweepConfig
 from mft_search.core.data import DataSpec
-from mft_search.train.job import TrialJob, mask_artifact, run_job
+from mft_search.train.job import run_job
+from mft_search.train.spec import TrialJob, mask_artifact
 from mft_search.core.masking import MaskSpec
 from mft_search.core.distributed import release_memory
 from mft_search.experiment.results import NO_OP, REPORT_FIELDS, ResultsTable, trial_status
@@ -37,7 +36,8 @@ from mft_search.config.space import enqueue_points
 from mft_search.tune.sampling import define_by_run, make_sampler, params_to_trial
 from mft_search.experiment import layout
 from mft_search.experiment.storage import Storage
-from mft_search.train.ray_train import Placement, build_trainer
+from mft_search.train.ray_train import RaySession, build_trainer
+from mft_search.train.spec import Resources
 
 Stage = Literal["probe", "refine"]
 DRIVER_CPU = 0.01
@@ -66,10 +66,8 @@ class Study:
         return layout.study_dir(self.exp_dir, self.slug)
 
     @property
-    def placement(self) -> Placement:
-        r = self.cfg.resources
-        return Placement(num_workers=r.workers_per_trial, cpus_per_worker=r.cpus_per_worker,
-                         gpus_per_worker=r.gpus_per_worker)
+    def resources(self) -> Resources:
+        return self.cfg.resources
 
     def job(self, kind: str, name: str, **fields: Any) -> TrialJob:
         """A TrialJob of this study with the sweep's shared settings filled in."""
@@ -117,8 +115,11 @@ def _trial_driver(config: dict[str, Any], study: Study, stage: Stage, planned_fa
     params = _params(config)
     job = study.mft_job(params, trial_id, stage)
     fault = faults.for_params(planned_faults, params)
-    if study.placement.num_workers == 1:
-        session = TuneSession(study.placement.use_gpu)
+    if study.resources.workers_per_trial == 1:
+        # In this Tune trial process: starting a Ray Train worker group costs more than half a demo
+        # trial on 2 CPUs (bench trial), and one worker needs no group. Ray sets the visible GPU.
+        device = torch.device("cuda", 0) if study.resources.use_gpu else torch.device("cpu")
+        session = RaySession(0, 1, device, api=tune)
         try:
             run_job(job, faults.inject(session, fault))
         finally:
@@ -127,7 +128,7 @@ def _trial_driver(config: dict[str, Any], study: Study, stage: Stage, planned_fa
             _release(session.device)
         return
     forward = _CountingReportCallback()
-    result = build_trainer(job, study.placement, storage_path=study.run_dir(), callbacks=[forward],
+    result = build_trainer(job, study.resources, storage_path=study.run_dir(), callbacks=[forward],
                            max_failures=1, fault=fault).fit()
     if forward.reports == 0 and result.metrics:
         # A driver restarted after its Train run had finished: the run is restored complete and
@@ -150,33 +151,6 @@ def _recorded_end(study: Study, stage: Stage, trial_id: str) -> dict[str, Any] |
     last = max(rows, key=lambda r: r["report"])
     report = {k: v for k, v in last.items() if k in (*REPORT_FIELDS, "report") or k.startswith(("eval_", "time_"))}
     return {**report, "replayed": 1}
-
-
-class TuneSession:
-    """A one-worker trial run in its own Tune trial process, in the shape `run_job` expects.
-
-    Starting a Ray Train worker group costs ~15 s a trial on a 2-CPU machine, more than half of
-    a demo trial (bench trial); one worker needs no group, no process group and no second
-    process. A trial that dies restarts from its last checkpoint through Tune's retries.
-    """
-
-    rank, world_size = 0, 1
-
-    def __init__(self, use_gpu: bool) -> None:
-        self.device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")  # Ray sets the visible GPU
-
-    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
-        checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-        tune.report(metrics, checkpoint=checkpoint)
-        if checkpoint_dir:  # report() has persisted it to the experiment's storage
-            shutil.rmtree(checkpoint_dir, ignore_errors=True)
-
-    def latest_checkpoint(self) -> Path | None:
-        checkpoint = tune.get_checkpoint()
-        return Path(checkpoint.to_directory(tempfile.mkdtemp(prefix="mft_resume_"))) if checkpoint else None
-
-    def new_checkpoint_dir(self) -> Path:
-        return Path(tempfile.mkdtemp(prefix="mft_ckpt_"))
 
 
 class _CountingReportCallback(TuneReportCallback):
@@ -328,13 +302,13 @@ def _describe(params: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
-def _trial_resources(placement: Placement) -> dict[str, float]:
+def _trial_resources(resources: Resources) -> dict[str, float]:
     """What a Tune trial itself holds: its one worker's needs when it trains in-process; else a
     sliver of CPU (Tune refuses an empty request), since its Train workers hold the real resources
     and drivers must not use up the CPUs."""
-    if placement.num_workers > 1:
+    if resources.workers_per_trial > 1:
         return {"CPU": DRIVER_CPU}
-    return {"CPU": placement.cpus_per_worker, **({"GPU": placement.gpus_per_worker} if placement.use_gpu else {})}
+    return {"CPU": resources.cpus_per_worker, **({"GPU": resources.gpus_per_worker} if resources.use_gpu else {})}
 
 
 def run_stage(study: Study, stage: Stage, results_path: Path, *, resume: bool, points: list[dict] | None = None,
@@ -343,7 +317,7 @@ def run_stage(study: Study, stage: Stage, results_path: Path, *, resume: bool, p
     is written to `results_path` as it ends."""
     # MFT_SEARCH_FAULTS is read here, in the driver, so that it reaches trials on any cluster
     driver = tune.with_parameters(_trial_driver, study=study, stage=stage, planned_faults=faults.from_environment())
-    trainable = tune.with_resources(driver, _trial_resources(study.placement))
+    trainable = tune.with_resources(driver, _trial_resources(study.resources))
     name = f"{study.slug}-{stage}"
     path = Path(study.run_dir()) / name
     study.prepare_data(stage)

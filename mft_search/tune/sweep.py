@@ -10,7 +10,7 @@ from typing import Any
 
 from mft_search.core import files
 from mft_search.config.schema import SweepConfig
-from mft_search.train.job import EvalVariant
+from mft_search.train.spec import EvalVariant
 from mft_search.tune.evaluate import best_candidates, continued_fft, export_best, run_evaluation, verdict, write_summary
 from mft_search.experiment import layout
 from mft_search.experiment.results import ResultsTable
@@ -108,7 +108,7 @@ def _evaluate(study: Study, table: ResultsTable, log) -> None:
     winner = winners[0]
     study.prepare_data("refine")  # the baselines train and score on all the data: tokenised here, once
     baselines = study.cfg.baselines
-    masks = [EvalVariant(name=b, baseline=b, mask_file=winner.mask_path, seed=study.cfg.seed)
+    masks = [EvalVariant(name=b, mask=b, mask_file=winner.mask_path, seed=study.cfg.seed)
              for b in ("random", "l1") if b in baselines]
     validation = {"best_mft": winner.metric}
     log(f"[{study.name}] validation: unmasked backbone and {', '.join(v.name for v in masks) or 'no'} baselines")
@@ -125,7 +125,7 @@ def _evaluate(study: Study, table: ResultsTable, log) -> None:
     test: dict[str, float] = {}
     if study.domain.test is not None:
         log(f"[{study.name}] test: the selected mask and every baseline")
-        learned = EvalVariant(name="best_mft", baseline="learned", mask_file=winner.mask_path)
+        learned = EvalVariant(name="best_mft", mask="learned", mask_file=winner.mask_path)
         test = run_evaluation(study, [EvalVariant(name="unmasked"), *masks, *extra, learned], study.domain.test, "test")
     rows = [{"name": n, "validation": validation.get(n), "test": test.get(n)} for n in validation]
     for row in rows:

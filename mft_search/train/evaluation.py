@@ -1,0 +1,82 @@
+"""Scoring a model on one rank: validation loss and the domain metric, and evaluate jobs'
+variants (the backbone as is, a baseline mask, a learned mask, other weights)."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+
+from mft_search.core.backbone import load_model
+from mft_search.core.baselines import baseline_masks, kept_counts_for_ratio
+from mft_search.core.distributed import unwrap
+from mft_search.core.evaluation import get_evaluator
+from mft_search.core.evaluation.base import rank_and_world
+from mft_search.core.evaluation.loss import evaluate_loss
+from mft_search.core.maskfile import load_mask_file, verify_for_model
+from mft_search.core.masking import multiply_masks_in, spec_module_names
+from mft_search.train.spec import EvalVariant, TrialJob
+
+
+def evaluate_variants(job: TrialJob, tokenizer, device: torch.device) -> dict[str, float]:
+    """Every variant's metrics, prefixed by its name; one model in memory at a time."""
+    metrics: dict[str, float] = {}
+    val_batches = None
+    if job.data is not None:  # validation loss too: the metric of a domain without a benchmark
+        from mft_search.core.data import tokenized_dataset
+        from mft_search.train.batches import rank_batches
+
+        rank, world = rank_and_world()
+        dataset = tokenized_dataset(job.data, tokenizer, Path(job.cache_dir), "validation")
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        val_batches = rank_batches(dataset, rank, world, job.train.micro_batch_size, pad)
+    for variant in job.variants:
+        spec = job.backbone.model_copy(update={"source": variant.weights}) if variant.weights else job.backbone
+        model = load_model(spec, job.backbone.torch_dtype(device.type == "cuda"))
+        _apply_variant_mask(job, variant, model)
+        scores = evaluate_model(job, model.to(device), tokenizer, val_batches)
+        metrics.update({f"{variant.name}/{k}": v for k, v in scores.items()})
+        del model
+    return metrics
+
+
+def _apply_variant_mask(job: TrialJob, variant: EvalVariant, model) -> None:
+    if variant.mask == "none":
+        return
+    if variant.mask_file:
+        mask_file = load_mask_file(variant.mask_file)
+        verify_for_model(mask_file, model)
+    if variant.mask == "learned":
+        multiply_masks_in(model, mask_file.masks)
+        return
+    if variant.mask_file:  # the learned mask's modules and per-module counts (global masks too)
+        kept = mask_file.kept
+    else:
+        names = spec_module_names(model, job.mask)
+        kept = kept_counts_for_ratio({n: model.get_submodule(n).weight.shape for n in names}, job.mask.ratio)
+    multiply_masks_in(model, baseline_masks(model, variant.mask, kept, variant.seed))
+
+
+def evaluate_model(job: TrialJob, model, tokenizer, val_batches) -> dict[str, float]:
+    """Validation loss (when batches are given) and the domain metric; `metric` is higher-better."""
+    metrics: dict[str, float] = {}
+    if val_batches is not None:
+        loss = evaluate_loss(model, val_batches)
+        metrics.update(val_loss=loss["loss"], val_perplexity=loss["perplexity"])
+    if job.evaluation is not None:
+        evaluator = get_evaluator(job.evaluation.evaluator)
+        spec = job.evaluation
+        problems = _problems(spec.evaluator, spec.source, spec.limit, spec.split)
+        scores = evaluator.evaluate(unwrap(model), tokenizer, problems, job.evaluation.generation())
+        metrics.update({f"eval_{k}": float(v) for k, v in scores.items()})
+        metrics["metric"] = float(scores[evaluator.metric])
+    elif "val_loss" in metrics:
+        metrics["metric"] = -metrics["val_loss"]
+    return metrics
+
+
+@functools.lru_cache(maxsize=4)
+def _problems(evaluator: str, source: str | None, limit: int | None, split: str | None) -> list:
+    """A benchmark's problems, read once per process rather than at every evaluation point."""
+    return get_evaluator(evaluator).load(source, limit, split)

@@ -1,0 +1,80 @@
+"""What one trial runs: a `TrialJob`, built by the sweep, read by every rank.
+
+A job is MFT (learn a mask), FFT (train the weights: builds the demo backbone and the paper's
+continued-FFT control) or evaluate (models given as `EvalVariant`s: the backbone as is, with a
+random, L1 or learned mask, or other weights). Also here: where a job writes the artefact of
+each evaluation point inside its artifact directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mft_search.core.backbone import BackboneSpec
+from mft_search.core.data import DataSpec
+from mft_search.core.distributed import Strategy
+from mft_search.core.evaluation.spec import EvalSpec
+from mft_search.core.masking import MaskSpec
+from mft_search.train.step import TrainSettings
+
+Kind = Literal["mft", "fft", "evaluate"]
+# The mask an evaluated model carries: none, a baseline's (random, l1) or a learned one.
+MaskSource = Literal["none", "random", "l1", "learned"]
+
+
+class Resources(BaseModel):
+    """What one trial occupies (the sweep's `resources:`); Ray places each trial's workers as one group."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workers_per_trial: int = Field(1, ge=1, description="Ray Train workers (data-parallel ranks) per trial")
+    cpus_per_worker: float = Field(1, gt=0, description="CPUs reserved per worker")
+    gpus_per_worker: float = Field(0, ge=0, description="GPUs per worker; 0 trains on CPU")
+    strategy: Strategy = Field("ddp", description="ddp replicates the backbone; fsdp shards it")
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.gpus_per_worker > 0
+
+
+class EvalVariant(BaseModel):
+    """One model to evaluate: the backbone as is, with a baseline or learned mask, or other weights."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str  # the metrics' prefix: "<name>/metric"
+    mask: MaskSource = "none"
+    mask_file: str | None = None  # learned: the mask; random/l1: match its modules and counts
+    weights: str | None = None  # another checkpoint of the same architecture (continued FFT)
+    seed: int = 0  # random: the positions' seed (the sweep's seed)
+
+
+class TrialJob(BaseModel):
+    """Everything one trial needs; built by the sweep from the config and the sampled point."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    kind: Kind
+    backbone: BackboneSpec
+    data: DataSpec | None = None  # SFT data (mft/fft); its validation carve-out gives val_loss
+    evaluation: EvalSpec | None = None  # the domain metric; None makes -val_loss the metric
+    mask: MaskSpec | None = None  # mft; for random/l1 without a mask file, the modules and ratio
+    variants: list[EvalVariant] = []  # evaluate: the models to score, one after another
+    train: TrainSettings = TrainSettings()
+    strategy: Strategy = "ddp"
+    cache_dir: str  # tokenised data, shared by all trials of a sweep
+    artifact_dir: str  # masks (mft) or weights (fft) at every evaluation point
+
+
+def report_artifact(artifact_dir: Path, report: int) -> Path:
+    """Where a job writes its FFT checkpoint of evaluation point `report` (a directory)."""
+    return artifact_dir / f"report_{report:03d}"
+
+
+def mask_artifact(artifact_dir: Path, report: int) -> Path:
+    """Where a job writes its mask file of evaluation point `report`."""
+    return report_artifact(artifact_dir, report).with_suffix(".mask.safetensors")
