@@ -6,7 +6,8 @@ selection on validation, then the selected mask and every baseline on the test b
 
 Inside `ray job submit`, or with RAY_ADDRESS set, it joins that cluster; otherwise it starts a
 local Ray sized to this machine and shuts it down at the end. With no --config it runs the
-embedded demo (search_spaces/demo.yaml), building its tiny backbone first if needed.
+embedded demo (mft_search/demo/demo.yaml, package data: the same bytes as search_spaces/demo.yaml),
+building its tiny backbone first if needed; a dry run of it builds nothing.
 
 Exit status: 0 done; 2 bad input (one line naming the field and the fix; nothing written, no Ray
 left); 3 storage filled or vanished mid-run (one line; results so far intact: fix the storage,
@@ -21,6 +22,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from importlib.resources import as_file, files
 from pathlib import Path
 
 from mft_search import cli
@@ -28,28 +30,36 @@ from mft_search.config.schema import SweepConfig, check_against_models, check_da
 from mft_search.errors import ConfigError
 from mft_search.experiment import layout
 
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "search_spaces" / "demo.yaml"
+# Package data, so that an installed wheel (which has no search_spaces/) still finds it.
+# search_spaces/demo.yaml is the copy users read and copy: tests/test_install.py keeps the two byte-identical.
+DEMO_CONFIG = files("mft_search.demo") / "demo.yaml"
 NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "lustre", "gpfs", "ceph", "glusterfs", "beegfs", "fuse")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     started = time.perf_counter()
-    if args.config is None and not args.dry_run:
+    demo = args.config is None
+    if demo and not args.dry_run:
         from mft_search.demo import build_demo
 
         build_demo()
-    cfg = load_config_file(args.config or DEMO_CONFIG)
+    cfg = load_demo_config() if demo else load_config_file(args.config)
     if args.storage:
         cfg = cfg.model_copy(update={"storage": args.storage})
-    model_configs = check_against_models(cfg) if args.config or _demo_built() else {}
-    check_data(cfg)
+    # An unbuilt demo (only a dry run gets here) has neither the backbone nor the data files yet: the
+    # build writes both, so there is nothing to check them against.
+    demo_pending = demo and not _demo_built()
+    model_configs = {} if demo_pending else check_against_models(cfg)
+    if not demo_pending:
+        check_data(cfg)
     exp_dir = Path(resolve_storage(cfg)) / cfg.name
     _check_experiment_dir(exp_dir, args.resume, args.dry_run)
     print(describe_plan(cfg, model_configs), flush=True)
     if args.dry_run:
-        if not model_configs:
-            print("note: the demo backbone is not built yet; a real run builds it first")
+        if demo_pending:
+            print("note: the demo backbone and its data are not built yet, so neither was checked; "
+                  "a real run builds them first")
         return 0
     with ray_session() as cluster:
         check_cluster(cfg, cluster, exp_dir)
@@ -69,6 +79,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="validate everything and print the plan; run nothing")
     parser.add_argument("--storage", help="override the config's storage (local dir; every node must reach it)")
     return parser
+
+
+def load_demo_config() -> SweepConfig:
+    """The embedded demo's config, read from the installed package (a real file even from a zip)."""
+    with as_file(DEMO_CONFIG) as path:
+        return load_config_file(path)
 
 
 def _demo_built() -> bool:
