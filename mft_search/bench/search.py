@@ -98,7 +98,7 @@ class DemoObjective:
     """Trains demo MFT trials in-process, memoised by their parameters."""
 
     def __init__(self, cfg, workdir: Path) -> None:
-        from mft_search.tune.stage import Study
+        from mft_search.tune.study import Study
 
         self.study = Study(cfg, cfg.backbones[0], cfg.domains[0], workdir)
         self.workdir, self.memo, self.trained_s = workdir, {}, 0.0

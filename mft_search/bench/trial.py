@@ -26,7 +26,8 @@ from safetensors import safe_open
 
 from mft_search.config.schema import parse_config
 from mft_search.sweep import DEMO_CONFIG, ray_session
-from mft_search.tune.stage import Study, run_stage
+from mft_search.tune.stage import run_stage
+from mft_search.tune.study import Study
 from mft_search.core.data.cache import BUILD_LOG
 from mft_search.experiment import layout
 from mft_search.experiment.storage import Storage

@@ -234,10 +234,10 @@ def set_fixed_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
 
 def kept_fraction(model: nn.Module) -> float:
     """Fraction of the masked modules' weights that the current masks keep."""
-    return fraction_kept(current_masks(model))
+    return masks_kept_fraction(current_masks(model))
 
 
-def fraction_kept(masks: dict[str, torch.Tensor]) -> float:
+def masks_kept_fraction(masks: dict[str, torch.Tensor]) -> float:
     """Fraction of all the masks' positions that are kept (1.0 for no masks)."""
     total = sum(m.numel() for m in masks.values())
     return sum(int(m.sum()) for m in masks.values()) / total if total else 1.0

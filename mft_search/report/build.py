@@ -9,7 +9,7 @@ from mft_search.core import files
 from mft_search.errors import ConfigError
 from mft_search.experiment import layout
 from mft_search.report import plots
-from mft_search.report.experiment import Study, load_experiment
+from mft_search.report.experiment import StudyRecord, load_experiment
 from mft_search.report.importance import param_importances
 from mft_search.report.leaderboard import StudyReport, render
 
@@ -40,7 +40,7 @@ def write_report(exp_dir: Path) -> ReportFiles:
     return ReportFiles(leaderboard, tuple(exp_dir / p for r in reports for p in r.figures.values()))
 
 
-def _study_report(exp_dir: Path, study: Study) -> StudyReport:
+def _study_report(exp_dir: Path, study: StudyRecord) -> StudyReport:
     """Draw and write the study's figures; a figure with nothing to show yet becomes a note."""
     importances = param_importances(study.journal, study.name)
     percent = study.metric_is_fraction()

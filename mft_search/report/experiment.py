@@ -52,7 +52,7 @@ class Summary:
 
 
 @dataclass(frozen=True)
-class Study:
+class StudyRecord:
     """One backbone x domain: its result rows, one row per trial, and its summary if finished."""
 
     backbone: str
@@ -86,7 +86,7 @@ class Study:
 @dataclass(frozen=True)
 class Experiment:
     path: Path
-    studies: tuple[Study, ...]
+    studies: tuple[StudyRecord, ...]
 
 
 def load_experiment(exp_dir: Path) -> Experiment:
@@ -101,7 +101,7 @@ def load_experiment(exp_dir: Path) -> Experiment:
     for backbone, domain in sorted(keys):
         mine = rows[rows["study"] == f"{backbone}/{domain}"].reset_index(drop=True)
         directory = exp_dir / STUDIES / f"{backbone}__{domain}"
-        studies.append(Study(backbone, domain, directory, mine, per_trial(mine), summaries.get((backbone, domain))))
+        studies.append(StudyRecord(backbone, domain, directory, mine, per_trial(mine), summaries.get((backbone, domain))))
     return Experiment(exp_dir, tuple(studies))
 
 

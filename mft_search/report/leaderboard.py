@@ -11,7 +11,7 @@ import pandas as pd
 
 from mft_search.core.topk import CUT_SETTING
 from mft_search.experiment.results import NOT_CANDIDATES
-from mft_search.report.experiment import Experiment, Study, Summary, SummaryRow
+from mft_search.report.experiment import Experiment, StudyRecord, Summary, SummaryRow
 from mft_search.report.importance import Importances
 
 ROW_LABELS = {"unmasked": "Unmasked backbone", "random": "Random mask", "l1": "L1 mask",
@@ -27,7 +27,7 @@ TOP = 5
 class StudyReport:
     """What the leaderboard says about one study besides its files: importances and figures."""
 
-    study: Study
+    study: StudyRecord
     importances: Importances
     figures: dict[str, Path] = field(default_factory=dict)  # title -> path relative to the experiment
     notes: tuple[str, ...] = ()  # why a figure is missing
@@ -110,8 +110,8 @@ def _figures(report: StudyReport) -> list[str]:
     return lines
 
 
-def _trials_section(studies: list[Study]) -> list[str]:
-    lines = ["## Trials", "", f"| Study | {' | '.join(STATUSES)} | other | total |",
+def _trials_section(studies: list[StudyRecord]) -> list[str]:
+    lines = ["## Trials", "", f"| StudyRecord | {' | '.join(STATUSES)} | other | total |",
              "|---|" + "---:|" * (len(STATUSES) + 2)]
     for study in studies:
         counts = study.trials["status"].value_counts()
@@ -125,7 +125,7 @@ def _trials_section(studies: list[Study]) -> list[str]:
     return lines
 
 
-def _failed_trials(study: Study) -> list[str]:
+def _failed_trials(study: StudyRecord) -> list[str]:
     """Each failed or no-op trial with its reason: a NaN loss, an OOM or a mask that kept every
     weight says what to change."""
     failed = study.trials[study.trials["status"].isin(NOT_CANDIDATES)].drop_duplicates("trial_id", keep="last")
@@ -147,7 +147,7 @@ def _cut(t: pd.Series) -> Any:
     return t.get(f"param.{CUT_SETTING[mode]}") if mode in CUT_SETTING else None
 
 
-def _top_trials(study: Study) -> list[str]:
+def _top_trials(study: StudyRecord) -> list[str]:
     # Ranked as the sweep selects: failed and no-op trials never qualify; ties go to the earlier trial.
     trials = study.trials[~study.trials["status"].isin(NOT_CANDIDATES)].dropna(subset=["metric"])
     scored = trials.sort_values("metric", ascending=False, kind="stable")

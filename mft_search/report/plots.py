@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from mft_search.experiment.results import NOT_CANDIDATES
-from mft_search.report.experiment import Study
+from mft_search.report.experiment import StudyRecord
 
 MAX_RATIO_COLUMNS = 8  # beyond this many distinct ratios (a continuous range), bin them
 STATUS_STYLES = {"completed": ("o", "tab:blue"), "pruned": ("v", "tab:orange"), "running": ("s", "tab:gray"),
@@ -28,7 +28,7 @@ def png_bytes(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def ratio_heatmap(study: Study, percent: bool) -> Figure | None:
+def ratio_heatmap(study: StudyRecord, percent: bool) -> Figure | None:
     """Best metric by layer group (rows, shallow to deep) x mask ratio: the paper's Fig. 3."""
     grid = _ratio_grid(study.trials)
     if grid is None:
@@ -51,7 +51,7 @@ def ratio_heatmap(study: Study, percent: bool) -> Figure | None:
     return figure
 
 
-def history(study: Study, percent: bool, reference: float | None) -> Figure | None:
+def history(study: StudyRecord, percent: bool, reference: float | None) -> Figure | None:
     """Each trial's best metric in results.parquet's order (stage, then trial id: creation order
     for Ray Tune's ids), the running best of the trials selection may pick, pruned/failed marked."""
     trials = study.trials
@@ -81,7 +81,7 @@ def history(study: Study, percent: bool, reference: float | None) -> Figure | No
     return figure
 
 
-def importance_bars(study: Study, importances: dict[str, float]) -> Figure | None:
+def importance_bars(study: StudyRecord, importances: dict[str, float]) -> Figure | None:
     if not importances:
         return None
     names = list(importances)[::-1]  # largest on top

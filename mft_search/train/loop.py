@@ -11,7 +11,7 @@ import torch
 
 from mft_search.core.distributed import is_sharded, unwrap, wrap_model
 from mft_search.core.maskfile import save_mask_file
-from mft_search.core.masking import MaskSpec, fraction_kept
+from mft_search.core.masking import MaskSpec, masks_kept_fraction
 from mft_search.core.topk import select_mask
 from mft_search.train.batches import TrainingData
 from mft_search.train.checkpoint import gather_trainable, load_progress, load_trainable, save_state
@@ -92,7 +92,7 @@ class TrainingLoop:
         trainable = gather_trainable(self.model, self.job.kind)
         masks = masks_from_scores(trainable, self.job.mask) if self.job.kind == "mft" else {}
         if masks:
-            metrics["kept_fraction"] = fraction_kept(masks)
+            metrics["kept_fraction"] = masks_kept_fraction(masks)
             # A mask that keeps every weight is the unmasked model: the trial ends here, a no-op.
             self.progress["no_op"] = int(metrics["kept_fraction"] >= 1.0)
             metrics["no_op"] = self.progress["no_op"]

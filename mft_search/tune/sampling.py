@@ -127,7 +127,7 @@ def _grid(seed: int, space: SearchSpace) -> optuna.samplers.BaseSampler:
 
 # A new Optuna algorithm is an entry here plus its name in config.space.ALGORITHMS (the config
 # layer validates names without importing Optuna; tests/test_space.py checks the two agree).
-# A Tune-native searcher (ray.tune.search.*) would replace the searcher in tune.stage.make_searcher.
+# A Tune-native searcher (ray.tune.search.*) would replace the searcher in tune.searcher.make_searcher.
 SAMPLERS: dict[str, Callable[[int, SearchSpace], optuna.samplers.BaseSampler]] = {
     "tpe": _tpe,
     "gp": _gp,

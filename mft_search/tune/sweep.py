@@ -15,7 +15,8 @@ from mft_search.tune.evaluate import best_candidates, continued_fft, export_best
 from mft_search.experiment import layout
 from mft_search.experiment.results import ResultsTable
 from mft_search.experiment.storage import Storage
-from mft_search.tune.stage import Study, run_stage
+from mft_search.tune.stage import run_stage
+from mft_search.tune.study import Study
 
 
 class SweepState:

@@ -1,0 +1,69 @@
+"""What proposes and stops a study's trials: Optuna through Ray's OptunaSearch, and ASHA.
+
+A Tune-native searcher (ray.tune.search.*) would be built in `make_searcher` instead.
+"""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from mft_search.config.space import enqueue_points
+from mft_search.experiment.results import trial_status
+from mft_search.tune.sampling import define_by_run, make_sampler
+from mft_search.tune.study import Study, journal_storage
+
+
+class PrunedAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that records ASHA-stopped trials as PRUNED and failed ones as FAIL.
+
+    Ray's own marks a trial COMPLETE whenever it has a last value, early stop or error alike,
+    which feeds TPE and the importance figures with half-trained scores as if they were final.
+    """
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # finished in the journal before a driver restart; Tune replays its end
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        status = trial_status(result, error)
+        if status == "completed" or trial_id in self._completed_trials:
+            return super().on_trial_complete(trial_id, result, error)
+        state = TrialState.FAIL if status == "failed" else TrialState.PRUNED
+        try:
+            self._ot_study.tell(self._ot_trials[trial_id], state=state)
+        except ValueError:  # told before a driver restart: the journal already has its outcome
+            pass
+        self._completed_trials.add(trial_id)
+
+
+def make_searcher(study: Study) -> PrunedAwareOptunaSearch:
+    search = study.cfg.search
+    return PrunedAwareOptunaSearch(
+        space=define_by_run(search.space), metric="metric", mode="max",
+        points_to_evaluate=enqueue_points(search.space, search.enqueue) or None,
+        sampler=make_sampler(search.algorithm, search.seed, search.space),
+        study_name=study.name, storage=journal_storage(study))
+
+
+def make_scheduler(study: Study):
+    asha = study.cfg.search.asha
+    if asha is None:
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr="training_iteration", metric="metric", mode="max", max_t=_max_reports(study),
+                         grace_period=asha.grace_period, reduction_factor=asha.reduction_factor)
+
+
+def _max_reports(study: Study) -> int:
+    # Reports come once per epoch unless eval_every_steps is set; then the count depends on the
+    # data size, and a generous bound only means ASHA's last rung is never reached.
+    train = study.cfg.train
+    epochs = study.cfg.search.space.epochs
+    most = max(epochs) if isinstance(epochs, list) else getattr(epochs, "high", epochs) or train.epochs
+    return max(1, math.ceil(most)) if train.eval_every_steps is None else 10_000

@@ -1,0 +1,86 @@
+"""A study: one (backbone, domain) pair of a sweep, the jobs its trials run, and its Optuna storage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import optuna
+
+from mft_search.config.schema import DomainSpec, SweepConfig
+from mft_search.core.backbone import BackboneSpec
+from mft_search.core.data import DataSpec
+from mft_search.core.masking import MaskSpec
+from mft_search.experiment import layout
+from mft_search.experiment.storage import Storage
+from mft_search.train.spec import Resources, TrialJob
+from mft_search.tune.sampling import params_to_trial
+
+Stage = Literal["probe", "refine"]
+
+
+@dataclass(frozen=True)
+class Study:
+    """One (backbone, domain) pair of a sweep and where its files go."""
+
+    cfg: SweepConfig
+    backbone: BackboneSpec
+    domain: DomainSpec
+    exp_dir: Path
+    storage: Storage | None = None  # checked by the Recorder before it writes results
+
+    @property
+    def name(self) -> str:
+        return f"{self.backbone.label}/{self.domain.name}"
+
+    @property
+    def slug(self) -> str:
+        return layout.study_slug(self.backbone.label, self.domain.name)
+
+    @property
+    def dir(self) -> Path:
+        return layout.study_dir(self.exp_dir, self.slug)
+
+    @property
+    def resources(self) -> Resources:
+        return self.cfg.resources
+
+    def job(self, kind: str, name: str, **fields: Any) -> TrialJob:
+        """A TrialJob of this study with the sweep's shared settings filled in."""
+        defaults = dict(backbone=self.backbone, evaluation=self.domain.validation, train=self.cfg.train,
+                        strategy=self.cfg.resources.strategy, cache_dir=str(self.exp_dir / layout.CACHE),
+                        artifact_dir=str(self.dir / layout.ARTIFACTS / name))
+        return TrialJob(name=name, kind=kind, **{**defaults, **fields})
+
+    def train_data(self, stage: Stage) -> DataSpec:
+        """What a trial of `stage` trains on: the probe a fraction, refine all of it."""
+        data = self.domain.train
+        if stage == "probe":
+            data = data.model_copy(update={"fraction": data.fraction * self.cfg.stages.probe.data_fraction})
+        return data
+
+    def mft_job(self, params: dict[str, Any], trial_id: str, stage: Stage) -> TrialJob:
+        mask_kwargs, train = params_to_trial(params, self.cfg)
+        return self.job("mft", layout.trial_name(self.slug, stage, trial_id), data=self.train_data(stage),
+                        mask=MaskSpec(**mask_kwargs), train=train)
+
+    def prepare_data(self, stage: Stage) -> None:
+        """Tokenise the stage's data here, in the driver, before any trial starts: trials only
+        read the cache, instead of the first few each tokenising the same data at once."""
+        from mft_search.core.backbone import load_tokenizer
+        from mft_search.core.data.cache import ensure_tokenized, parts
+
+        spec, tokenizer = self.train_data(stage), load_tokenizer(self.backbone)
+        for part in parts(spec):
+            ensure_tokenized(spec, tokenizer, self.exp_dir / layout.CACHE, part)
+
+    def run_dir(self) -> str:
+        return str(self.exp_dir / layout.RAY)
+
+
+def journal_storage(study: Study) -> optuna.storages.JournalStorage:
+    from optuna.storages.journal import JournalFileBackend
+
+    study.dir.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.JournalStorage(JournalFileBackend(str(study.dir / layout.JOURNAL)))
