@@ -51,9 +51,14 @@ def best_dir(exp_dir: Path, backbone: str, domain: str) -> Path:
     return Path(exp_dir) / BEST / backbone / domain
 
 
+def run_name(slug: str, what: str) -> str:
+    """The name of a study's job, its Train run and its artifact directory: `what` is a trial
+    (trial_name) or a study-level run (continued_fft, an evaluation)."""
+    return f"{slug}-{what}"
+
+
 def trial_name(slug: str, stage: str, trial_id: str) -> str:
-    """The name of an MFT trial's job, its Train run and its artifact directory."""
-    return f"{slug}-{stage}-{trial_id}"
+    return run_name(slug, f"{stage}-{trial_id}")
 
 
 def is_experiment(exp_dir: Path) -> bool:

@@ -59,7 +59,7 @@ def _plain(value: Any) -> Any:
 def run_evaluation(study: Study, variants: list[EvalVariant], benchmark, name: str) -> dict[str, float]:
     """One Ray Train run that scores every variant on `benchmark` (None: validation loss); {variant: metric}."""
     data = study.domain.train if benchmark is None else None
-    job = study.job("evaluate", f"{study.slug}-{name}", variants=variants, evaluation=benchmark, data=data)
+    job = study.job("evaluate", layout.run_name(study.slug, name), variants=variants, evaluation=benchmark, data=data)
     result = _fit(study, job)
     return {v.name: float(result.metrics.get(f"{v.name}/metric", math.nan)) for v in variants}
 
@@ -68,7 +68,7 @@ def continued_fft(study: Study, winner: Candidate) -> tuple[str, float]:
     """FFT continued from the backbone at the winner's own (low) learning rate and epochs: the
     control that tells MFT's effect from more training. Returns (best checkpoint, its metric)."""
     _, train = params_to_trial(winner.params, study.cfg)
-    job = study.job("fft", f"{study.slug}-continued_fft", data=study.domain.train, train=train)
+    job = study.job("fft", layout.run_name(study.slug, "continued_fft"), data=study.domain.train, train=train)
     history = _fit(study, job).metrics_dataframe
     best = history.sort_values(["metric", "report"], ascending=[False, True]).iloc[0]
     return str(report_artifact(Path(job.artifact_dir), int(best["report"]))), float(best["metric"])
