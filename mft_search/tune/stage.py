@@ -109,7 +109,7 @@ def run_stage(study: Study, stage: Stage, results_path: Path, *, resume: bool, p
     # MFT_SEARCH_FAULTS is read here, in the driver, so that it reaches trials on any cluster
     driver = tune.with_parameters(_trial_driver, study=study, stage=stage, planned_faults=faults.from_environment())
     trainable = tune.with_resources(driver, _trial_resources(study.resources))
-    name = f"{study.slug}-{stage}"
+    name = layout.run_name(study.slug, stage)
     path = Path(study.run_dir()) / name
     study.prepare_data(stage)
     if resume and tune.Tuner.can_restore(str(path)):
@@ -122,7 +122,7 @@ def run_stage(study: Study, stage: Stage, results_path: Path, *, resume: bool, p
     search = study.cfg.search
     if stage == "probe":
         # reuse_actors: a new trial actor starts a Python with torch, transformers and Ray imported,
-        # 4.3 s of a 13 s demo trial (bench trial); a finished trial's actor takes the next one.
+        # a large share of a short trial (bench trial measures it); a finished trial's actor takes the next one.
         tune_config = tune.TuneConfig(search_alg=make_searcher(study), scheduler=make_scheduler(study),
                                       num_samples=search.trials, max_concurrent_trials=search.max_concurrent_trials,
                                       reuse_actors=True)
