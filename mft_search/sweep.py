@@ -26,7 +26,14 @@ from importlib.resources import as_file, files
 from pathlib import Path
 
 from mft_search import cli
-from mft_search.config.schema import SweepConfig, check_against_models, check_data, describe_plan, load_config_file, resolve_storage
+from mft_search.config.schema import (
+    SweepConfig,
+    check_against_models,
+    check_data,
+    describe_plan,
+    load_config_file,
+    resolve_storage,
+)
 from mft_search.errors import ConfigError
 from mft_search.experiment import layout
 

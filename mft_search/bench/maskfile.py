@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mft_search.bench.core import BENCH_MODEL
 from mft_search.core import mask_codec
 from mft_search.core.maskfile import load_mask_file, save_mask_file
 from mft_search.core.topk import local_mask
-from mft_search.bench.core import BENCH_MODEL
 
 RATIOS = (0.02, 0.05, 0.1, 0.2, 0.4)
 BIG_MODULE = (11008, 4096)  # a LLaMA-7B MLP projection

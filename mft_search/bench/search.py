@@ -124,8 +124,8 @@ class DemoObjective:
 def run(quick: bool = False) -> None:
     from mft_search.config.schema import parse_config
     from mft_search.config.space import encode_blocks, layer_groups
-    from mft_search.tune.sampling import define_by_run, make_sampler
     from mft_search.sweep import DEMO_CONFIG
+    from mft_search.tune.sampling import define_by_run, make_sampler
 
     raw = yaml.safe_load(DEMO_CONFIG.read_text())
     if quick:  # a smoke run: a tenth of the validation problems, one seed

@@ -25,12 +25,12 @@ from ray import tune
 from safetensors import safe_open
 
 from mft_search.config.schema import parse_config
-from mft_search.sweep import DEMO_CONFIG, ray_session
-from mft_search.tune.stage import run_stage
-from mft_search.tune.study import Study
 from mft_search.core.data.cache import BUILD_LOG
 from mft_search.experiment import layout
 from mft_search.experiment.storage import Storage
+from mft_search.sweep import DEMO_CONFIG, ray_session
+from mft_search.tune.stage import run_stage
+from mft_search.tune.study import Study
 
 TARGET = 0.25  # fixed cost at most this share of a demo trial's wall time
 TRIALS = (1, 3)  # two stages: what the second costs beyond the first is per trial

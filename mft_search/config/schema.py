@@ -21,16 +21,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from transformers import PretrainedConfig
 
-from mft_search.core.architectures import layout_for, model_depth, resolve_kinds
-from mft_search.core.backbone import BackboneSpec, load_config, load_tokenizer
-from mft_search.core.data import DataSpec
-from mft_search.errors import ConfigError, DataError, did_you_mean
-from mft_search.core.evaluation.records import BENCHMARK_DATA, data_identity
-from mft_search.core.evaluation.spec import EvalSpec
-from mft_search.train.spec import Resources
 from mft_search.config.space import (
-    Algorithm,
     UNION_TAGS,
+    Algorithm,
     FieldIssue,
     LayerRange,
     SearchSpace,
@@ -40,6 +33,13 @@ from mft_search.config.space import (
     grid_size,
     layer_groups,
 )
+from mft_search.core.architectures import layout_for, model_depth, resolve_kinds
+from mft_search.core.backbone import BackboneSpec, load_config, load_tokenizer
+from mft_search.core.data import DataSpec
+from mft_search.core.evaluation.records import BENCHMARK_DATA, data_identity
+from mft_search.core.evaluation.spec import EvalSpec
+from mft_search.errors import ConfigError, DataError, did_you_mean
+from mft_search.train.spec import Resources
 from mft_search.train.step import TrainSettings
 
 Baseline = Literal["unmasked", "random", "l1", "continued_fft"]

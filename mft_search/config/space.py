@@ -18,12 +18,22 @@ import typing
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, create_model, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from mft_search.core.architectures import KINDS
-from mft_search.errors import ConfigError, did_you_mean
 from mft_search.core.masking import Init, Mode
 from mft_search.core.topk import CUT_SETTING
+from mft_search.errors import ConfigError, did_you_mean
 from mft_search.train.step import TrainSettings
 
 # The search algorithms' names; tune.sampling.SAMPLERS builds each (Optuna stays out of this layer).

@@ -9,7 +9,6 @@ pass the MFT mask's own per-module kept counts so the comparison is at equal spa
 
 from __future__ import annotations
 
-
 import torch
 
 from mft_search.core.seeds import module_seed

@@ -26,9 +26,9 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from mft_search.core.architectures import check_blocks, layout_for, model_depth, module_names, resolve_kinds
-from mft_search.errors import ConfigError
 from mft_search.core.seeds import module_seed
 from mft_search.core.topk import MODES, cut_of, select_mask
+from mft_search.errors import ConfigError
 
 Mode = Literal["local", "global"]
 Init = Literal["normal", "magnitude", "kaiming"]

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from mft_search.demo.assets import COMPLETE, VERSION, DemoAssets, DemoSize, default_cache_dir
 from mft_search.demo.finetune import TEMPLATE, fine_tune
-from mft_search.demo.tiny import tiny_llama, tiny_tokenizer
-from mft_search.demo.problems import Splits, WordProblem, make_splits, pretraining_corpus
 from mft_search.demo.pretrain import pack_documents, pretrain
+from mft_search.demo.problems import Splits, WordProblem, make_splits, pretraining_corpus
+from mft_search.demo.tiny import tiny_llama, tiny_tokenizer
 
 Log = Callable[[str], None]
 

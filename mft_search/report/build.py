@@ -14,7 +14,6 @@ from mft_search.report.importance import param_importances
 from mft_search.report.leaderboard import StudyReport, render
 
 
-
 @dataclass(frozen=True)
 class ReportFiles:
     """What `write_report` wrote: the leaderboard and every figure, under the directory it was given."""

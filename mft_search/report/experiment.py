@@ -16,9 +16,9 @@ from typing import Any
 import pandas as pd
 
 from mft_search.errors import ConfigError
+from mft_search.experiment.layout import JOURNAL, RESULTS, STUDIES, SUMMARY
 from mft_search.experiment.results import best_reports
 
-from mft_search.experiment.layout import JOURNAL, RESULTS, STUDIES, SUMMARY
 REQUIRED_COLUMNS = ("study", "stage", "trial_id", "status", "report")
 
 

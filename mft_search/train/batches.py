@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 
 from mft_search.core.data import DataSpec, iterate_batches, shard_indices, steps_per_epoch, tokenized_dataset
-from mft_search.core.data.cache import parts
 from mft_search.core.data.batching import collate
+from mft_search.core.data.cache import parts
 from mft_search.core.data.encode import IGNORE
 from mft_search.errors import DataError
 from mft_search.train.step import TrainSettings

@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mft_search.core.masking import masked_modules
 from mft_search.core.distributed import full_tensor, unwrap
+from mft_search.core.masking import masked_modules
 
 SCORES, WEIGHTS, OPTIMIZER, PROGRESS = "scores.safetensors", "weights.safetensors", "optimizer.pt", "progress.json"
 

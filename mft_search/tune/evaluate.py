@@ -14,13 +14,13 @@ import pandas as pd
 import yaml
 
 from mft_search.core import files
-from mft_search.experiment import layout
-from mft_search.train.spec import EvalVariant, report_artifact
 from mft_search.core.maskfile import load_mask_file
+from mft_search.experiment import layout
 from mft_search.experiment.results import NOT_CANDIDATES, best_reports
+from mft_search.train.ray_train import build_trainer
+from mft_search.train.spec import EvalVariant, report_artifact
 from mft_search.tune.sampling import params_to_trial
 from mft_search.tune.study import Study
-from mft_search.train.ray_train import build_trainer
 
 ROW_ORDER = ("unmasked", "random", "l1", "continued_fft", "best_mft")
 

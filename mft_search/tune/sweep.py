@@ -8,13 +8,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mft_search.core import files
 from mft_search.config.schema import SweepConfig
-from mft_search.train.spec import EvalVariant
-from mft_search.tune.evaluate import best_candidates, continued_fft, export_best, run_evaluation, verdict, write_summary
+from mft_search.core import files
 from mft_search.experiment import layout
 from mft_search.experiment.results import ResultsTable
 from mft_search.experiment.storage import Storage
+from mft_search.train.spec import EvalVariant
+from mft_search.tune.evaluate import best_candidates, continued_fft, export_best, run_evaluation, verdict, write_summary
 from mft_search.tune.stage import run_stage
 from mft_search.tune.study import Study
 

@@ -16,8 +16,8 @@ import datasets
 import numpy as np
 import torch
 
-from mft_search.errors import ConfigError
 from mft_search.core.data.encode import IGNORE
+from mft_search.errors import ConfigError
 
 
 def collate(features: Sequence[Mapping[str, Sequence[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:

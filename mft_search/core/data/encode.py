@@ -11,8 +11,8 @@ import datasets
 import pyarrow as pa
 from transformers import PreTrainedTokenizerBase
 
-from mft_search.errors import DataError
 from mft_search.core.data.spec import DataSpec
+from mft_search.errors import DataError
 
 IGNORE = -100  # label value the HF causal-LM loss skips
 log = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ from typing import Literal
 import datasets
 import numpy as np
 
-from mft_search.errors import DataError
 from mft_search.core.data.spec import DataSpec
+from mft_search.errors import DataError
 
 # datasets' packaged builder for each file extension.
 BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".arrow": "arrow"}

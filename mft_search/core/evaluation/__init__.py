@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from mft_search.errors import ConfigError, did_you_mean
 from mft_search.core.evaluation.base import Evaluator, GenerationSettings, Problem, rank_and_world
+from mft_search.errors import ConfigError, did_you_mean
 
 
 def _gsm8k() -> Evaluator:

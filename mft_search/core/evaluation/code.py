@@ -27,10 +27,10 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from mft_search.errors import ConfigError, DataError
 from mft_search.core.evaluation.base import GenerationSettings, Problem, rank_and_world
 from mft_search.core.evaluation.generate import generate, truncate_at_stop
 from mft_search.core.evaluation.sandbox import SandboxResult, run_many, run_program
+from mft_search.errors import ConfigError, DataError
 
 # Codex's stop sequences: a completion ends where the next top-level statement would begin.
 CODE_STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")

@@ -15,8 +15,8 @@ from contextlib import contextmanager
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria
 
-from mft_search.core.evaluation.base import GenerationSettings, rank_and_world
 from mft_search.core.distributed import is_sharded
+from mft_search.core.evaluation.base import GenerationSettings, rank_and_world
 
 
 def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, settings: GenerationSettings) -> str:

@@ -32,10 +32,10 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from mft_search.errors import DataError
 from mft_search.core.evaluation.base import GenerationSettings, Problem
 from mft_search.core.evaluation.generate import generate
 from mft_search.core.evaluation.records import load_benchmark
+from mft_search.errors import DataError
 
 FIELDS = ("key", "prompt", "instruction_id_list", "kwargs")
 

@@ -19,8 +19,8 @@ from collections.abc import Iterable, Mapping
 import torch
 import torch.nn.functional as F
 
-from mft_search.errors import DataError
 from mft_search.core.evaluation.base import rank_and_world
+from mft_search.errors import DataError
 
 IGNORE_INDEX = -100
 

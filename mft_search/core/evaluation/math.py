@@ -18,10 +18,10 @@ from fractions import Fraction
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from mft_search.errors import DataError
 from mft_search.core.evaluation.base import GenerationSettings, Problem
 from mft_search.core.evaluation.generate import generate
 from mft_search.core.evaluation.records import load_benchmark, load_records
+from mft_search.errors import DataError
 
 # ---------------------------------------------------------------- GSM8K answers
 

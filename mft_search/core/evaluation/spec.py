@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mft_search.errors import did_you_mean
 from mft_search.core.evaluation.base import GenerationSettings
+from mft_search.errors import did_you_mean
 
 
 class EvalSpec(BaseModel):
