@@ -1,35 +1,52 @@
-"""Fixtures shared by the job, worker and sweep tests: a tiny backbone and SFT data on disk."""
+"""Fixtures shared by the job, worker, sweep and data tests: generated SFT data and a tiny backbone on disk.
 
+The data is the demo's word problems (mft_search/demo/problems.py) written as GSM8K-format jsonl,
+so these tests need nothing outside the repository; tests about the real GSM8K and IFEval files
+find them through real_data.py and skip without them.
+"""
+
+import json
+import random
 from pathlib import Path
 
 import pytest
 
 from mft_search.core.backbone import BackboneSpec
 from mft_search.core.data import DataSpec
+from mft_search.demo.problems import ALL_PHRASINGS, unique_problems
 from mft_search.demo.tiny import tiny_llama, tiny_tokenizer
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+PROBLEMS_SEED = 0
+TRAIN_ROWS, TEST_ROWS = 320, 64
 
 
 @pytest.fixture(scope="session")
-def gsm8k_dir() -> Path:
-    path = SHARED_DATA / "gsm8k"
-    if not (path / "train.jsonl").exists():
-        pytest.skip(f"GSM8K data not found at {path} (the project's ../shared/data)")
+def problems_dir(tmp_path_factory) -> Path:
+    """train.jsonl and test.jsonl of seeded, disjoint word problems: {"question", "answer": "... #### N"}.
+
+    1 to 3 steps and every phrasing, so prompt lengths spread (the truncation test needs short and
+    long ones); the same seed writes the same files on every run.
+    """
+    path = tmp_path_factory.mktemp("problems")
+    rng, seen = random.Random(PROBLEMS_SEED), set()
+    for split, count in (("train", TRAIN_ROWS), ("test", TEST_ROWS)):
+        problems = unique_problems(rng, count, (1, 2, 3), ALL_PHRASINGS, seen)
+        (path / f"{split}.jsonl").write_text("".join(json.dumps(p.record()) + "\n" for p in problems),
+                                             encoding="utf-8")
     return path
 
 
 @pytest.fixture(scope="session")
-def tiny_backbone(tmp_path_factory, gsm8k_dir) -> BackboneSpec:
-    """A 4-block Llama with a tokenizer trained on GSM8K text, saved as safetensors."""
+def tiny_backbone(tmp_path_factory, problems_dir) -> BackboneSpec:
+    """A 4-block Llama with a tokenizer trained on the generated training lines, saved as safetensors."""
     path = tmp_path_factory.mktemp("backbone")
-    lines = (gsm8k_dir / "train.jsonl").read_text().splitlines()[:300]
+    lines = (problems_dir / "train.jsonl").read_text(encoding="utf-8").splitlines()[:300]
     tiny_llama().save_pretrained(path)
     tiny_tokenizer(lines).save_pretrained(path)
     return BackboneSpec(source=str(path), name="tiny")
 
 
 @pytest.fixture(scope="session")
-def gsm8k_sft(gsm8k_dir) -> DataSpec:
-    return DataSpec(source=str(gsm8k_dir / "train.jsonl"), prompt_field="question", response_field="answer",
+def sft_data(problems_dir) -> DataSpec:
+    return DataSpec(source=str(problems_dir / "train.jsonl"), prompt_field="question", response_field="answer",
                     limit=64, validation_fraction=0.25, max_length=512)

@@ -1,4 +1,5 @@
-"""The SFT data layer on the shared GSM8K files and the offline tiny tokenizer: no hub, no Ray."""
+"""The SFT data layer on generated GSM8K-format files (and the real GSM8K, where present) and the offline
+tiny tokenizer: no hub, no Ray."""
 
 import json
 import subprocess
@@ -30,20 +31,26 @@ from mft_search.core.data import cache as cache_module
 from mft_search.core.data import load as load_module
 from mft_search.errors import ConfigError, DataError
 from mft_search.demo.tiny import tiny_llama, tiny_tokenizer
+from real_data import GSM8K, absent
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-GSM8K = DATA / "gsm8k" / "train.jsonl"
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}"
     "{% if m['role'] == 'assistant' %}</s>{% endif %}{{ '\\n' }}{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 
-needs_data = pytest.mark.skipif(not GSM8K.exists(), reason=f"shared test data absent: {GSM8K} not found")
+needs_real_gsm8k = pytest.mark.skipif(not (GSM8K / "train.jsonl").exists(), reason=absent(GSM8K, "GSM8K"))
 
 
-def gsm8k_spec(**kw) -> DataSpec:
-    return DataSpec(**{"source": str(GSM8K), "prompt_field": "question", "response_field": "answer", **kw})
+def question_answer_spec(source: Path, **kw) -> DataSpec:
+    """A DataSpec on GSM8K's columns; `kw` may name another source."""
+    return DataSpec(**{"source": str(source), "prompt_field": "question", "response_field": "answer", **kw})
+
+
+@pytest.fixture(scope="module")
+def sft_spec(problems_dir):
+    """DataSpec(**kw) on the generated train.jsonl (conftest.py): question/answer columns, as GSM8K's."""
+    return lambda **kw: question_answer_spec(**{"source": problems_dir / "train.jsonl", **kw})
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +59,8 @@ def tok():
 
 
 @pytest.fixture(scope="module")
-def rows() -> datasets.Dataset:
-    return load_examples(gsm8k_spec(limit=64))
+def rows(sft_spec) -> datasets.Dataset:
+    return load_examples(sft_spec(limit=64))
 
 
 def labelled(row) -> list[int]:
@@ -63,76 +70,72 @@ def labelled(row) -> list[int]:
 # --- spec and loading ------------------------------------------------------------------------
 
 
-@needs_data
-def test_load_gsm8k_jsonl(rows):
-    assert len(load_examples(gsm8k_spec())) == 7473
+@needs_real_gsm8k
+def test_load_gsm8k_jsonl():
+    assert len(load_examples(question_answer_spec(GSM8K / "train.jsonl"))) == 7473
+    rows = load_examples(question_answer_spec(GSM8K / "train.jsonl", limit=64))
     assert rows.column_names == ["question", "answer"] and len(rows) == 64
     assert rows[0]["question"].startswith("Natalia sold clips")
 
 
-@needs_data
-def test_directory_source_picks_split_by_file_name():
-    spec = DataSpec(source=str(GSM8K.parent), split="test", prompt_field="question", response_field="answer")
-    assert len(load_examples(spec)) == 1319
+def test_directory_source_picks_split_by_file_name(problems_dir):
+    spec = DataSpec(source=str(problems_dir), split="test", prompt_field="question", response_field="answer")
+    lines = {split: len((problems_dir / f"{split}.jsonl").read_text().splitlines()) for split in ("train", "test")}
+    assert lines["test"] != lines["train"]  # the count tells which file was read
+    assert len(load_examples(spec)) == lines["test"]
     with pytest.raises(DataError, match="data.split: 'dev' not in"):
         load_examples(spec.model_copy(update={"split": "dev"}))
 
 
-@needs_data
-def test_missing_column_names_the_field_and_the_choices():
+def test_missing_column_names_the_field_and_the_choices(sft_spec):
     with pytest.raises(DataError) as err:
-        load_examples(gsm8k_spec(prompt_field="prompt", limit=4))
+        load_examples(sft_spec(prompt_field="prompt", limit=4))
     assert "data.prompt_field: column 'prompt' not in ['question', 'answer']" in str(err.value)
     with pytest.raises(DataError, match="data.response_field: column 'output'"):
-        load_examples(gsm8k_spec(response_field="output", limit=4))
+        load_examples(sft_spec(response_field="output", limit=4))
 
 
-@needs_data
-def test_missing_path_and_empty_glob_are_data_errors(tmp_path):
+def test_missing_path_and_empty_glob_are_data_errors(tmp_path, sft_spec):
     with pytest.raises(DataError, match="data.source: '.*nope.jsonl' does not exist"):
-        load_examples(gsm8k_spec(source=str(tmp_path / "nope.jsonl")))
+        load_examples(sft_spec(source=str(tmp_path / "nope.jsonl")))
     with pytest.raises(DataError, match="data.source: glob"):
-        load_examples(gsm8k_spec(source=str(tmp_path / "*.parquet")))
+        load_examples(sft_spec(source=str(tmp_path / "*.parquet")))
 
 
-@needs_data
-def test_hub_ids_go_to_load_dataset_with_subset_split_revision(monkeypatch, rows):
+def test_hub_ids_go_to_load_dataset_with_subset_split_revision(monkeypatch, rows, sft_spec):
     calls = []
     monkeypatch.setattr(load_module.datasets, "load_dataset", lambda *a, **kw: calls.append((a, kw)) or rows)
-    spec = gsm8k_spec(source="openai/gsm8k", subset="main", split="test", revision="abc123")
+    spec = sft_spec(source="openai/gsm8k", subset="main", split="test", revision="abc123")
     assert len(load_examples(spec)) == 64
     assert calls == [(("openai/gsm8k", "main"), {"split": "test", "revision": "abc123"})]
 
 
-@needs_data
-def test_spec_rejects_unknown_keys_and_bad_formats():
+def test_spec_rejects_unknown_keys_and_bad_formats(sft_spec):
     with pytest.raises(ValidationError, match="extra"):
-        gsm8k_spec(prompt_column="question")
+        sft_spec(prompt_column="question")
     with pytest.raises(ValidationError, match="prompt_field and response_field"):
         DataSpec(source="x", prompt_field="question")
     with pytest.raises(ValidationError, match="not both"):
-        gsm8k_spec(messages_field="messages")
+        sft_spec(messages_field="messages")
     with pytest.raises(ValidationError, match="data.template"):
-        gsm8k_spec(template="Q: {question}\nA: ")
+        sft_spec(template="Q: {question}\nA: ")
     with pytest.raises(ValidationError, match="keep one"):
-        gsm8k_spec(validation_split="test", validation_fraction=0.1)
+        sft_spec(validation_split="test", validation_fraction=0.1)
 
 
-@needs_data
-def test_parquet_arrow_and_saved_directory_inputs(tmp_path, rows):
+def test_parquet_arrow_and_saved_directory_inputs(tmp_path, rows, sft_spec):
     rows.to_parquet(tmp_path / "part.parquet")
     with pa.OSFile(str(tmp_path / "part.arrow"), "wb") as sink:  # datasets' .arrow: an IPC stream
         with pa.ipc.new_stream(sink, rows.data.table.schema) as writer:
             writer.write_table(rows.data.table)
     rows.save_to_disk(str(tmp_path / "saved"))
     for source in ("part.parquet", "part.arrow", "saved", "*.parquet"):
-        loaded = load_examples(gsm8k_spec(source=str(tmp_path / source)))
+        loaded = load_examples(sft_spec(source=str(tmp_path / source)))
         assert loaded.to_dict() == rows.to_dict(), source
 
 
-@needs_data
-def test_fraction_and_validation_carve_out_are_seeded(rows):
-    spec = gsm8k_spec(validation_fraction=0.25, fraction=0.5, seed=3)
+def test_fraction_and_validation_carve_out_are_seeded(rows, sft_spec):
+    spec = sft_spec(validation_fraction=0.25, fraction=0.5, seed=3)
     train, val = split_train_validation(rows, spec)
     again_train, again_val = split_train_validation(rows, spec)
     assert (len(train), len(val)) == (24, 16)
@@ -143,15 +146,14 @@ def test_fraction_and_validation_carve_out_are_seeded(rows):
     other, _ = split_train_validation(rows, spec.model_copy(update={"seed": 4}))
     assert other["question"] != train["question"]
     with pytest.raises(DataError, match="data.validation_fraction"):
-        select_examples(gsm8k_spec(limit=8), "validation")
+        select_examples(sft_spec(limit=8), "validation")
 
 
 # --- formatting and labels -------------------------------------------------------------------
 
 
-@needs_data
-def test_labels_cover_exactly_the_response_and_eos(tok, rows):
-    spec = gsm8k_spec(max_length=4096)
+def test_labels_cover_exactly_the_response_and_eos(tok, rows, sft_spec):
+    spec = sft_spec(max_length=4096)
     ds = tokenize_examples(rows.select(range(8)), spec, tok)
     for row, source in zip(ds, rows):
         prompt = tok(spec.template.format(prompt=source["question"]))["input_ids"]
@@ -161,7 +163,6 @@ def test_labels_cover_exactly_the_response_and_eos(tok, rows):
         assert row["truncated"] == 0
 
 
-@needs_data
 def test_messages_use_the_chat_template(tmp_path, rows):
     chat_tok = tiny_tokenizer()
     chat_tok.chat_template = CHAT_TEMPLATE
@@ -186,7 +187,6 @@ def test_messages_use_the_chat_template(tmp_path, rows):
     assert chat_tok.decode(row["input_ids"]).startswith(f"Question: Solve it.\n{conversations[0][1]['content']}")
 
 
-@needs_data
 def test_conversation_must_end_with_the_assistant(tmp_path, tok):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
@@ -195,22 +195,21 @@ def test_conversation_must_end_with_the_assistant(tmp_path, tok):
         tokenize_examples(load_examples(spec), spec, tok)
 
 
-@needs_data
-def test_truncation_keeps_the_prompt_start_and_counts(tok, rows):
-    long = tokenize_examples(rows, gsm8k_spec(max_length=4096), tok)
-    short = tokenize_examples(rows, gsm8k_spec(max_length=300), tok)
+def test_truncation_keeps_the_prompt_start_and_counts(tok, rows, sft_spec):
+    cut_at = 100  # the generated prompts run 42-113 tokens: some are dropped, some cut, some fit whole
+    long = tokenize_examples(rows, sft_spec(max_length=4096), tok)
+    short = tokenize_examples(rows, sft_spec(max_length=cut_at), tok)
     prompt_lengths = [row["labels"].index(next(x for x in row["labels"] if x != IGNORE)) for row in long]
-    kept = [row for row, p in zip(long, prompt_lengths) if p < 300]
-    assert len(short) == len(kept) < len(long)  # prompts of 300+ tokens are dropped
+    kept = [row for row, p in zip(long, prompt_lengths) if p < cut_at]
+    assert len(short) == len(kept) < len(long)  # prompts of cut_at+ tokens are dropped
     for cut, full in zip(short, kept):
-        assert cut["input_ids"] == full["input_ids"][:300] and cut["labels"] == full["labels"][:300]
-        assert cut["truncated"] == (len(full["input_ids"]) > 300)
+        assert cut["input_ids"] == full["input_ids"][:cut_at] and cut["labels"] == full["labels"][:cut_at]
+        assert cut["truncated"] == (len(full["input_ids"]) > cut_at)
     assert 0 < sum(short["truncated"]) < len(short)
 
 
-@needs_data
-def test_packing_keeps_labels_and_isolates_examples(tok, rows):
-    spec = gsm8k_spec(max_length=1024)
+def test_packing_keeps_labels_and_isolates_examples(tok, rows, sft_spec):
+    spec = sft_spec(max_length=1024)
     plain = tokenize_examples(rows, spec, tok)
     packed = tokenize_examples(rows, spec.model_copy(update={"packing": True}), tok)
     assert len(packed) < len(plain) and max(len(r["input_ids"]) for r in packed) <= 1024
@@ -236,9 +235,8 @@ def test_packing_keeps_labels_and_isolates_examples(tok, rows):
 # --- tokenise once ---------------------------------------------------------------------------
 
 
-@needs_data
-def test_ensuring_the_cache_builds_once_and_never_reads_it_back(tmp_path, tok, monkeypatch):
-    spec = gsm8k_spec(limit=32, max_length=512)
+def test_ensuring_the_cache_builds_once_and_never_reads_it_back(tmp_path, tok, monkeypatch, sft_spec):
+    spec = sft_spec(limit=32, max_length=512)
     first = cache_module.ensure_tokenized(spec, tok, tmp_path)
     monkeypatch.setattr(cache_module.pq, "read_table", lambda *a: pytest.fail("the driver read the cache back"))
     assert cache_module.ensure_tokenized(spec, tok, tmp_path) == first
@@ -247,9 +245,8 @@ def test_ensuring_the_cache_builds_once_and_never_reads_it_back(tmp_path, tok, m
     assert len((tmp_path / cache_module.BUILD_LOG).read_text().splitlines()) == 1
 
 
-@needs_data
-def test_cache_hit_skips_tokenising_even_in_a_new_process(tmp_path, tok, monkeypatch):
-    spec = gsm8k_spec(limit=32, max_length=512, validation_fraction=0.25)
+def test_cache_hit_skips_tokenising_even_in_a_new_process(tmp_path, tok, monkeypatch, sft_spec):
+    spec = sft_spec(limit=32, max_length=512, validation_fraction=0.25)
     calls = []
     real = cache_module.tokenize_examples
     monkeypatch.setattr(cache_module, "tokenize_examples", lambda *a: calls.append(1) or real(*a))
@@ -277,9 +274,8 @@ def test_cache_hit_skips_tokenising_even_in_a_new_process(tmp_path, tok, monkeyp
     assert out.stdout.split()[-1] == str(len(first))
 
 
-@needs_data
-def test_fingerprint_tracks_tokenizer_template_and_data(tmp_path, tok, rows):
-    spec = gsm8k_spec(limit=8)
+def test_fingerprint_tracks_tokenizer_template_and_data(tmp_path, tok, rows, sft_spec):
+    spec = sft_spec(limit=8)
     base = fingerprint(spec, tok)
     tok(["a b", "c"], padding=True, truncation=True, max_length=2)  # leaves state on the backend
     assert fingerprint(spec, tok) == base == fingerprint(spec, tiny_tokenizer())
@@ -290,7 +286,7 @@ def test_fingerprint_tracks_tokenizer_template_and_data(tmp_path, tok, rows):
     assert fingerprint(spec.model_copy(update={"template": "Q: {prompt}\nA: "}), tok) != base
     assert fingerprint(spec, tok, part="validation") != base
     rows.to_json(tmp_path / "a.jsonl")
-    local = gsm8k_spec(source=str(tmp_path / "a.jsonl"))
+    local = sft_spec(source=str(tmp_path / "a.jsonl"))
     before = fingerprint(local, tok)
     rows.select(range(4)).to_json(tmp_path / "a.jsonl")
     assert fingerprint(local, tok) != before
@@ -318,9 +314,8 @@ def global_steps(ds, world, epoch, micro=2):
     return [[mb for rank in per_rank for mb in rank[step]] for step in range(len(per_rank[0]))]
 
 
-@needs_data
-def test_global_steps_do_not_depend_on_world_size(tok, rows):
-    ds = tokenize_examples(rows.select(range(36)), gsm8k_spec(max_length=256), tok)
+def test_global_steps_do_not_depend_on_world_size(tok, rows, sft_spec):
+    ds = tokenize_examples(rows.select(range(36)), sft_spec(max_length=256), tok)
     one = global_steps(ds, 1, epoch=0)
     assert len(one) == len(ds) // 8 and all(len(step) == 4 for step in one)
     for world in (2, 4):

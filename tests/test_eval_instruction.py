@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-from pathlib import Path
 
 import pytest
 
@@ -16,8 +15,9 @@ from mft_search.core.evaluation.instruction import (
     prepare_offline_checkers,
 )
 from mft_search.demo.tiny import tiny_llama, tiny_tokenizer
+from real_data import IFEVAL as DATA
+from real_data import absent
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ifeval" / "input_data.jsonl"
 DUMMY = [
     "",
     "Sure.\n\nHello WORLD, this is a reply. It has two sentences!\n***\n* a bullet\nP.S. done",
@@ -39,7 +39,7 @@ def no_network(monkeypatch):
 
 def test_all_prompts_load_and_every_checker_runs_offline(no_network):
     if not DATA.is_file():
-        pytest.skip(f"IFEval data not found at {DATA} (the shared data folder is absent)")
+        pytest.skip(absent(DATA, "IFEval"))
     prepare_offline_checkers.cache_clear()
     problems = IFEvalEvaluator().load(str(DATA))
     assert len(problems) == 541
@@ -137,7 +137,7 @@ def test_empty_response_fails_every_instruction():
 
 def test_evaluator_end_to_end_on_a_tiny_model():
     if not DATA.is_file():
-        pytest.skip(f"IFEval data not found at {DATA} (the shared data folder is absent)")
+        pytest.skip(absent(DATA, "IFEval"))
     evaluator = IFEvalEvaluator()
     problems = evaluator.load(str(DATA), limit=6)
     settings = GenerationSettings(max_new_tokens=8, batch_size=3)

@@ -21,14 +21,14 @@ from mft_search.core.evaluation.math import (
     normalize_number,
 )
 from mft_search.demo.tiny import tiny_llama, tiny_tokenizer
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
+from real_data import GSM8K, absent
 
 
 def _gsm8k(split: str) -> Path:
-    path = DATA / f"{split}.jsonl"
+    """A real GSM8K file, for the tests about its contents (its size, its calculator notes)."""
+    path = GSM8K / f"{split}.jsonl"
     if not path.is_file():
-        pytest.skip(f"GSM8K data not found at {path} (the shared data folder is absent)")
+        pytest.skip(absent(path, "GSM8K"))
     return path
 
 
@@ -119,9 +119,9 @@ def test_gsm8k_fewshot_prompt_strips_calculator_notes():
     assert problems[0].prompt.endswith("\nAnswer:")
 
 
-def test_gsm8k_end_to_end_on_a_tiny_model():
+def test_gsm8k_end_to_end_on_a_tiny_model(problems_dir):
     evaluator = GSM8KEvaluator()
-    problems = evaluator.load(str(_gsm8k("test")), limit=8)
+    problems = evaluator.load(str(problems_dir / "test.jsonl"), limit=8)
     settings = GenerationSettings(max_new_tokens=16, batch_size=4)
     result = evaluator.evaluate(tiny_llama(layers=2), tiny_tokenizer(), problems, settings)
     assert set(result) == {"accuracy", "accuracy_strict", "accuracy_flexible"}

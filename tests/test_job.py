@@ -24,10 +24,10 @@ def make_job(tmp_path, backbone, data, kind="mft", name="t", **extra):
     return TrialJob(**fields)
 
 
-def test_mft_reports_every_epoch_and_writes_a_mask_file_each_time(tmp_path, tiny_backbone, gsm8k_sft, gsm8k_dir):
-    evaluation = EvalSpec(evaluator="gsm8k", source=str(gsm8k_dir / "test.jsonl"), limit=4, max_new_tokens=4)
+def test_mft_reports_every_epoch_and_writes_a_mask_file_each_time(tmp_path, tiny_backbone, sft_data, problems_dir):
+    evaluation = EvalSpec(evaluator="gsm8k", source=str(problems_dir / "test.jsonl"), limit=4, max_new_tokens=4)
     session = LocalSession(tmp_path / "session")
-    run_job(make_job(tmp_path, tiny_backbone, gsm8k_sft, evaluation=evaluation), session)
+    run_job(make_job(tmp_path, tiny_backbone, sft_data, evaluation=evaluation), session)
     assert [r["epoch"] for r in session.reports] == [1.0, 2.0]
     for report in session.reports:
         assert {"train_loss", "val_loss", "metric", "eval_accuracy", "kept_fraction"} <= set(report)
@@ -40,9 +40,9 @@ def test_mft_reports_every_epoch_and_writes_a_mask_file_each_time(tmp_path, tiny
     assert len(mask_file.masks) == 14
 
 
-def test_the_checkpoint_holds_scores_and_optimiser_state_never_weights(tmp_path, tiny_backbone, gsm8k_sft):
+def test_the_checkpoint_holds_scores_and_optimiser_state_never_weights(tmp_path, tiny_backbone, sft_data):
     session = LocalSession(tmp_path / "session")
-    run_job(make_job(tmp_path, tiny_backbone, gsm8k_sft), session)
+    run_job(make_job(tmp_path, tiny_backbone, sft_data), session)
     checkpoint = session.latest_checkpoint()
     assert sorted(p.name for p in checkpoint.iterdir()) == ["optimizer.pt", "progress.json", "scores.safetensors"]
     scores = load_file(checkpoint / "scores.safetensors")
@@ -60,15 +60,15 @@ class CrashAfterFirstReport(LocalSession):
 
 
 def test_a_restarted_run_resumes_from_its_checkpoint_and_ends_where_an_unbroken_one_does(
-        tmp_path, tiny_backbone, gsm8k_sft):
+        tmp_path, tiny_backbone, sft_data):
     unbroken = LocalSession(tmp_path / "unbroken")
-    run_job(make_job(tmp_path, tiny_backbone, gsm8k_sft, name="a"), unbroken)
+    run_job(make_job(tmp_path, tiny_backbone, sft_data, name="a"), unbroken)
 
     crashed = CrashAfterFirstReport(tmp_path / "broken")
     with pytest.raises(_Killed):
-        run_job(make_job(tmp_path, tiny_backbone, gsm8k_sft, name="b"), crashed)
+        run_job(make_job(tmp_path, tiny_backbone, sft_data, name="b"), crashed)
     resumed = LocalSession(tmp_path / "broken")
-    run_job(make_job(tmp_path, tiny_backbone, gsm8k_sft, name="b"), resumed)
+    run_job(make_job(tmp_path, tiny_backbone, sft_data, name="b"), resumed)
 
     assert [r["step"] for r in resumed.reports] == [6]  # only the second epoch ran again
     a = load_file(unbroken.latest_checkpoint() / "scores.safetensors")
@@ -77,21 +77,21 @@ def test_a_restarted_run_resumes_from_its_checkpoint_and_ends_where_an_unbroken_
     assert resumed.reports[-1]["val_loss"] == unbroken.reports[-1]["val_loss"]
 
 
-def test_fft_trains_the_weights_and_saves_loadable_checkpoints(tmp_path, tiny_backbone, gsm8k_sft):
+def test_fft_trains_the_weights_and_saves_loadable_checkpoints(tmp_path, tiny_backbone, sft_data):
     from transformers import AutoModelForCausalLM
 
     session = LocalSession(tmp_path / "session")
-    run_job(make_job(tmp_path, tiny_backbone, gsm8k_sft, kind="fft", mask=None), session)
+    run_job(make_job(tmp_path, tiny_backbone, sft_data, kind="fft", mask=None), session)
     assert session.reports[-1]["val_loss"] < session.reports[0]["val_loss"]
     saved = AutoModelForCausalLM.from_pretrained(tmp_path / "artifacts" / "t" / "report_002")
     original = AutoModelForCausalLM.from_pretrained(tiny_backbone.source)
     assert not torch.equal(saved.model.layers[0].mlp.up_proj.weight, original.model.layers[0].mlp.up_proj.weight)
 
 
-def test_fft_on_a_bf16_backbone_keeps_fp32_masters_and_ships_bf16_weights(tmp_path, tiny_backbone, gsm8k_sft):
+def test_fft_on_a_bf16_backbone_keeps_fp32_masters_and_ships_bf16_weights(tmp_path, tiny_backbone, sft_data):
     backbone = tiny_backbone.model_copy(update={"dtype": "bfloat16"})
     session = LocalSession(tmp_path / "session")
-    run_job(make_job(tmp_path, backbone, gsm8k_sft, kind="fft", mask=None), session)
+    run_job(make_job(tmp_path, backbone, sft_data, kind="fft", mask=None), session)
     masters = load_file(session.latest_checkpoint() / "weights.safetensors")
     shipped = load_file(tmp_path / "artifacts" / "t" / "report_002" / "model.safetensors")
     name = "model.layers.0.mlp.up_proj.weight"
@@ -100,11 +100,11 @@ def test_fft_on_a_bf16_backbone_keeps_fp32_masters_and_ships_bf16_weights(tmp_pa
 
 
 @pytest.mark.parametrize("baseline", ["none", "random", "l1", "learned"])
-def test_baselines_and_learned_masks_evaluate(tmp_path, tiny_backbone, gsm8k_sft, gsm8k_dir, baseline):
-    evaluation = EvalSpec(evaluator="gsm8k", source=str(gsm8k_dir / "test.jsonl"), limit=2, max_new_tokens=4)
+def test_baselines_and_learned_masks_evaluate(tmp_path, tiny_backbone, sft_data, problems_dir, baseline):
+    evaluation = EvalSpec(evaluator="gsm8k", source=str(problems_dir / "test.jsonl"), limit=2, max_new_tokens=4)
     mask_file = None
     if baseline == "learned":
-        run_job(make_job(tmp_path, tiny_backbone, gsm8k_sft, train=SETTINGS.model_copy(update={"epochs": 1})),
+        run_job(make_job(tmp_path, tiny_backbone, sft_data, train=SETTINGS.model_copy(update={"epochs": 1})),
                 LocalSession(tmp_path / "mft"))
         mask_file = str(next((tmp_path / "artifacts" / "t").glob("*.mask.safetensors")))
     session = LocalSession(tmp_path / "eval")
@@ -116,9 +116,9 @@ def test_baselines_and_learned_masks_evaluate(tmp_path, tiny_backbone, gsm8k_sft
 
 
 def test_one_evaluation_job_scores_several_variants_including_other_weights(
-        tmp_path, tiny_backbone, gsm8k_sft, gsm8k_dir):
-    evaluation = EvalSpec(evaluator="gsm8k", source=str(gsm8k_dir / "test.jsonl"), limit=2, max_new_tokens=4)
-    run_job(make_job(tmp_path, tiny_backbone, gsm8k_sft, kind="fft", mask=None,
+        tmp_path, tiny_backbone, sft_data, problems_dir):
+    evaluation = EvalSpec(evaluator="gsm8k", source=str(problems_dir / "test.jsonl"), limit=2, max_new_tokens=4)
+    run_job(make_job(tmp_path, tiny_backbone, sft_data, kind="fft", mask=None,
                      train=SETTINGS.model_copy(update={"epochs": 1})), LocalSession(tmp_path / "fft"))
     variants = [EvalVariant(name="unmasked"), EvalVariant(name="random", mask="random"),
                 EvalVariant(name="continued", weights=str(tmp_path / "artifacts" / "t" / "report_001"))]
@@ -129,25 +129,25 @@ def test_one_evaluation_job_scores_several_variants_including_other_weights(
     assert {"unmasked/metric", "random/metric", "continued/metric"} <= set(report)
 
 
-def test_a_trial_whose_mask_keeps_every_weight_ends_at_once_as_a_no_op(tmp_path, tiny_backbone, gsm8k_sft):
+def test_a_trial_whose_mask_keeps_every_weight_ends_at_once_as_a_no_op(tmp_path, tiny_backbone, sft_data):
     from mft_search.experiment.results import trial_status
 
     # Magnitude init puts every score at |W| >= 0, above the negative threshold: nothing is masked.
     spec = MaskSpec(blocks=(1, 2), mode="global", threshold=-0.035, init="magnitude")
     session = LocalSession(tmp_path / "session")
-    run_job(make_job(tmp_path, tiny_backbone, gsm8k_sft, mask=spec), session)
+    run_job(make_job(tmp_path, tiny_backbone, sft_data, mask=spec), session)
     (report,) = session.reports  # two epochs planned; it stopped at its first evaluation point
     assert report["kept_fraction"] == 1.0 and report["no_op"] == 1 and report["step"] < report["total_steps"]
     assert trial_status(report, errored=False) == "no-op"
     normal = LocalSession(tmp_path / "normal")
-    run_job(make_job(tmp_path, tiny_backbone, gsm8k_sft, name="n", mask=MaskSpec(blocks=(1, 2), mode="global")), normal)
+    run_job(make_job(tmp_path, tiny_backbone, sft_data, name="n", mask=MaskSpec(blocks=(1, 2), mode="global")), normal)
     assert len(normal.reports) == 2 and all(r["no_op"] == 0 and r["kept_fraction"] < 1 for r in normal.reports)
 
 
-def test_the_random_baseline_follows_the_seed_it_is_given(tmp_path, tiny_backbone, gsm8k_sft):
+def test_the_random_baseline_follows_the_seed_it_is_given(tmp_path, tiny_backbone, sft_data):
     variants = [EvalVariant(name=f"random{i}", mask="random", seed=seed) for i, seed in enumerate((5, 5, 6))]
     session = LocalSession(tmp_path / "eval")
-    run_job(make_job(tmp_path, tiny_backbone, gsm8k_sft, kind="evaluate", variants=variants), session)
+    run_job(make_job(tmp_path, tiny_backbone, sft_data, kind="evaluate", variants=variants), session)
     (report,) = session.reports
     losses = [report[f"{v.name}/val_loss"] for v in variants]
     assert losses[0] == losses[1] and losses[0] != losses[2]
@@ -155,7 +155,7 @@ def test_the_random_baseline_follows_the_seed_it_is_given(tmp_path, tiny_backbon
 
 @pytest.mark.parametrize("settings", [SETTINGS, SETTINGS.model_copy(update={"lr": 1e30, "max_grad_norm": None})],
                          ids=["finished", "failed"])
-def test_no_reference_to_a_trials_model_outlives_it(tmp_path, tiny_backbone, gsm8k_sft, monkeypatch, settings):
+def test_no_reference_to_a_trials_model_outlives_it(tmp_path, tiny_backbone, sft_data, monkeypatch, settings):
     """A reused trial actor must not carry the last trial's model (or, after FSDP2, its full weights)."""
     import gc
     import weakref
@@ -172,7 +172,7 @@ def test_no_reference_to_a_trials_model_outlives_it(tmp_path, tiny_backbone, gsm
 
     monkeypatch.setattr(job_module, "load_model", tracked)
     try:
-        run_job(make_job(tmp_path, tiny_backbone, gsm8k_sft, train=settings), LocalSession(tmp_path / "s"))
+        run_job(make_job(tmp_path, tiny_backbone, sft_data, train=settings), LocalSession(tmp_path / "s"))
     except FloatingPointError:
         pass
     gc.collect()
@@ -197,10 +197,10 @@ def test_a_masked_module_holds_no_reference_to_the_module_it_replaced(tiny_backb
     assert model.model.layers[1].mlp.up_proj.weight is weight
 
 
-def test_a_loss_that_becomes_nan_fails_the_trial_with_its_reason(tmp_path, tiny_backbone, gsm8k_sft):
+def test_a_loss_that_becomes_nan_fails_the_trial_with_its_reason(tmp_path, tiny_backbone, sft_data):
     explode = SETTINGS.model_copy(update={"lr": 1e30, "max_grad_norm": None})  # activations overflow
     with pytest.raises(FloatingPointError, match="training loss became nan at step"):
-        run_job(make_job(tmp_path, tiny_backbone, gsm8k_sft, kind="fft", mask=None, train=explode),
+        run_job(make_job(tmp_path, tiny_backbone, sft_data, kind="fft", mask=None, train=explode),
                 LocalSession(tmp_path / "session"))
 
 
@@ -208,12 +208,12 @@ def test_a_loss_that_becomes_nan_fails_the_trial_with_its_reason(tmp_path, tiny_
     ({"nan_at_step": 2}, FloatingPointError, "training loss became nan at step 2"),
     ({"oom_at_step": 2}, OutOfMemory, "out of memory at step 2: lower train.micro_batch_size"),
 ])
-def test_an_mft_trial_that_breaks_mid_training_fails_with_its_reason(tmp_path, tiny_backbone, gsm8k_sft, fault,
+def test_an_mft_trial_that_breaks_mid_training_fails_with_its_reason(tmp_path, tiny_backbone, sft_data, fault,
                                                                       error, reason):
     # The hooks really break the step: a NaN multiplied into the forward pass, a petabyte allocation.
     session = faults.inject(LocalSession(tmp_path / "session"), fault)
     with pytest.raises(error, match=reason):
-        run_job(make_job(tmp_path, tiny_backbone, gsm8k_sft), session)
+        run_job(make_job(tmp_path, tiny_backbone, sft_data), session)
 
 
 def test_faults_are_aimed_at_trials_by_their_parameters(monkeypatch):

@@ -35,12 +35,12 @@ def cluster():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def test_a_sweep_submitted_as_a_ray_job_runs_on_the_cluster(cluster, tmp_path, tiny_backbone, gsm8k_dir):
+def test_a_sweep_submitted_as_a_ray_job_runs_on_the_cluster(cluster, tmp_path, tiny_backbone, problems_dir):
     config = {
         "name": "submitted", "storage": str(tmp_path / "runs"),
         "backbones": [{"source": tiny_backbone.source, "name": "tiny"}],
         "domains": [{"name": "gsm", "validation": None, "test": None,
-                     "train": {"source": str(gsm8k_dir / "train.jsonl"), "prompt_field": "question",
+                     "train": {"source": str(problems_dir / "train.jsonl"), "prompt_field": "question",
                                "response_field": "answer", "limit": 48, "validation_fraction": 0.25,
                                "max_length": 512}}],
         "train": {"lr": 0.01, "epochs": 1, "global_batch_size": 16, "micro_batch_size": 8},

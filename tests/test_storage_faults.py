@@ -78,21 +78,21 @@ def _assert_report_reads(exp: Path, rows_before: int) -> None:
     assert "# MFT leaderboard" in (exp / "leaderboard.md").read_text()
 
 
-def _config(tmp_path, storage, tiny_backbone, gsm8k_dir) -> Path:
+def _config(tmp_path, storage, tiny_backbone, problems_dir) -> Path:
     search = {"num_trials": 6, "max_concurrent_trials": 2,
               "space": {"layer_group": {"size": 2, "start": {"low": 0, "high": 2}}, "mode": ["local"],
                         "ratio": {"low": 0.05, "high": 0.3}, "init": ["normal"]}}
-    return write_config(tmp_path, tiny_backbone, gsm8k_dir, storage=str(storage), search=search,
+    return write_config(tmp_path, tiny_backbone, problems_dir, storage=str(storage), search=search,
                         baselines=["unmasked"])
 
 
-def test_storage_that_fills_mid_sweep_stops_it_cleanly_and_keeps_the_results(tmp_path, tiny_backbone, gsm8k_dir,
+def test_storage_that_fills_mid_sweep_stops_it_cleanly_and_keeps_the_results(tmp_path, tiny_backbone, problems_dir,
                                                                              mounts):
     storage = tmp_path / "small"
     storage.mkdir()
     _mount("-t", "tmpfs", "-o", "size=96m", "tmpfs", str(storage))
     mounts.append(storage)
-    process = _start_sweep(_config(tmp_path, storage, tiny_backbone, gsm8k_dir))
+    process = _start_sweep(_config(tmp_path, storage, tiny_backbone, problems_dir))
     exp = storage / "e2e"
     _wait_for(exp / "results.parquet", process)
     rows = len(pd.read_parquet(exp / "results.parquet"))
@@ -102,14 +102,14 @@ def test_storage_that_fills_mid_sweep_stops_it_cleanly_and_keeps_the_results(tmp
     _assert_report_reads(exp, rows)
 
 
-def test_storage_that_vanishes_mid_sweep_stops_it_cleanly_and_keeps_the_results(tmp_path, tiny_backbone, gsm8k_dir,
+def test_storage_that_vanishes_mid_sweep_stops_it_cleanly_and_keeps_the_results(tmp_path, tiny_backbone, problems_dir,
                                                                                 mounts):
     real, storage = tmp_path / "real", tmp_path / "mounted"
     real.mkdir()
     storage.mkdir()
     _mount("--bind", str(real), str(storage))
     mounts.append(storage)
-    process = _start_sweep(_config(tmp_path, storage, tiny_backbone, gsm8k_dir))
+    process = _start_sweep(_config(tmp_path, storage, tiny_backbone, problems_dir))
     _wait_for(storage / "e2e" / "results.parquet", process)
     rows = len(pd.read_parquet(storage / "e2e" / "results.parquet"))
     subprocess.run(["umount", "-l", str(storage)], check=True)  # the mount drops: writes land elsewhere

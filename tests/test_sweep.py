@@ -24,17 +24,17 @@ from mft_search.sweep import check_cluster
 pytestmark = pytest.mark.ray
 
 
-def write_config(tmp_path, backbone, gsm8k_dir, **overrides) -> Path:
+def write_config(tmp_path, backbone, data_dir, **overrides) -> Path:
     cfg = {
         "name": "e2e",
         "storage": str(tmp_path / "runs"),
         "backbones": [{"source": backbone.source, "name": "tiny"}],
         "domains": [{
             "name": "gsm",
-            "train": {"source": str(gsm8k_dir / "train.jsonl"), "prompt_field": "question",
+            "train": {"source": str(data_dir / "train.jsonl"), "prompt_field": "question",
                       "response_field": "answer", "limit": 96, "validation_fraction": 0.25, "max_length": 512},
             "validation": None,  # select on validation loss: fast, and distinct enough for ASHA
-            "test": {"evaluator": "gsm8k", "source": str(gsm8k_dir / "test.jsonl"), "limit": 2, "max_new_tokens": 4},
+            "test": {"evaluator": "gsm8k", "source": str(data_dir / "test.jsonl"), "limit": 2, "max_new_tokens": 4},
         }],
         "train": {"lr": 0.02, "epochs": 2, "global_batch_size": 16, "micro_batch_size": 8},
         "search": {"num_trials": 4, "max_concurrent_trials": 2, "asha": {"grace_period": 1, "reduction_factor": 2},
@@ -64,8 +64,8 @@ def error_line(result) -> str:
     return lines[-1]
 
 
-def test_dry_run_validates_and_prints_the_plan_and_writes_nothing(tmp_path, tiny_backbone, gsm8k_dir):
-    result = sweep("--config", str(write_config(tmp_path, tiny_backbone, gsm8k_dir)), "--dry-run")
+def test_dry_run_validates_and_prints_the_plan_and_writes_nothing(tmp_path, tiny_backbone, problems_dir):
+    result = sweep("--config", str(write_config(tmp_path, tiny_backbone, problems_dir)), "--dry-run")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "studies (backbone x domain): 1 x 1 = 1" in result.stdout and "probe 4 trials" in result.stdout
     assert not (tmp_path / "runs").exists()
@@ -78,18 +78,19 @@ def test_dry_run_validates_and_prints_the_plan_and_writes_nothing(tmp_path, tiny
     ({"storage": "/proc/version/runs"}, "storage:"),
     ({"trainn": {"lr": 0.1}}, "unknown key (did you mean 'train'?)"),
 ])
-def test_bad_input_is_one_line_exit_2_and_leaves_nothing_behind(tmp_path, tiny_backbone, gsm8k_dir, change, expected):
-    result = sweep("--config", str(write_config(tmp_path, tiny_backbone, gsm8k_dir, **change)))
+def test_bad_input_is_one_line_exit_2_and_leaves_nothing_behind(tmp_path, tiny_backbone, problems_dir, change,
+                                                                expected):
+    result = sweep("--config", str(write_config(tmp_path, tiny_backbone, problems_dir, **change)))
     assert expected in error_line(result)
     assert not (tmp_path / "runs" / "e2e").exists()
     assert not _ray_processes(), "the command left its Ray running"
 
 
-def test_an_unreadable_tokenizer_is_refused_before_ray_starts(tmp_path, tiny_backbone, gsm8k_dir):
+def test_an_unreadable_tokenizer_is_refused_before_ray_starts(tmp_path, tiny_backbone, problems_dir):
     backbone = tmp_path / "backbone"
     shutil.copytree(tiny_backbone.source, backbone)
     (backbone / "tokenizer.json").write_text("{not json")
-    config = write_config(tmp_path, tiny_backbone, gsm8k_dir,
+    config = write_config(tmp_path, tiny_backbone, problems_dir,
                           backbones=[{"source": str(backbone), "name": "tiny"}])
     assert "backbones[0].source: cannot read a tokenizer" in error_line(sweep("--config", str(config)))
     assert not (tmp_path / "runs" / "e2e").exists()
@@ -102,9 +103,9 @@ def test_an_unreadable_tokenizer_is_refused_before_ray_starts(tmp_path, tiny_bac
     ([{"CPU": 1}, {"CPU": 1}], "resources: a trial needs 1 worker(s) x (4 CPU, 0 GPU)"),
 ])
 def test_the_cluster_check_refuses_local_storage_on_many_nodes_and_unplaceable_trials(tmp_path, tiny_backbone,
-                                                                                     gsm8k_dir, nodes, expected):
+                                                                                     problems_dir, nodes, expected):
     # check_cluster reads what ray.nodes() gives; a fake two-node cluster costs no Ray start
-    cfg = load_config_file(write_config(tmp_path, tiny_backbone, gsm8k_dir,
+    cfg = load_config_file(write_config(tmp_path, tiny_backbone, problems_dir,
                                         resources={"workers_per_trial": 1, "cpus_per_worker": 4}))
     cluster = {"resources": {"CPU": sum(n["CPU"] for n in nodes)}, "nodes": [{"Resources": n} for n in nodes]}
     with pytest.raises(ConfigError) as info:
@@ -118,9 +119,9 @@ def _ray_processes() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory, tiny_backbone, gsm8k_dir):
+def finished(tmp_path_factory, tiny_backbone, problems_dir):
     tmp_path = tmp_path_factory.mktemp("sweep")
-    result = sweep("--config", str(write_config(tmp_path, tiny_backbone, gsm8k_dir)))
+    result = sweep("--config", str(write_config(tmp_path, tiny_backbone, problems_dir)))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return tmp_path / "runs" / "e2e", result
 
@@ -182,14 +183,14 @@ def test_report_rebuilds_the_leaderboard_from_disk(finished):
     assert result.returncode == 0 and (exp / "leaderboard.md").read_text() == before
 
 
-def test_an_existing_experiment_is_never_overwritten(finished, tiny_backbone, gsm8k_dir):
+def test_an_existing_experiment_is_never_overwritten(finished, tiny_backbone, problems_dir):
     exp, _ = finished
     config = exp.parent.parent / "sweep.yaml"
     assert "already holds an experiment; pass --resume" in error_line(sweep("--config", str(config)))
 
 
-def test_a_killed_driver_resumes_without_losing_or_rerunning_finished_trials(tmp_path, tiny_backbone, gsm8k_dir):
-    config = write_config(tmp_path, tiny_backbone, gsm8k_dir, stages={"probe": {"data_fraction": 0.5},
+def test_a_killed_driver_resumes_without_losing_or_rerunning_finished_trials(tmp_path, tiny_backbone, problems_dir):
+    config = write_config(tmp_path, tiny_backbone, problems_dir, stages={"probe": {"data_fraction": 0.5},
                                                                        "refine": {"top_k": 0}})
     exp = tmp_path / "runs" / "e2e"
     driver = subprocess.Popen([sys.executable, "-m", "mft_search.sweep", "--config", str(config)],

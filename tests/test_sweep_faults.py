@@ -19,11 +19,11 @@ POINTS = [{"layer_group": [0, 1], "mode": "local", "ratio": r, "init": "normal"}
 PLANNED = [{"match": {"ratio": 0.2}, "nan_at_step": 2}, {"match": {"ratio": 0.3}, "oom_at_step": 1}]
 
 
-def test_nan_and_out_of_memory_trials_are_recorded_failed_and_never_selected(tmp_path, tiny_backbone, gsm8k_dir):
+def test_nan_and_out_of_memory_trials_are_recorded_failed_and_never_selected(tmp_path, tiny_backbone, problems_dir):
     search = {"num_trials": 3, "max_concurrent_trials": 2, "enqueue": POINTS,
               "space": {"layer_group": {"size": 2, "start": {"low": 0, "high": 2}}, "mode": ["local"],
                         "ratio": {"low": 0.05, "high": 0.3}, "init": ["normal"]}}
-    config = write_config(tmp_path, tiny_backbone, gsm8k_dir, search=search, retries=0,
+    config = write_config(tmp_path, tiny_backbone, problems_dir, search=search, retries=0,
                           stages={"probe": {"data_fraction": 0.5}, "refine": {"top_k": 0}}, baselines=["unmasked"])
     env = {**os.environ, faults.ENV: json.dumps(PLANNED)}
     result = sweep("--config", str(config), env=env)

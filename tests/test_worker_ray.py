@@ -37,13 +37,13 @@ def agreement(a, b) -> float:
 
 
 @pytest.fixture(scope="module")
-def one_worker(tmp_path_factory, tiny_backbone, gsm8k_sft):
-    return fit(tmp_path_factory.mktemp("one"), tiny_backbone, gsm8k_sft, "one", 1)
+def one_worker(tmp_path_factory, tiny_backbone, sft_data):
+    return fit(tmp_path_factory.mktemp("one"), tiny_backbone, sft_data, "one", 1)
 
 
 def test_two_ddp_workers_report_metrics_a_checkpoint_and_learn_the_one_worker_mask(
-        tmp_path, tiny_backbone, gsm8k_sft, one_worker):
-    result, mask = fit(tmp_path, tiny_backbone, gsm8k_sft, "two", 2)
+        tmp_path, tiny_backbone, sft_data, one_worker):
+    result, mask = fit(tmp_path, tiny_backbone, sft_data, "two", 2)
     assert result.error is None and result.checkpoint is not None
     assert result.metrics["step"] == 6 and {"train_loss", "val_loss", "kept_fraction"} <= set(result.metrics)
     single_result, single_mask = one_worker
@@ -51,15 +51,16 @@ def test_two_ddp_workers_report_metrics_a_checkpoint_and_learn_the_one_worker_ma
     assert agreement(mask, single_mask) > 0.9999
 
 
-def test_fsdp2_shards_weights_and_scores_on_cpu_and_learns_the_same_mask(tmp_path, tiny_backbone, gsm8k_sft, one_worker):
-    result, mask = fit(tmp_path, tiny_backbone, gsm8k_sft, "fsdp", 2, strategy="fsdp")
+def test_fsdp2_shards_weights_and_scores_on_cpu_and_learns_the_same_mask(tmp_path, tiny_backbone, sft_data, one_worker):
+    result, mask = fit(tmp_path, tiny_backbone, sft_data, "fsdp", 2, strategy="fsdp")
     assert result.error is None and result.metrics["step"] == 6
     assert agreement(mask, one_worker[1]) > 0.9999
 
 
-def test_a_sigkilled_worker_restarts_and_resumes_from_its_last_checkpoint(tmp_path, tiny_backbone, gsm8k_sft, one_worker):
+def test_a_sigkilled_worker_restarts_and_resumes_from_its_last_checkpoint(tmp_path, tiny_backbone, sft_data,
+                                                                          one_worker):
     marker = tmp_path / "killed"
-    result, mask = fit(tmp_path, tiny_backbone, gsm8k_sft, "killed", 2, max_failures=1,
+    result, mask = fit(tmp_path, tiny_backbone, sft_data, "killed", 2, max_failures=1,
                        fault={"kill_after_reports": 1, "marker": str(marker)})
     assert marker.exists(), "the fault was never injected"
     assert result.error is None and result.metrics["step"] == 6
