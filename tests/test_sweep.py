@@ -121,7 +121,12 @@ def _ray_processes() -> list[str]:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, tiny_backbone, problems_dir):
     tmp_path = tmp_path_factory.mktemp("sweep")
-    result = sweep("--config", str(write_config(tmp_path, tiny_backbone, problems_dir)))
+    # One trial at a time: which of two concurrent trials reports its first epoch first decides
+    # what ASHA prunes, and these tests need both a pruned trial and two finished ones (the
+    # importance figure). In order, trials 1 and 2 finish and 3 and 4 are pruned, every run.
+    config = yaml.safe_load(write_config(tmp_path, tiny_backbone, problems_dir).read_text())
+    search = {**config["search"], "max_concurrent_trials": 1}
+    result = sweep("--config", str(write_config(tmp_path, tiny_backbone, problems_dir, search=search)))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return tmp_path / "runs" / "e2e", result
 
