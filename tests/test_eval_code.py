@@ -44,6 +44,23 @@ def test_empty_and_wrong_completions_score_zero(problems):
     assert score_completions(subset, wrong, **FAST)["pass@1"] == 0.0
 
 
+EXITS = {
+    "os._exit(0) in the body": "    import os\n    os._exit(0)\n",
+    "SystemExit(0) in the body": "    raise SystemExit(0)\n",
+    "sys.exit() in the body": "    import sys\n    sys.exit()\n",
+    "exit inside check, by replacing it": "    import builtins, os\n    builtins.all = lambda *a: os._exit(0)\n    return None\n",
+    "atexit that exits 0": "    import atexit, os\n    atexit.register(os._exit, 0)\n    raise SystemExit(3)\n",
+    "closed stdout and stderr, then exit": "    import os, sys\n    sys.stdout.close(); sys.stderr.close()\n    os._exit(0)\n",
+    "the runner's descriptor closed": "    import os\n    os.close(4)\n    return None\n",
+}
+
+
+@pytest.mark.parametrize("completion", EXITS.values(), ids=EXITS.keys())
+def test_a_completion_that_exits_early_fails_even_with_status_0(problems, completion):
+    # A pass means the checks ran to their end; the reference harnesses count exits as failures.
+    assert score_completions(problems[:2], [[completion]] * 2, **FAST)["pass@1"] == 0.0
+
+
 def test_pass_at_k_known_values():
     assert pass_at_k(10, 1, 1) == pytest.approx(0.1)
     assert pass_at_k(10, 5, 5) == pytest.approx(1 - 1 / 252)  # 1 - C(5,5)/C(10,5)

