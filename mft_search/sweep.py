@@ -51,9 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         from mft_search.demo import build_demo
 
         build_demo()
-    cfg = load_demo_config() if demo else load_config_file(args.config)
-    if args.storage:
-        cfg = cfg.model_copy(update={"storage": args.storage})
+    overrides = {"storage": args.storage} if args.storage else {}
+    cfg = load_demo_config(overrides) if demo else load_config_file(args.config, overrides)
     # An unbuilt demo (only a dry run gets here) has neither the backbone nor the data files yet: the
     # build writes both, so there is nothing to check them against.
     demo_pending = demo and not _demo_built()
@@ -88,10 +87,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_demo_config() -> SweepConfig:
+def load_demo_config(overrides: dict | None = None) -> SweepConfig:
     """The embedded demo's config, read from the installed package (a real file even from a zip)."""
     with as_file(DEMO_CONFIG) as path:
-        return load_config_file(path)
+        return load_config_file(path, overrides)
 
 
 def _demo_built() -> bool:

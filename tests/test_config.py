@@ -265,7 +265,7 @@ def test_local_benchmark_is_checked(train_file):
 def test_storage(tmp_path):
     assert resolve_storage(parse_config(merged(base(), {"storage": str(tmp_path / "a" / "b")}))) == str(tmp_path / "a" / "b")
     assert not (tmp_path / "a").exists()  # a dry run creates nothing
-    with pytest.raises(ConfigError, match="storage: 's3://' URIs are not supported yet; mount the bucket"):
+    with pytest.raises(ConfigError, match="storage: 's3://' URIs are not supported yet; give a directory every node mounts over NFS"):
         parse_config(merged(base(), {"storage": "s3://bucket/runs"}))
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match="storage: .*file is a file"):

@@ -64,6 +64,14 @@ def error_line(result) -> str:
     return lines[-1]
 
 
+def test_a_command_line_override_is_validated_like_the_yaml(tmp_path, tiny_backbone, problems_dir):
+    # --storage s3://... used to bypass validation and write under ./s3:/ in the working directory.
+    config = write_config(tmp_path, tiny_backbone, problems_dir)
+    result = sweep("--config", str(config), "--storage", "s3://bucket/runs", "--dry-run", cwd=tmp_path)
+    assert error_line(result).startswith("error: --storage: 's3://' URIs are not supported yet")
+    assert not (tmp_path / "s3:").exists()
+
+
 def test_dry_run_validates_and_prints_the_plan_and_writes_nothing(tmp_path, tiny_backbone, problems_dir):
     result = sweep("--config", str(write_config(tmp_path, tiny_backbone, problems_dir)), "--dry-run")
     assert result.returncode == 0, result.stderr[-2000:]

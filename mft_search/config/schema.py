@@ -196,8 +196,8 @@ class SweepConfig(BaseModel):
         scheme = storage.split("://", 1)[0] if "://" in storage else None
         if scheme is not None:
             # Masks and results are written with plain file I/O, on the driver and the workers.
-            raise ValueError(f"'{scheme}://' URIs are not supported yet; mount the bucket (mountpoint-s3, gcsfuse) "
-                             "or use an NFS path that every node mounts, and give that path")
+            raise ValueError(f"'{scheme}://' URIs are not supported yet; give a directory every node mounts over NFS "
+                             "(bucket mounts such as mountpoint-s3 or gcsfuse cannot rename files, which the sweep does)")
         return storage
 
     @field_validator("baselines")
@@ -231,8 +231,11 @@ def _check_name(name: str, field: str | None) -> None:
 # ---------------------------------------------------------------- loading and error messages
 
 
-def load_config_file(path: str | Path) -> SweepConfig:
-    """Read and validate a sweep YAML; every mistake is one ConfigError line naming file and field."""
+def load_config_file(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepConfig:
+    """Read and validate a sweep YAML; every mistake is one ConfigError line naming file and field.
+
+    `overrides` (top-level keys, from the command line) replace the YAML's values before
+    validation, so they pass the same checks; a bad one is named by its option, --key."""
     path = Path(path).expanduser()
     try:
         text = path.read_text(encoding="utf-8")
@@ -250,6 +253,13 @@ def load_config_file(path: str | Path) -> SweepConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level is a {type(data).__name__}; it must be a mapping "
                           "(name: ..., backbones: ..., domains: ..., search: ...)")
+    for key, value in (overrides or {}).items():
+        try:
+            parse_config({**data, key: value})
+        except ConfigError as exc:
+            if str(exc).startswith(f"{key}:"):
+                raise ConfigError(f"--{key}{str(exc)[len(key):]}") from None
+        data = {**data, key: value}
     try:
         return parse_config(data)
     except ConfigError as exc:
