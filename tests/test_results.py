@@ -84,3 +84,22 @@ def test_selection_finds_nothing_when_no_trial_ever_reported():
 
     frame = pd.DataFrame([{"study": "b/d", "stage": "probe", "trial_id": "t1", "status": "failed", "report": 0}])
     assert best_candidates(frame, "b/d", "probe", 2) == []
+
+
+def test_the_recorder_pickles_after_something_replaced_builtins_print(tmp_path, monkeypatch):
+    # Ray's tqdm_ray replaces builtins.print in the driver (safe_print); Tune then pickles the
+    # next stage's callbacks with its Tuner, and a Recorder holding the original print failed
+    # with "Can't pickle <built-in function print>: it's not the same object as builtins.print".
+    import builtins
+    import pickle
+    from types import SimpleNamespace
+
+    from mft_search.tune.recorder import Recorder
+
+    recorder = Recorder(tmp_path / "results.parquet", SimpleNamespace(name="b/d"), "refine")
+    monkeypatch.setattr(builtins, "print", lambda *args, **kwargs: None)
+    restored = pickle.loads(pickle.dumps(recorder))
+    lines = []
+    monkeypatch.setattr(builtins, "print", lines.append)
+    restored.log("trial t1 completed")
+    assert lines == ["trial t1 completed"] and restored.table.path == tmp_path / "results.parquet"

@@ -202,7 +202,9 @@ def test_an_existing_experiment_is_never_overwritten(finished, tiny_backbone, pr
     assert "already holds an experiment; pass --resume" in error_line(sweep("--config", str(config)))
 
 
-def test_a_killed_driver_resumes_without_losing_or_rerunning_finished_trials(tmp_path, tiny_backbone, problems_dir):
+@pytest.mark.parametrize("tune_state", ["kept", "torn"])
+def test_a_killed_driver_resumes_without_losing_or_rerunning_finished_trials(tmp_path, tiny_backbone, problems_dir,
+                                                                            tune_state):
     config = write_config(tmp_path, tiny_backbone, problems_dir, stages={"probe": {"data_fraction": 0.5},
                                                                        "refine": {"top_k": 0}})
     exp = tmp_path / "runs" / "e2e"
@@ -210,11 +212,14 @@ def test_a_killed_driver_resumes_without_losing_or_rerunning_finished_trials(tmp
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 600
     while time.time() < deadline and not _finished_trials(exp):
-        time.sleep(2)
+        time.sleep(0.2)
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
     driver.wait()
     before = _finished_trials(exp)
     assert before, "no trial finished before the deadline"
+    assert len(before) < 4, "the probe had ended before the kill: nothing was left to resume"
+    if tune_state == "torn":  # as a kill during Tune's own save leaves it: --resume must not depend on it
+        (exp / "ray" / "tiny__gsm-probe" / "tuner.pkl").write_bytes(b"")
 
     result = sweep("--config", str(config), "--resume")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -225,6 +230,8 @@ def test_a_killed_driver_resumes_without_losing_or_rerunning_finished_trials(tmp
     # or are marked interrupted. The budget is met, and nothing is left "running".
     ended = probe[probe["status"] != "interrupted"]
     assert ended["trial_id"].nunique() >= 4 and "running" not in set(probe["status"])
+    if tune_state == "torn":  # Tune's state lost, the records say what ended: exactly the budget
+        assert ended["trial_id"].nunique() == 4 and "could not be restored" in result.stdout
     for trial_id, rows in before.items():
         kept = probe[probe["trial_id"] == trial_id]
         assert kept["status"].iloc[0] == rows["status"].iloc[0]

@@ -3,6 +3,7 @@ results.parquet as it arrives, each finished trial's status and reason, one log 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +22,24 @@ def trial_params(config: dict[str, Any]) -> dict[str, Any]:
 class Recorder(tune.Callback):
     """Writes every report to results.parquet and prints one line per finished trial."""
 
-    def __init__(self, results_path: Path, study: Study, stage: Stage, log=print) -> None:
-        self.results_path, self.study, self.stage, self.log = results_path, study, stage, log
+    def __init__(self, results_path: Path, study: Study, stage: Stage, log: Callable[[str], Any] | None = None) -> None:
+        self.results_path, self.study, self.stage, self._log = results_path, study, stage, log
         self.table = ResultsTable(results_path)
         self._last: dict[str, dict] = {}
 
     # Tune pickles its callbacks with the experiment and restores them on resume: the table is
-    # then read afresh from disk, never brought back as it stood at the last save.
+    # then read afresh from disk, never brought back as it stood at the last save. The log
+    # function stays behind too: Ray may have replaced builtins.print in the driver (tqdm_ray's
+    # safe_print), after which the original print no longer pickles; a restored one prints.
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "table"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("table", "_log")}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
+        self.__dict__.update(state, _log=None)
         self.table = ResultsTable(self.results_path)
+
+    def log(self, line: str) -> None:
+        (self._log or print)(line)  # print looked up now: whatever builtins.print is at this moment
 
     def _base(self, trial) -> dict[str, Any]:
         r = self.study.cfg.resources

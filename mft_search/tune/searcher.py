@@ -43,13 +43,27 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         self._completed_trials.add(trial_id)
 
 
-def make_searcher(study: Study) -> PrunedAwareOptunaSearch:
+def make_searcher(study: Study, *, enqueue: bool = True) -> PrunedAwareOptunaSearch:
+    """The study's searcher; `enqueue=False` after trials already ran (the first points with them)."""
     search = study.cfg.search
+    storage = journal_storage(study)
+    _fail_abandoned(storage, study.name)
     return PrunedAwareOptunaSearch(
         space=define_by_run(search.space), metric="metric", mode="max",
-        points_to_evaluate=enqueue_points(search.space, search.enqueue) or None,
+        points_to_evaluate=(enqueue_points(search.space, search.enqueue) if enqueue else None) or None,
         sampler=make_sampler(search.algorithm, search.seed, search.space),
-        study_name=study.name, storage=journal_storage(study))
+        study_name=study.name, storage=storage)
+
+
+def _fail_abandoned(storage: optuna.storages.BaseStorage, name: str) -> None:
+    """Trials a dead driver left RUNNING in the journal: told FAIL, or TPE's constant liar would
+    count them as pending forever. (A restored Tune never gets here: it keeps its own searcher.)"""
+    try:
+        existing = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:  # no such study yet: a fresh sweep
+        return
+    for trial in existing.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        existing.tell(trial.number, state=TrialState.FAIL)
 
 
 def make_scheduler(study: Study):

@@ -11,6 +11,7 @@ JournalStorage file in the study's directory (tune.study), so optuna-dashboard a
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -103,9 +104,9 @@ def _trial_resources(resources: Resources) -> dict[str, float]:
 
 
 def run_stage(study: Study, stage: Stage, results_path: Path, *, resume: bool, points: list[dict] | None = None,
-              log=print, callbacks: list[tune.Callback] = ()) -> tune.ResultGrid:
+              log=print, callbacks: list[tune.Callback] = ()) -> tune.ResultGrid | None:
     """Run (or resume) the probe search or the refine re-runs of one study; every finished trial
-    is written to `results_path` as it ends."""
+    is written to `results_path` as it ends. None when the records show nothing is left to run."""
     # MFT_SEARCH_FAULTS is read here, in the driver, so that it reaches trials on any cluster
     driver = tune.with_parameters(_trial_driver, study=study, stage=stage, planned_faults=faults.from_environment())
     trainable = tune.with_resources(driver, _trial_resources(study.resources))
@@ -113,20 +114,55 @@ def run_stage(study: Study, stage: Stage, results_path: Path, *, resume: bool, p
     path = Path(study.run_dir()) / name
     study.prepare_data(stage)
     if resume and tune.Tuner.can_restore(str(path)):
-        log(f"[{study.name} {stage}] resuming from {path}")
-        return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=False,
-                                  restart_errored=False).fit()
+        try:
+            tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=False,
+                                       restart_errored=False)
+        except Exception as exc:  # noqa: BLE001 - a torn tuner.pkl (EOFError), a state of another Ray, ...
+            aside = path.with_name(f"{path.name}.unreadable-{int(time.time())}")
+            path.rename(aside)  # kept for a post-mortem, out of Tune's way
+            log(f"[{study.name} {stage}] Tune's state could not be restored ({type(exc).__name__}: {exc}); set aside "
+                f"as {aside.name}: the stage goes on from this experiment's own records")
+        else:
+            log(f"[{study.name} {stage}] resuming from {path}")
+            return tuner.fit()
+    # A fresh Tuner, or one after Tune's state was lost: what results.parquet records as ended is
+    # never run again; trials it records as running are marked interrupted, as after a restore.
+    ended = _ended_trials(results_path, study, stage) if resume else {}
     run_config = tune.RunConfig(name=name, storage_path=study.run_dir(),
                                 callbacks=[Recorder(results_path, study, stage, log), *callbacks],
                                 failure_config=tune.FailureConfig(max_failures=study.cfg.retries), verbose=1)
     search = study.cfg.search
     if stage == "probe":
+        remaining = search.trials - len(ended)
+        if remaining <= 0:
+            return None
         # reuse_actors: a new trial actor starts a Python with torch, transformers and Ray imported,
         # a large share of a short trial (bench trial measures it); a finished trial's actor takes the next one.
-        tune_config = tune.TuneConfig(search_alg=make_searcher(study), scheduler=make_scheduler(study),
-                                      num_samples=search.trials, max_concurrent_trials=search.max_concurrent_trials,
+        tune_config = tune.TuneConfig(search_alg=make_searcher(study, enqueue=not ended), scheduler=make_scheduler(study),
+                                      num_samples=remaining, max_concurrent_trials=search.max_concurrent_trials,
                                       reuse_actors=True)
         return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config).fit()
+    points = [p for p in points or [] if p not in ended.values()]
+    if not points:
+        return None
     tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=search.max_concurrent_trials, reuse_actors=True)
-    return tune.Tuner(trainable, param_space={"params": tune.grid_search(points or [])}, tune_config=tune_config,
+    return tune.Tuner(trainable, param_space={"params": tune.grid_search(points)}, tune_config=tune_config,
                       run_config=run_config).fit()
+
+
+def _ended_trials(results_path: Path, study: Study, stage: Stage) -> dict[str, dict[str, Any]]:
+    """{trial_id: params} of the stage's trials results.parquet records as ended (any status but
+    running/interrupted); the running ones are marked interrupted on the way."""
+    table = ResultsTable(results_path)
+    if table.close_stage(study.name, stage):
+        table.flush()
+    frame = table.frame()
+    if frame.empty:
+        return {}
+    rows = frame[(frame["study"] == study.name) & (frame["stage"] == stage)
+                 & ~frame["status"].isin(["running", "interrupted"])]
+    return {trial_id: _params_of(group.iloc[0]) for trial_id, group in rows.groupby("trial_id")}
+
+
+def _params_of(row) -> dict[str, Any]:
+    return {k.removeprefix("param."): v for k, v in row.items() if k.startswith("param.") and v == v}  # NaN: absent
