@@ -246,3 +246,38 @@ def _finished_trials(exp: Path) -> dict:
     frame = pd.read_parquet(path)
     done = frame[frame["status"].isin(["completed", "pruned"])]
     return {t: rows for t, rows in done.groupby("trial_id")}
+
+
+def _trial_processes() -> dict[int, str]:
+    """Tune's trial actors training now (a function trainable runs in ImplicitFunc.train)."""
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return {int(l.split(None, 1)[0]): l for l in out.splitlines()[1:] if "ray::ImplicitFunc.train" in l}
+
+
+def test_a_killed_trial_process_is_retried_or_recorded_and_the_sweep_finishes(tmp_path, tiny_backbone, problems_dir):
+    # SIGKILL of a running trial's own process, found as a user would (ps), mid-probe. The refine
+    # stage's Tuner is built after the error: that is where the sweep used to die (PicklingError).
+    config = write_config(tmp_path, tiny_backbone, problems_dir, baselines=["unmasked"])  # the rest: no kill there
+    exp = tmp_path / "runs" / "e2e"
+    driver = subprocess.Popen([sys.executable, "-m", "mft_search.sweep", "--config", str(config)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline, killed = time.time() + 600, None
+        while time.time() < deadline and killed is None and driver.poll() is None:
+            actors = _trial_processes()  # mid-probe: this sweep's only Tune trials
+            if actors:
+                killed = next(iter(actors))
+                os.kill(killed, signal.SIGKILL)
+            time.sleep(0.05)
+        out, _ = driver.communicate(timeout=900)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert killed is not None, "no trial process was found running"
+    assert driver.returncode == 0, out[-4000:]
+    assert (exp / "leaderboard.md").exists() and (exp / "studies" / "tiny__gsm" / "summary.json").exists()
+    frame = pd.read_parquet(exp / "results.parquet")
+    probe = frame[frame["stage"] == "probe"].groupby("trial_id")["status"].last()
+    assert len(probe) == 4 and set(probe) <= {"completed", "pruned", "failed"}, probe.to_dict()
+    failed = frame[frame["status"] == "failed"]
+    assert failed["error"].notna().all()  # a trial whose retry failed too says why
