@@ -1,5 +1,6 @@
 """Mask files: bit-packed, integrity-checked, bound to the backbone; and `apply` end to end."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -178,6 +179,17 @@ def test_apply_writes_a_checkpoint_plain_transformers_loads_with_equal_logits(ar
     check = subprocess.run([sys.executable, "-c", CHECK_WITHOUT_MFT_SEARCH, str(out),
                             str(tmp_path / "x.pt"), str(tmp_path / "logits.pt")], capture_output=True, text=True)
     assert check.stdout.strip() == "ok", check.stderr
+    # Readable by others on a shared volume, as an ordinary file is: the umask decides (was 0600/0700).
+    ordinary = 0o666 & ~_umask()
+    assert (tmp_path / "mask.safetensors").stat().st_mode & 0o777 == ordinary
+    assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {ordinary}
+    assert out.stat().st_mode & 0o777 == 0o777 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _truncate(path: Path) -> None:

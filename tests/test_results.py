@@ -1,5 +1,6 @@
 """results.parquet: upserts by (study, stage, trial, report), statuses, atomic rewrites."""
 
+import os
 
 from mft_search.experiment.results import ResultsTable, trial_status
 
@@ -16,6 +17,9 @@ def test_reports_upsert_and_survive_a_reload_in_numeric_order(tmp_path):
     assert frame["report"].tolist() == [1, 2, 10]
     assert set(frame["status"]) == {"completed"} and frame["param.mode"].tolist() == ["local"] * 3
     assert [p.name for p in tmp_path.iterdir()] == ["results.parquet"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # others on a shared volume can read it
 
 
 def test_a_trial_that_never_reported_is_still_recorded_as_failed(tmp_path):

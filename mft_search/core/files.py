@@ -54,11 +54,22 @@ def atomic_directory(out: str | Path) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
         yield staging
-        os.chmod(staging, 0o777 & ~_UMASK)
+        ordinary_permissions(staging)
         shutil.rmtree(out, ignore_errors=True)
         staging.rename(out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def ordinary_permissions(root: str | Path) -> None:
+    """Give every file and directory under `root` (and `root`) the permissions the umask gives an
+    ordinary one: writers that go through temporary files (transformers' save_pretrained writes
+    weights 0600) would otherwise leave them unreadable to other users of a shared volume."""
+    root = Path(root)
+    os.chmod(root, 0o777 & ~_UMASK)
+    for path in root.rglob("*"):
+        if not path.is_symlink():
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_UMASK)
 
 
 def _read_umask() -> int:

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from mft_search.core import files
 from mft_search.core.distributed import is_sharded, unwrap, wrap_model
 from mft_search.core.maskfile import save_mask_file
 from mft_search.core.masking import MaskSpec, masks_kept_fraction
@@ -113,6 +114,7 @@ class TrainingLoop:
             weights = {n: t.to(self.compute_dtype) if t.is_floating_point() else t for n, t in trainable.items()}
             model.save_pretrained(out, state_dict=weights, safe_serialization=True)
             self.tokenizer.save_pretrained(out)
+            files.ordinary_permissions(out)
             return
         spec = self.job.mask
         save_mask_file(mask_artifact(Path(self.job.artifact_dir), self.progress["report"]), masks, fingerprint=self.fingerprint,
