@@ -40,7 +40,6 @@ from mft_search.experiment import layout
 # Package data, so that an installed wheel (which has no search_spaces/) still finds it.
 # search_spaces/demo.yaml is the copy users read and copy: tests/test_install.py keeps the two byte-identical.
 DEMO_CONFIG = files("mft_search.demo") / "demo.yaml"
-NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "lustre", "gpfs", "ceph", "glusterfs", "beegfs", "fuse")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
                   "a real run builds them first")
         return 0
     with ray_session() as cluster:
+        from mft_search.tune.cluster import check_cluster
+
         check_cluster(cfg, cluster, exp_dir)
         from mft_search.report import write_report
         from mft_search.tune.sweep import run_sweep
@@ -128,35 +129,6 @@ def ray_session() -> Iterator[dict]:
     finally:
         if not joined:
             ray.shutdown()
-
-
-def check_cluster(cfg: SweepConfig, cluster: dict, exp_dir: Path) -> None:
-    """ConfigError when a trial can never be placed, or storage cannot be shared."""
-    r, nodes = cfg.resources, cluster["nodes"]
-    need = {"CPU": r.cpus_per_worker, "GPU": r.gpus_per_worker}
-    fits = [n for n in nodes if all(n["Resources"].get(k, 0) >= v for k, v in need.items() if v)]
-    total = {k: cluster["resources"].get(k, 0) for k in need}
-    if not fits or any(r.workers_per_trial * v > total[k] for k, v in need.items() if v):
-        raise ConfigError(
-            f"resources: a trial needs {r.workers_per_trial} worker(s) x ({r.cpus_per_worker:g} CPU, "
-            f"{r.gpus_per_worker:g} GPU) but the cluster has {total['CPU']:g} CPU and {total['GPU']:g} GPU in all; "
-            "lower resources.workers_per_trial or the per-worker needs")
-    if len(nodes) > 1 and not _on_network_filesystem(exp_dir):
-        raise ConfigError(f"storage: {exp_dir} is local to this node but the cluster has {len(nodes)} nodes; "
-                          "use a directory on a shared filesystem (NFS) that every node mounts")
-
-
-def _on_network_filesystem(path: Path) -> bool:
-    try:
-        mounts = [line.split() for line in Path("/proc/mounts").read_text().splitlines()]
-    except OSError:
-        return False
-    best = ("", "")
-    for fields in mounts:
-        mount_point, fs_type = fields[1], fields[2]
-        if str(path).startswith(mount_point) and len(mount_point) > len(best[0]):
-            best = (mount_point, fs_type)
-    return best[1].split(".")[0] in NETWORK_FILESYSTEMS
 
 
 if __name__ == "__main__":

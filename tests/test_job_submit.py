@@ -1,11 +1,14 @@
 """`ray job submit --working-dir . -- python -m mft_search.sweep ...` against a real local
 cluster started with `ray start --head`, token authentication on (Ray 2.59+), stopped after."""
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -19,9 +22,12 @@ PORT = "8266"  # not the default 8265, so a developer's own cluster is left alon
 
 
 @pytest.fixture
-def cluster():
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
-    env.pop("RAY_ADDRESS", None)
+def cluster(tmp_path):
+    """clusters/README.md's "One machine" recipe, step by step as written there, in a fresh HOME
+    (no token yet): the token first, then `ray start --head`; the client adds RAY_AUTH_MODE=token."""
+    home = Path(tempfile.mkdtemp(prefix="mfthome", dir="/tmp"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(HOME=str(home), PATH=f"{BIN}:{os.environ['PATH']}")
     subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
     temp_dir = tempfile.mkdtemp(prefix="mftray", dir="/tmp")  # socket paths must stay under 107 bytes
     start = subprocess.run([str(BIN / "ray"), "start", "--head", "--num-cpus=2", f"--dashboard-port={PORT}",
@@ -29,10 +35,36 @@ def cluster():
                            env=env, capture_output=True, text=True)
     assert start.returncode == 0, start.stderr[-2000:]
     try:
-        yield {**env, "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{PORT}"}
+        yield {**env, "RAY_AUTH_MODE": "token", "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{PORT}"}
     finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True)
+        _stop_own_ray(temp_dir)  # never `ray stop`: it stops every Ray on the machine
         shutil.rmtree(temp_dir, ignore_errors=True)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _stop_own_ray(temp_dir: str) -> None:
+    """Stop the Ray processes this fixture started: those whose command line names its temp dir
+    (GCS, raylet, dashboard, their workers), TERM first, then KILL."""
+    def own() -> list[int]:
+        out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+        return [int(line.split(None, 1)[0]) for line in out.splitlines()[1:] if temp_dir in line]
+
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        for pid in own():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.time() + wait
+        while own() and time.time() < deadline:
+            time.sleep(0.2)
+    assert not own(), "Ray processes of this test survived"
+
+
+def test_the_recipe_the_test_runs_is_the_one_clusters_readme_writes():
+    readme = (REPO / "clusters" / "README.md").read_text()
+    block = readme[readme.index("**One machine**"):].split("```bash", 1)[1].split("```", 1)[0]
+    order = [block.index(step) for step in ("ray get-auth-token --generate", "ray start --head",
+                                            "RAY_AUTH_MODE=token RAY_API_SERVER_ADDRESS=", "ray job submit")]
+    assert order == sorted(order), block
 
 
 def test_a_sweep_submitted_as_a_ray_job_runs_on_the_cluster(cluster, tmp_path, tiny_backbone, problems_dir):

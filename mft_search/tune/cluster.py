@@ -1,0 +1,74 @@
+"""Checks of the cluster a sweep joined, before any trial: can a trial be placed, and does every
+node see the experiment's storage."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from mft_search.config.schema import SweepConfig
+from mft_search.errors import ConfigError
+
+ANSWER_TIMEOUT_S = 120  # a node's check task waits for a worker process to start there
+
+
+def check_cluster(cfg: SweepConfig, cluster: dict, exp_dir: Path) -> None:
+    """ConfigError when a trial can never be placed, or a node cannot see the storage."""
+    r, nodes = cfg.resources, cluster["nodes"]
+    need = {"CPU": r.cpus_per_worker, "GPU": r.gpus_per_worker}
+    fits = [n for n in nodes if all(n["Resources"].get(k, 0) >= v for k, v in need.items() if v)]
+    total = {k: cluster["resources"].get(k, 0) for k in need}
+    if not fits or any(r.workers_per_trial * v > total[k] for k, v in need.items() if v):
+        raise ConfigError(
+            f"resources: a trial needs {r.workers_per_trial} worker(s) x ({r.cpus_per_worker:g} CPU, "
+            f"{r.gpus_per_worker:g} GPU) but the cluster has {total['CPU']:g} CPU and {total['GPU']:g} GPU in all; "
+            "lower resources.workers_per_trial or the per-worker needs")
+    if len(nodes) > 1:
+        check_shared_storage(exp_dir, nodes)
+
+
+def check_shared_storage(exp_dir: Path, nodes: list[dict]) -> None:
+    """ConfigError naming the nodes that cannot read a marker the driver writes into `exp_dir`.
+
+    Checked for real, by a task pinned to every alive node: a filesystem type says nothing about
+    whether the nodes mount the same thing (a local FUSE mount is not shared, one path on one
+    host shared by several nodes is). Anything the check creates is removed again.
+    """
+    created = _missing_ancestors(exp_dir)
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    marker, token = exp_dir / f".mft_storage_check_{uuid.uuid4().hex}", uuid.uuid4().hex
+    marker.write_text(token)
+    try:
+        answers = [_read_marker.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                   .remote(str(marker)) for n in nodes]
+        ready, _ = ray.wait(answers, num_returns=len(answers), timeout=ANSWER_TIMEOUT_S)
+        seen = [ray.get(a) if a in ready else "no answer" for a in answers]
+    finally:
+        marker.unlink(missing_ok=True)
+        for path in reversed(created):
+            path.rmdir()
+    blind = [f"{n.get('NodeManagerAddress', '?')} ({answer if answer != token else 'ok'})"
+             for n, answer in zip(nodes, seen) if answer != token]
+    if blind:
+        raise ConfigError(f"storage: {exp_dir} is not the same directory on every node: {', '.join(blind)} cannot read "
+                          "what the driver wrote there; use a directory every node mounts (NFS, a shared volume)")
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def _read_marker(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+
+
+def _missing_ancestors(path: Path) -> list[Path]:
+    """`path` and its parents that do not exist yet, outermost first."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    return missing[::-1]
