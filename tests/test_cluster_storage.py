@@ -7,6 +7,7 @@ Needs root (mount namespaces) and unshare; the Ray processes are stopped by thei
 """
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -26,7 +27,7 @@ PORT = 6391
 
 
 def _own_pids(marker: str) -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
     return [int(line.split(None, 1)[0]) for line in out.splitlines()[1:] if marker in line]
 
 
@@ -39,6 +40,7 @@ def _stop(markers: list[str]) -> None:
         deadline = time.time() + wait
         while any(_own_pids(m) for m in markers) and time.time() < deadline:
             time.sleep(0.2)
+    assert not any(_own_pids(m) for m in markers), "Ray processes of this test survived"
 
 
 @pytest.fixture(scope="module")
@@ -80,27 +82,34 @@ def _wait_for_nodes(env: dict, count: int) -> None:
     raise AssertionError(f"the cluster never had {count} nodes")
 
 
-def _check(two_nodes, storage: Path) -> subprocess.CompletedProcess:
-    script = ("import ray, sys\nfrom pathlib import Path\nfrom mft_search.tune.cluster import check_shared_storage\n"
-              "from mft_search.errors import ConfigError\nray.init()\n"
-              "nodes = [n for n in ray.nodes() if n['Alive']]\n"
-              "try:\n    check_shared_storage(Path(sys.argv[1]), nodes)\n"
-              "except ConfigError as exc:\n    print(exc); sys.exit(2)\n")
-    return subprocess.run([sys.executable, "-c", script, str(storage / "exp")], env=two_nodes["env"],
-                          capture_output=True, text=True, timeout=300)
+CHECK_BOTH = """
+import json, ray, sys
+from pathlib import Path
+from mft_search.errors import ConfigError
+from mft_search.tune.cluster import check_shared_storage
+ray.init()
+nodes = [n for n in ray.nodes() if n["Alive"]]
+verdicts = {}
+for name in sys.argv[1:]:
+    try:
+        check_shared_storage(Path(name) / "exp", nodes)
+        verdicts[name] = "ok"
+    except ConfigError as exc:
+        verdicts[name] = str(exc)
+print(json.dumps({"nodes": len(nodes), **verdicts}))
+"""
 
 
-def test_a_directory_one_node_cannot_see_is_refused_and_left_as_it_was(two_nodes):
-    result = _check(two_nodes, two_nodes["hidden"])
-    assert result.returncode == 2, result.stdout + result.stderr[-2000:]
-    assert "is not the same directory on every node" in result.stdout and "No such file" in result.stdout
-    assert list(two_nodes["hidden"].iterdir()) == []  # the check's marker and directory are gone
-
-
-def test_a_directory_every_node_sees_passes(two_nodes):
-    result = _check(two_nodes, two_nodes["shared"])
-    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
-    assert list(two_nodes["shared"].iterdir()) == []
+def test_a_directory_one_node_cannot_see_is_refused_one_every_node_sees_passes(two_nodes):
+    hidden, shared = two_nodes["hidden"], two_nodes["shared"]
+    result = subprocess.run([sys.executable, "-c", CHECK_BOTH, str(hidden), str(shared)], env=two_nodes["env"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    verdicts = json.loads(result.stdout.splitlines()[-1])
+    assert verdicts["nodes"] == 2 and verdicts[str(shared)] == "ok"
+    assert "is not the same directory on every node" in verdicts[str(hidden)]
+    assert "No such file" in verdicts[str(hidden)]
+    assert list(hidden.iterdir()) == [] and list(shared.iterdir()) == []  # the check leaves nothing
 
 
 def test_the_sweep_refuses_it_with_exit_2_before_any_trial(two_nodes, tmp_path, tiny_backbone, problems_dir):
@@ -111,6 +120,7 @@ def test_the_sweep_refuses_it_with_exit_2_before_any_trial(two_nodes, tmp_path, 
                      "train": {"source": str(problems_dir / "train.jsonl"), "prompt_field": "question",
                                "response_field": "answer", "limit": 48, "validation_fraction": 0.25}}],
         "search": {"num_trials": 1, "space": {"layer_group": [[1, 2]], "ratio": 0.1}},
+        "stages": {"refine": {"top_k": 0}},
         "baselines": ["unmasked"],
     }
     path = tmp_path / "sweep.yaml"

@@ -34,19 +34,33 @@ def cluster(tmp_path):
                             "--port=6389", "--dashboard-host=127.0.0.1", f"--temp-dir={temp_dir}"],
                            env=env, capture_output=True, text=True)
     assert start.returncode == 0, start.stderr[-2000:]
+    client = {**env, "RAY_AUTH_MODE": "token", "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{PORT}"}
     try:
-        yield {**env, "RAY_AUTH_MODE": "token", "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{PORT}"}
+        _wait_for_job_agent(client)
+        yield client
     finally:
         _stop_own_ray(temp_dir)  # never `ray stop`: it stops every Ray on the machine
         shutil.rmtree(temp_dir, ignore_errors=True)
         shutil.rmtree(home, ignore_errors=True)
 
 
+def _wait_for_job_agent(client: dict) -> None:
+    """`ray start` returns before the job agent registers ("No available agent to submit job"):
+    submit an empty job until one runs."""
+    for _ in range(30):
+        empty = subprocess.run([str(BIN / "ray"), "job", "submit", "--", "true"], env=client, capture_output=True,
+                               text=True, cwd=tempfile.gettempdir(), timeout=120)
+        if empty.returncode == 0:
+            return
+        time.sleep(2)
+    raise AssertionError(f"no job ran on the fresh cluster: {empty.stderr[-1000:]}")
+
+
 def _stop_own_ray(temp_dir: str) -> None:
     """Stop the Ray processes this fixture started: those whose command line names its temp dir
     (GCS, raylet, dashboard, their workers), TERM first, then KILL."""
     def own() -> list[int]:
-        out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+        out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
         return [int(line.split(None, 1)[0]) for line in out.splitlines()[1:] if temp_dir in line]
 
     for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):

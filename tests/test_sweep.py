@@ -24,7 +24,9 @@ from mft_search.tune.cluster import check_cluster
 pytestmark = pytest.mark.ray
 
 
-def write_config(tmp_path, backbone, data_dir, **overrides) -> Path:
+def write_config(tmp_path, backbone, data_dir, *, lean: bool = False, **overrides) -> Path:
+    """The end-to-end sweep's YAML; `lean` drops what a test of the search stages does not look at
+    (the test benchmark, every baseline but unmasked), which halves the evaluation after them."""
     cfg = {
         "name": "e2e",
         "storage": str(tmp_path / "runs"),
@@ -45,6 +47,8 @@ def write_config(tmp_path, backbone, data_dir, **overrides) -> Path:
         "resources": {"workers_per_trial": 1, "cpus_per_worker": 1},
         "baselines": ["unmasked", "random", "l1", "continued_fft"],
     }
+    if lean:
+        cfg["domains"][0]["test"], cfg["baselines"] = None, ["unmasked"]
     for key, value in overrides.items():
         cfg[key] = value
     path = tmp_path / "sweep.yaml"
@@ -120,7 +124,7 @@ def test_the_cluster_check_refuses_unplaceable_trials(tmp_path, tiny_backbone, p
 
 
 def _ray_processes() -> list[str]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
     return [l for l in out.splitlines() if "raylet" in l or "gcs_server" in l]
 
 
@@ -203,8 +207,8 @@ def test_an_existing_experiment_is_never_overwritten(finished, tiny_backbone, pr
 @pytest.mark.parametrize("tune_state", ["kept", "torn"])
 def test_a_killed_driver_resumes_without_losing_or_rerunning_finished_trials(tmp_path, tiny_backbone, problems_dir,
                                                                             tune_state):
-    config = write_config(tmp_path, tiny_backbone, problems_dir, stages={"probe": {"data_fraction": 0.5},
-                                                                       "refine": {"top_k": 0}})
+    config = write_config(tmp_path, tiny_backbone, problems_dir, lean=True,
+                          stages={"probe": {"data_fraction": 0.5}, "refine": {"top_k": 0}})
     exp = tmp_path / "runs" / "e2e"
     driver = subprocess.Popen([sys.executable, "-m", "mft_search.sweep", "--config", str(config)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -248,14 +252,14 @@ def _finished_trials(exp: Path) -> dict:
 
 def _trial_processes() -> dict[int, str]:
     """Tune's trial actors training now (a function trainable runs in ImplicitFunc.train)."""
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
     return {int(l.split(None, 1)[0]): l for l in out.splitlines()[1:] if "ray::ImplicitFunc.train" in l}
 
 
 def test_a_killed_trial_process_is_retried_or_recorded_and_the_sweep_finishes(tmp_path, tiny_backbone, problems_dir):
     # SIGKILL of a running trial's own process, found as a user would (ps), mid-probe. The refine
     # stage's Tuner is built after the error: that is where the sweep used to die (PicklingError).
-    config = write_config(tmp_path, tiny_backbone, problems_dir, baselines=["unmasked"])  # the rest: no kill there
+    config = write_config(tmp_path, tiny_backbone, problems_dir, lean=True)
     exp = tmp_path / "runs" / "e2e"
     driver = subprocess.Popen([sys.executable, "-m", "mft_search.sweep", "--config", str(config)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
