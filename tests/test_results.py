@@ -107,3 +107,15 @@ def test_the_recorder_pickles_after_something_replaced_builtins_print(tmp_path, 
     monkeypatch.setattr(builtins, "print", lines.append)
     restored.log("trial t1 completed")
     assert lines == ["trial t1 completed"] and restored.table.path == tmp_path / "results.parquet"
+
+
+def test_a_rows_point_is_its_present_params_as_python_values(tmp_path):
+    from mft_search.experiment.results import params_of
+
+    table = ResultsTable(tmp_path / "r.parquet")
+    for trial_id, params in (("t1", {"mode": "local", "ratio": 0.1}), ("t2", {"mode": "global", "threshold": -0.03})):
+        table.add_report({"study": "b/d", "stage": "probe", "trial_id": trial_id}, params, {"report": 1, "metric": 0.1})
+    rows = table.frame().set_index("trial_id")
+    assert params_of(rows.loc["t1"]) == {"mode": "local", "ratio": 0.1}  # t2's threshold column: NaN here, left out
+    assert params_of(rows.loc["t2"]) == {"mode": "global", "threshold": -0.03}
+    assert type(params_of(rows.loc["t1"])["ratio"]) is float

@@ -77,6 +77,20 @@ class ResultsTable:
             self.frame().to_parquet(temporary, index=False)
 
 
+def params_of(row: pd.Series) -> dict[str, Any]:
+    """The searched point a results row records (its param.* columns, absent ones left out)."""
+    return {c.removeprefix("param."): _plain(row[c]) for c in row.index
+            if c.startswith("param.") and not _missing(row[c])}
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value  # numpy scalars as Python values
+
+
 def best_reports(rows: pd.DataFrame) -> pd.DataFrame:
     """Each trial's best report (highest metric; ties: the earliest report), one row per
     (stage, trial), best trials first. Every report saved a mask, so this is what selection takes."""

@@ -16,7 +16,7 @@ import yaml
 from mft_search.core import files
 from mft_search.core.maskfile import load_mask_file
 from mft_search.experiment import layout
-from mft_search.experiment.results import NOT_CANDIDATES, best_reports
+from mft_search.experiment.results import NOT_CANDIDATES, best_reports, params_of
 from mft_search.train.ray_train import build_trainer
 from mft_search.train.spec import EvalVariant, report_artifact
 from mft_search.tune.sampling import params_to_trial
@@ -42,18 +42,8 @@ def best_candidates(frame: pd.DataFrame, study: str, stage: str, k: int) -> list
     best = best_reports(rows)
     out = []
     for _, row in best.head(k).iterrows():
-        params = {c.removeprefix("param."): _plain(row[c]) for c in row.index
-                  if c.startswith("param.") and not _missing(row[c])}
-        out.append(Candidate(row["trial_id"], stage, params, float(row["metric"]), row["mask_path"]))
+        out.append(Candidate(row["trial_id"], stage, params_of(row), float(row["metric"]), row["mask_path"]))
     return out
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value
 
 
 def run_evaluation(study: Study, variants: list[EvalVariant], benchmark, name: str) -> dict[str, float]:

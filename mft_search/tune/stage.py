@@ -21,7 +21,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from mft_search.core.distributed import release_memory
 from mft_search.experiment import layout
-from mft_search.experiment.results import REPORT_FIELDS, ResultsTable
+from mft_search.experiment.results import REPORT_FIELDS, ResultsTable, params_of
 from mft_search.train import faults
 from mft_search.train.job import run_job
 from mft_search.train.ray_train import RaySession, build_trainer
@@ -161,8 +161,4 @@ def _ended_trials(results_path: Path, study: Study, stage: Stage) -> dict[str, d
         return {}
     rows = frame[(frame["study"] == study.name) & (frame["stage"] == stage)
                  & ~frame["status"].isin(["running", "interrupted"])]
-    return {trial_id: _params_of(group.iloc[0]) for trial_id, group in rows.groupby("trial_id")}
-
-
-def _params_of(row) -> dict[str, Any]:
-    return {k.removeprefix("param."): v for k, v in row.items() if k.startswith("param.") and v == v}  # NaN: absent
+    return {trial_id: params_of(group.iloc[0]) for trial_id, group in rows.groupby("trial_id")}
