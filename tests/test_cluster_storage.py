@@ -32,7 +32,7 @@ def _own_pids(marker: str) -> list[int]:
 
 
 def _stop(markers: list[str]) -> None:
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+    for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 5)):
         for marker in markers:
             for pid in _own_pids(marker):
                 with contextlib.suppress(ProcessLookupError):

@@ -21,8 +21,8 @@ BIN = Path(sys.executable).parent
 PORT = "8266"  # not the default 8265, so a developer's own cluster is left alone
 
 
-@pytest.fixture
-def cluster(tmp_path):
+@pytest.fixture(scope="module")
+def cluster():
     """clusters/README.md's "One machine" recipe, step by step as written there, in a fresh HOME
     (no token yet): the token first, then `ray start --head`; the client adds RAY_AUTH_MODE=token."""
     home = Path(tempfile.mkdtemp(prefix="mfthome", dir="/tmp"))
@@ -63,7 +63,7 @@ def _stop_own_ray(temp_dir: str) -> None:
         out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
         return [int(line.split(None, 1)[0]) for line in out.splitlines()[1:] if temp_dir in line]
 
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+    for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 5)):
         for pid in own():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
