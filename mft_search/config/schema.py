@@ -253,17 +253,13 @@ def load_config_file(path: str | Path, overrides: dict[str, Any] | None = None) 
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level is a {type(data).__name__}; it must be a mapping "
                           "(name: ..., backbones: ..., domains: ..., search: ...)")
-    for key, value in (overrides or {}).items():
-        try:
-            parse_config({**data, key: value})
-        except ConfigError as exc:
-            if str(exc).startswith(f"{key}:"):
-                raise ConfigError(f"--{key}{str(exc)[len(key):]}") from None
-        data = {**data, key: value}
+    overrides = overrides or {}
     try:
-        return parse_config(data)
+        return parse_config({**data, **overrides})
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        message = str(exc)
+        key = next((k for k in overrides if message.startswith(f"{k}:")), None)
+        raise ConfigError(f"--{key}{message[len(key):]}" if key else f"{path}: {message}") from None
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
