@@ -6,11 +6,9 @@ is. The sweep must refuse it (exit 2, nothing written) and accept a directory bo
 Needs root (mount namespaces) and unshare; the Ray processes are stopped by their own PIDs.
 """
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -19,28 +17,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from processes import stop_own
 
 pytestmark = pytest.mark.ray
 
 BIN = Path(sys.executable).parent
 PORT = 6391
-
-
-def _own_pids(marker: str) -> list[int]:
-    out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [int(line.split(None, 1)[0]) for line in out.splitlines()[1:] if marker in line]
-
-
-def _stop(markers: list[str]) -> None:
-    for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 5)):
-        for marker in markers:
-            for pid in _own_pids(marker):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-        deadline = time.time() + wait
-        while any(_own_pids(m) for m in markers) and time.time() < deadline:
-            time.sleep(0.2)
-    assert not any(_own_pids(m) for m in markers), "Ray processes of this test survived"
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +50,7 @@ def two_nodes():
         _wait_for_nodes(env, 2)
         yield {"env": {**env, "RAY_ADDRESS": f"127.0.0.1:{PORT}"}, "hidden": hidden, "shared": shared}
     finally:
-        _stop(temps)
+        stop_own(temps)
         shutil.rmtree(root, ignore_errors=True)
 
 

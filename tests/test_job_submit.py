@@ -1,10 +1,8 @@
 """`ray job submit --working-dir . -- python -m mft_search.sweep ...` against a real local
 cluster started with `ray start --head`, token authentication on (Ray 2.59+), stopped after."""
 
-import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -13,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from processes import stop_own
 
 pytestmark = pytest.mark.ray
 
@@ -39,7 +38,7 @@ def cluster():
         _wait_for_job_agent(client)
         yield client
     finally:
-        _stop_own_ray(temp_dir)  # never `ray stop`: it stops every Ray on the machine
+        stop_own([temp_dir])  # never `ray stop`: it stops every Ray on the machine
         shutil.rmtree(temp_dir, ignore_errors=True)
         shutil.rmtree(home, ignore_errors=True)
 
@@ -54,23 +53,6 @@ def _wait_for_job_agent(client: dict) -> None:
             return
         time.sleep(2)
     raise AssertionError(f"no job ran on the fresh cluster: {empty.stderr[-1000:]}")
-
-
-def _stop_own_ray(temp_dir: str) -> None:
-    """Stop the Ray processes this fixture started: those whose command line names its temp dir
-    (GCS, raylet, dashboard, their workers), TERM first, then KILL."""
-    def own() -> list[int]:
-        out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
-        return [int(line.split(None, 1)[0]) for line in out.splitlines()[1:] if temp_dir in line]
-
-    for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 5)):
-        for pid in own():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.time() + wait
-        while own() and time.time() < deadline:
-            time.sleep(0.2)
-    assert not own(), "Ray processes of this test survived"
 
 
 def test_the_recipe_the_test_runs_is_the_one_clusters_readme_writes():

@@ -16,6 +16,7 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
+from processes import processes
 
 from mft_search.config.schema import load_config_file
 from mft_search.errors import ConfigError
@@ -124,8 +125,7 @@ def test_the_cluster_check_refuses_unplaceable_trials(tmp_path, tiny_backbone, p
 
 
 def _ray_processes() -> list[str]:
-    out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [l for l in out.splitlines() if "raylet" in l or "gcs_server" in l]
+    return [*processes("raylet").values(), *processes("gcs_server").values()]
 
 
 @pytest.fixture(scope="module")
@@ -250,12 +250,6 @@ def _finished_trials(exp: Path) -> dict:
     return {t: rows for t, rows in done.groupby("trial_id")}
 
 
-def _trial_processes() -> dict[int, str]:
-    """Tune's trial actors training now (a function trainable runs in ImplicitFunc.train)."""
-    out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return {int(l.split(None, 1)[0]): l for l in out.splitlines()[1:] if "ray::ImplicitFunc.train" in l}
-
-
 def test_a_killed_trial_process_is_retried_or_recorded_and_the_sweep_finishes(tmp_path, tiny_backbone, problems_dir):
     # SIGKILL of a running trial's own process, found as a user would (ps), mid-probe. The refine
     # stage's Tuner is built after the error: that is where the sweep used to die (PicklingError).
@@ -266,7 +260,7 @@ def test_a_killed_trial_process_is_retried_or_recorded_and_the_sweep_finishes(tm
     try:
         deadline, killed = time.time() + 600, None
         while time.time() < deadline and killed is None and driver.poll() is None:
-            actors = _trial_processes()  # mid-probe: this sweep's only Tune trials
+            actors = processes("ray::ImplicitFunc.train")  # Tune's trials training now: this sweep's only ones
             if actors:
                 killed = next(iter(actors))
                 os.kill(killed, signal.SIGKILL)
