@@ -134,5 +134,6 @@ def test_seed_summary_is_the_mean_and_sample_std():
 def test_gain_is_frozen():
     gain = Gain(0.01, -0.004, 0.028, 0.21, 500, 0.95, "BCa bootstrap")
     assert gain.format(POINTS) == "+1.0 [-0.4, +2.8] pts, p=0.21, n=500"
+    assert Gain(0.1, 0.05, 0.15, 1e-30, 500, 0.95, "BCa bootstrap").format(POINTS).endswith("pts, p<0.001, n=500")
     with pytest.raises(AttributeError):
         gain.mean = 0.0

@@ -91,12 +91,13 @@ class Gain:
 
     def format(self, unit: Unit) -> str:
         """'+1.2 [-0.4, +2.8] pts, p=0.21, n=500' (p only for 0/1 scores)."""
-        p = "" if self.p_value is None else f", p={_p_text(self.p_value)}"
+        p = "" if self.p_value is None else f", p{_p_text(self.p_value)}"
         return f"{self.interval(unit)}{p}, n={self.n_items}"
 
 
 def _p_text(p: float) -> str:
-    return "<0.001" if p < 0.001 else f"{p:.2g}"
+    """'=0.21', or '<0.001' for any smaller p (the digits of 1e-30 say nothing more)."""
+    return "<0.001" if p < 0.001 else f"={p:.2g}"
 
 
 def paired_gain(a: Mapping[Hashable, float], b: Mapping[Hashable, float], *, seed: int,
