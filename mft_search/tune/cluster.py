@@ -1,8 +1,9 @@
-"""Checks of the cluster a sweep joined, before any trial: can a trial be placed, and does every
-node see the experiment's storage."""
+"""Checks of the cluster a sweep joined, before any trial: can a trial be placed, does every
+node see the experiment's storage, and can Ray Train clean up after a trial that dies."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from mft_search.config.schema import SweepConfig
 from mft_search.errors import ConfigError
 
 ANSWER_TIMEOUT_S = 120  # a node's check task waits for a worker process to start there
+STATE_API_TIMEOUT_S = 10
 
 
 def check_cluster(cfg: SweepConfig, cluster: dict, exp_dir: Path) -> None:
@@ -26,8 +28,33 @@ def check_cluster(cfg: SweepConfig, cluster: dict, exp_dir: Path) -> None:
             f"resources: a trial needs {r.workers_per_trial} worker(s) x ({r.cpus_per_worker:g} CPU, "
             f"{r.gpus_per_worker:g} GPU) but the cluster has {total['CPU']:g} CPU and {total['GPU']:g} GPU in all; "
             "lower resources.workers_per_trial or the per-worker needs")
+    if r.workers_per_trial > 1 and not state_api_reachable():
+        # Ray Train's placement-group cleaner asks the state API whether a trial's controller is
+        # alive; without it, the group of a trial that died (stopped by ASHA, on a lost node)
+        # keeps its CPUs forever and the next trials wait for them: the sweep hangs.
+        raise ConfigError(
+            "resources.workers_per_trial: multi-worker trials need the Ray dashboard (its state API), which this "
+            "cluster does not serve; start the head with `ray start --head --include-dashboard=true` "
+            "(install ray[default]), or set resources.workers_per_trial: 1")
     if len(nodes) > 1:
         check_shared_storage(exp_dir, nodes)
+
+
+def state_api_reachable() -> bool:
+    """Whether the connected cluster answers Ray's state API (served by its dashboard), asked
+    again for a few seconds: a dashboard started with this driver may not listen yet."""
+    from ray.util.state import list_nodes
+    from ray.util.state.exception import RayStateApiException
+
+    deadline = time.monotonic() + STATE_API_TIMEOUT_S
+    while True:
+        try:
+            list_nodes(limit=1, timeout=STATE_API_TIMEOUT_S, raise_on_missing_output=False)
+            return True
+        except (RayStateApiException, ConnectionError):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.5)
 
 
 def check_shared_storage(exp_dir: Path, nodes: list[dict]) -> None:
