@@ -12,6 +12,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from mft_search.config.schema import SweepConfig
 from mft_search.errors import ConfigError
+from mft_search.tune.stage import DRIVER_CPU
 
 ANSWER_TIMEOUT_S = 120  # a node's check task waits for a worker process to start there
 STATE_API_TIMEOUT_S = 10
@@ -23,10 +24,14 @@ def check_cluster(cfg: SweepConfig, cluster: dict, exp_dir: Path) -> None:
     need = {"CPU": r.cpus_per_worker, "GPU": r.gpus_per_worker}
     fits = [n for n in nodes if all(n["Resources"].get(k, 0) >= v for k, v in need.items() if v)]
     total = {k: cluster["resources"].get(k, 0) for k in need}
-    if not fits or any(r.workers_per_trial * v > total[k] for k, v in need.items() if v):
+    # A multi-worker trial's Tune driver holds a sliver of CPU beside its workers: a cluster with
+    # exactly the workers' CPUs can never start one (it waits forever).
+    driver = DRIVER_CPU if r.workers_per_trial > 1 else 0.0
+    if not fits or any(r.workers_per_trial * v + (driver if k == "CPU" else 0) > total[k]
+                       for k, v in need.items() if v):
         raise ConfigError(
             f"resources: a trial needs {r.workers_per_trial} worker(s) x ({r.cpus_per_worker:g} CPU, "
-            f"{r.gpus_per_worker:g} GPU) but the cluster has {total['CPU']:g} CPU and {total['GPU']:g} GPU in all; "
+            f"{r.gpus_per_worker:g} GPU){f' + {driver:g} CPU for its Tune driver' if driver else ''} but the cluster has {total['CPU']:g} CPU and {total['GPU']:g} GPU in all; "
             "lower resources.workers_per_trial or the per-worker needs")
     if r.workers_per_trial > 1 and not state_api_reachable():
         # Ray Train's placement-group cleaner asks the state API whether a trial's controller is
