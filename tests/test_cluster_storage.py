@@ -1,13 +1,16 @@
-"""Shared storage, checked for real on a two-node local Ray.
+"""Shared storage and a lost node, checked for real on a two-node local Ray.
 
 The second node runs in its own mount namespace where a tmpfs hides one directory: a path that
 exists on both "machines" but is not the same directory, as a node-local disk on a real cluster
 is. The sweep must refuse it (exit 2, nothing written) and accept a directory both nodes see.
+The last test kills a worker of a two-worker trial, then the whole second node, mid-sweep.
 Needs root (mount namespaces) and unshare; the Ray processes are stopped by their own PIDs.
 """
 
+import contextlib
 import json
 import os
+import signal
 import shutil
 import subprocess
 import sys
@@ -16,8 +19,9 @@ import time
 from pathlib import Path
 
 import pytest
+import pandas as pd
 import yaml
-from processes import stop_own
+from processes import processes, stop_own
 
 pytestmark = pytest.mark.ray
 
@@ -37,18 +41,19 @@ def two_nodes():
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(HOME=str(root), PATH=f"{BIN}:{os.environ['PATH']}")  # no token: authentication off
     try:
-        head = subprocess.run([str(BIN / "ray"), "start", "--head", f"--port={PORT}", "--num-cpus=1",
-                               "--include-dashboard=false", f"--temp-dir={temps[0]}"],
+        head = subprocess.run([str(BIN / "ray"), "start", "--head", f"--port={PORT}", "--num-cpus=3",
+                               "--include-dashboard=true", f"--temp-dir={temps[0]}"],
                               env=env, capture_output=True, text=True, timeout=180)
         assert head.returncode == 0, head.stderr[-2000:]
         worker = subprocess.run(
             ["unshare", "--mount", "--propagation", "private", "sh", "-c",
              f"mount -t tmpfs tmpfs {hidden} && exec {BIN / 'ray'} start --address=127.0.0.1:{PORT} "
-             f"--num-cpus=1 --temp-dir={temps[1]}"],
+             f"--num-cpus=3 --temp-dir={temps[1]}"],
             env=env, capture_output=True, text=True, timeout=180)
         assert worker.returncode == 0, worker.stderr[-2000:]
         _wait_for_nodes(env, 2)
-        yield {"env": {**env, "RAY_ADDRESS": f"127.0.0.1:{PORT}"}, "hidden": hidden, "shared": shared}
+        yield {"env": {**env, "RAY_ADDRESS": f"127.0.0.1:{PORT}"}, "hidden": hidden, "shared": shared,
+               "temps": temps}
     finally:
         stop_own(temps)
         shutil.rmtree(root, ignore_errors=True)
@@ -94,9 +99,9 @@ def test_a_directory_one_node_cannot_see_is_refused_one_every_node_sees_passes(t
     assert list(hidden.iterdir()) == [] and list(shared.iterdir()) == []  # the check leaves nothing
 
 
-def test_the_sweep_refuses_it_with_exit_2_before_any_trial(two_nodes, tmp_path, tiny_backbone, problems_dir):
-    config = {
-        "name": "e2e", "storage": str(two_nodes["hidden"]),
+def sweep_config(storage: Path, tiny_backbone, problems_dir, **overrides) -> dict:
+    return {
+        "name": "e2e", "storage": str(storage),
         "backbones": [{"source": tiny_backbone.source, "name": "tiny"}],
         "domains": [{"name": "gsm", "validation": None, "test": None,
                      "train": {"source": str(problems_dir / "train.jsonl"), "prompt_field": "question",
@@ -104,11 +109,97 @@ def test_the_sweep_refuses_it_with_exit_2_before_any_trial(two_nodes, tmp_path, 
         "search": {"num_trials": 1, "space": {"layer_group": [[1, 2]], "ratio": 0.1}},
         "stages": {"refine": {"top_k": 0}},
         "baselines": ["unmasked"],
+        **overrides,
     }
+
+
+def test_the_sweep_refuses_it_with_exit_2_before_any_trial(two_nodes, tmp_path, tiny_backbone, problems_dir):
     path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump(sweep_config(two_nodes["hidden"], tiny_backbone, problems_dir)))
     result = subprocess.run([sys.executable, "-m", "mft_search.sweep", "--config", str(path)],
                             env=two_nodes["env"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "storage:" in result.stderr.splitlines()[-1] and "Traceback" not in result.stderr
     assert list(two_nodes["hidden"].iterdir()) == []
+
+
+# Last in this module but one: it takes the second node away for good.
+def test_a_killed_train_worker_and_a_lost_node_leave_a_finished_sweep(two_nodes, tiny_backbone, problems_dir):
+    """Two two-worker trials at once, one on each node (3 CPUs each: a trial holds 2 and its driver a sliver). SIGKILL one Ray Train worker on
+    the head, then every process of the second node (its raylet, its workers), as a machine lost
+    without warning. Each trial is restarted by Train, retried by Tune, or recorded failed with
+    its reason; the sweep finishes on the head alone."""
+    storage = two_nodes["shared"] / "faults"
+    config = sweep_config(storage, tiny_backbone, problems_dir,
+                          search={"num_trials": 2, "max_concurrent_trials": 2,
+                                  "space": {"layer_group": [[1, 2], [2, 3]], "ratio": 0.1}},
+                          train={"epochs": 3, "global_batch_size": 8, "micro_batch_size": 4},
+                          resources={"workers_per_trial": 2, "cpus_per_worker": 1})
+    path = storage.parent / "faults.yaml"
+    path.write_text(yaml.safe_dump(config))
+    driver = subprocess.Popen([sys.executable, "-m", "mft_search.sweep", "--config", str(path)], env=two_nodes["env"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    head, second = (_raylet(temp) for temp in two_nodes["temps"])
+    try:
+        killed = _kill_first(lambda: _train_workers(head))
+        lost = _kill_first(lambda: _train_workers(second), also=lambda: [*_children(second), *processes(
+            two_nodes["temps"][1])])
+        out, _ = driver.communicate(timeout=900)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert killed and lost, "no training worker was found on each node"
+    assert driver.returncode == 0, out[-4000:]
+    exp = storage / "e2e"
+    assert (exp / "leaderboard.md").exists() and (exp / "studies" / "tiny__gsm" / "summary.json").exists()
+    frame = pd.read_parquet(exp / "results.parquet")
+    probe = frame[frame["stage"] == "probe"].groupby("trial_id")["status"].last()
+    assert len(probe) == 2 and set(probe) <= {"completed", "failed"}, probe.to_dict()
+    assert frame.loc[frame["status"] == "failed", "error"].notna().all()
+
+
+def _raylet(temp: str) -> int:
+    (pid,) = [pid for pid, line in processes(temp).items() if "/raylet" in line.split()[1]]
+    return pid
+
+
+def _children(parent: int) -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid,ppid"], capture_output=True, text=True).stdout
+    return [int(pid) for pid, ppid in (line.split() for line in out.splitlines()[1:]) if int(ppid) == parent]
+
+
+def _train_workers(raylet: int) -> list[int]:
+    return [pid for pid in _children(raylet) if "RayTrainWorker" in processes(str(pid)).get(pid, "")]
+
+
+def _kill_first(find, also=lambda: [], timeout: float = 600) -> list[int]:
+    """SIGKILL what `find` returns (and `also`) as soon as it returns anything; the PIDs killed."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = find()
+        if found:
+            pids = [found[0], *also()]
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            return pids
+        time.sleep(0.1)
+    return []
+
+
+# Last: it stops the dashboard.
+def test_multi_worker_trials_are_refused_on_a_cluster_without_the_state_api(two_nodes, tmp_path, tiny_backbone,
+                                                                           problems_dir):
+    """Without the dashboard's state API, Ray Train cannot free the group of a trial that died and
+    the sweep hangs (it did, here, before this check): refused before any trial, exit 2."""
+    (dashboard,) = [pid for pid, line in processes(two_nodes["temps"][0]).items() if "dashboard/dashboard.py" in line]
+    os.kill(dashboard, signal.SIGKILL)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep_config(tmp_path / "runs", tiny_backbone, problems_dir,
+                                                resources={"workers_per_trial": 2, "cpus_per_worker": 1})))
+    result = subprocess.run([sys.executable, "-m", "mft_search.sweep", "--config", str(path)],
+                            env=two_nodes["env"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("error: resources.workers_per_trial:") and "--include-dashboard=true" in last, last
+    assert not (tmp_path / "runs" / "e2e").exists()

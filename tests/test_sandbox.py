@@ -258,3 +258,41 @@ def _processes_with(marker: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs the sandbox as root and as another uid, which needs root")
+@pytest.mark.skipif(not (shutil.which("setpriv") and os.path.exists("/usr/bin/python3")),
+                    reason="needs setpriv (util-linux) and /usr/bin/python3 to build a venv and switch uid")
+@pytest.mark.parametrize("uid", [0, UNPRIVILEGED])
+def test_an_interpreter_under_tmp_stays_visible_read_only(uid: int):
+    """A venv under /tmp is hidden by the private /tmp: the program must still run with it
+    (its packages importable), not silently with another Python, and must not write to it."""
+    import subprocess
+    import tempfile
+
+    from mft_search.core.evaluation import sandbox
+
+    venv = tempfile.mkdtemp(prefix="mft-venv-", dir="/tmp")
+    try:
+        os.chmod(venv, 0o755)
+        subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", venv], check=True, timeout=60)
+        site = subprocess.run([f"{venv}/bin/python", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        Path(site, "mft_probe.py").write_text("HERE = True\n")
+        shutil.copy(sandbox.__file__, os.path.join(venv, "sandbox.py"))
+        for path in (Path(site) / "mft_probe.py", Path(venv) / "sandbox.py"):
+            path.chmod(0o644)
+        script = ("import importlib.util, json, sys\n"
+                  f"spec = importlib.util.spec_from_file_location('sandbox', {venv!r} + '/sandbox.py')\n"
+                  "m = importlib.util.module_from_spec(spec); sys.modules['sandbox'] = m; spec.loader.exec_module(m)\n"
+                  "programs = ('import mft_probe; assert mft_probe.HERE', "
+                  "'import sys; open(sys.prefix + \"/written\", \"w\")')\n"
+                  "print(json.dumps([m.run_program(p, timeout_s=10).status for p in programs]))\n")
+        switch = [] if uid == 0 else ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+        out = subprocess.run([*switch, f"{venv}/bin/python", "-I", "-c", script], capture_output=True, text=True,
+                             timeout=120, cwd=venv, env={"PATH": "/usr/bin:/bin", "HOME": venv})
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert json.loads(out.stdout.splitlines()[-1]) == ["passed", "failed"]
+        assert not os.path.exists(os.path.join(venv, "written"))
+    finally:
+        shutil.rmtree(venv, ignore_errors=True)

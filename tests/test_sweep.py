@@ -110,14 +110,17 @@ def test_an_unreadable_tokenizer_is_refused_before_ray_starts(tmp_path, tiny_bac
     assert not _ray_processes(), "the command left its Ray running"
 
 
-@pytest.mark.parametrize("nodes, expected", [
-    ([{"CPU": 1}, {"CPU": 1}], "resources: a trial needs 1 worker(s) x (4 CPU, 0 GPU)"),
+@pytest.mark.parametrize("nodes, workers, cpus, expected", [
+    ([{"CPU": 1}, {"CPU": 1}], 1, 4, "resources: a trial needs 1 worker(s) x (4 CPU, 0 GPU)"),
+    # two workers' CPUs and no more: the trial's Tune driver (0.01 CPU) has no room, the trial never starts
+    ([{"CPU": 2}], 2, 1, "resources: a trial needs 2 worker(s) x (1 CPU, 0 GPU)"),
 ])
-def test_the_cluster_check_refuses_unplaceable_trials(tmp_path, tiny_backbone, problems_dir, nodes, expected):
-    # check_cluster reads what ray.nodes() gives; a fake two-node cluster costs no Ray start (storage
-    # is checked on a real two-node cluster: tests/test_cluster_storage.py)
+def test_the_cluster_check_refuses_unplaceable_trials(tmp_path, tiny_backbone, problems_dir, nodes, workers, cpus,
+                                                      expected):
+    # check_cluster reads what ray.nodes() gives; a fake cluster costs no Ray start (storage and the
+    # state API are checked on a real two-node cluster: tests/test_cluster_storage.py)
     cfg = load_config_file(write_config(tmp_path, tiny_backbone, problems_dir,
-                                        resources={"workers_per_trial": 1, "cpus_per_worker": 4}))
+                                        resources={"workers_per_trial": workers, "cpus_per_worker": cpus}))
     cluster = {"resources": {"CPU": sum(n["CPU"] for n in nodes)}, "nodes": [{"Resources": n} for n in nodes]}
     with pytest.raises(ConfigError) as info:
         check_cluster(cfg, cluster, tmp_path / "runs" / "e2e")

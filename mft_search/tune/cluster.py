@@ -1,8 +1,9 @@
-"""Checks of the cluster a sweep joined, before any trial: can a trial be placed, and does every
-node see the experiment's storage."""
+"""Checks of the cluster a sweep joined, before any trial: can a trial be placed, does every
+node see the experiment's storage, and can Ray Train clean up after a trial that dies."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 
@@ -11,8 +12,10 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from mft_search.config.schema import SweepConfig
 from mft_search.errors import ConfigError
+from mft_search.tune.stage import DRIVER_CPU
 
 ANSWER_TIMEOUT_S = 120  # a node's check task waits for a worker process to start there
+STATE_API_TIMEOUT_S = 10
 
 
 def check_cluster(cfg: SweepConfig, cluster: dict, exp_dir: Path) -> None:
@@ -21,13 +24,42 @@ def check_cluster(cfg: SweepConfig, cluster: dict, exp_dir: Path) -> None:
     need = {"CPU": r.cpus_per_worker, "GPU": r.gpus_per_worker}
     fits = [n for n in nodes if all(n["Resources"].get(k, 0) >= v for k, v in need.items() if v)]
     total = {k: cluster["resources"].get(k, 0) for k in need}
-    if not fits or any(r.workers_per_trial * v > total[k] for k, v in need.items() if v):
+    # A multi-worker trial's Tune driver holds a sliver of CPU beside its workers: a cluster with
+    # exactly the workers' CPUs can never start one (it waits forever).
+    driver = DRIVER_CPU if r.workers_per_trial > 1 else 0.0
+    if not fits or any(r.workers_per_trial * v + (driver if k == "CPU" else 0) > total[k]
+                       for k, v in need.items() if v):
         raise ConfigError(
             f"resources: a trial needs {r.workers_per_trial} worker(s) x ({r.cpus_per_worker:g} CPU, "
-            f"{r.gpus_per_worker:g} GPU) but the cluster has {total['CPU']:g} CPU and {total['GPU']:g} GPU in all; "
+            f"{r.gpus_per_worker:g} GPU){f' + {driver:g} CPU for its Tune driver' if driver else ''} but the cluster has {total['CPU']:g} CPU and {total['GPU']:g} GPU in all; "
             "lower resources.workers_per_trial or the per-worker needs")
+    if r.workers_per_trial > 1 and not state_api_reachable():
+        # Ray Train's placement-group cleaner asks the state API whether a trial's controller is
+        # alive; without it, the group of a trial that died (stopped by ASHA, on a lost node)
+        # keeps its CPUs forever and the next trials wait for them: the sweep hangs.
+        raise ConfigError(
+            "resources.workers_per_trial: multi-worker trials need the Ray dashboard (its state API), which this "
+            "cluster does not serve; start the head with `ray start --head --include-dashboard=true` "
+            "(install ray[default]), or set resources.workers_per_trial: 1")
     if len(nodes) > 1:
         check_shared_storage(exp_dir, nodes)
+
+
+def state_api_reachable() -> bool:
+    """Whether the connected cluster answers Ray's state API (served by its dashboard), asked
+    again for a few seconds: a dashboard started with this driver may not listen yet."""
+    from ray.util.state import list_nodes
+    from ray.util.state.exception import RayStateApiException
+
+    deadline = time.monotonic() + STATE_API_TIMEOUT_S
+    while True:
+        try:
+            list_nodes(limit=1, timeout=STATE_API_TIMEOUT_S, raise_on_missing_output=False)
+            return True
+        except (RayStateApiException, ConnectionError):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.5)
 
 
 def check_shared_storage(exp_dir: Path, nodes: list[dict]) -> None:

@@ -18,7 +18,9 @@ Layers, strongest first (each recorded in `SandboxResult.isolation` when it was 
 - "netns": a new network namespace with no interfaces up: no connections, not even to
   127.0.0.1 of the host.
 - "mountns": a private /proc, and small private tmpfs mounts on /tmp, /var/tmp and /dev/shm
-  (the program's working directory and HOME live in that /tmp and vanish with it).
+  (the program's working directory and HOME live in that /tmp and vanish with it). An
+  interpreter whose installation lives under one of them (a venv in /tmp) is bound back
+  read-only at its own path, or the program would run with another Python.
 - "rlimits" (always): CPU seconds, address space, processes, file size, no core files.
 - Python-level guards in the program's interpreter (no os.kill, os.system, subprocess...) as
   defence in depth only: a program can get around them (`import posix`).
@@ -63,7 +65,8 @@ _CLONE_NEWNS, _CLONE_NEWUSER, _CLONE_NEWPID, _CLONE_NEWNET = (
     0x20000000,
     0x40000000,
 )
-_MS_NOSUID, _MS_NODEV, _MS_REC, _MS_PRIVATE = 0x2, 0x4, 0x4000, 0x40000
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = (
+    0x1, 0x2, 0x4, 0x20, 0x1000, 0x4000, 0x40000)
 _PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS = 1, 38
 
 
@@ -161,7 +164,7 @@ def _run(source: str, limits: Limits, user: tuple[int, int] | None, python: str)
         # it after the program's last statement. On stdin, not argv: /proc shows argv to all.
         token = secrets.token_hex(16)
         config = {"workdir": workdir, "user": user, "python": python, "parent": os.getpid(),
-                  "limits": asdict(limits), "token": token}
+                  "limits": asdict(limits), "token": token, "expose": _hidden_prefixes(python)}
         launcher = subprocess.Popen(
             [sys.executable, "-I", "-S", os.path.abspath(__file__)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -187,6 +190,15 @@ def _make_workdir(outer: str, source: str, user: tuple[int, int] | None) -> str:
     if user is not None:
         os.chown(workdir, *user)
     return workdir
+
+
+def _hidden_prefixes(python: str) -> list[str]:
+    """The interpreter's installations that the private tmpfs mounts would hide: its own
+    prefix (a venv) and the base one, when they live under /tmp, /var/tmp or /dev/shm."""
+    prefixes = {sys.prefix, sys.base_prefix} if python == sys.executable else set()
+    prefixes.add(os.path.dirname(os.path.dirname(os.path.realpath(python))))  # .../bin/python -> ...
+    real = {os.path.realpath(p) for p in prefixes}
+    return sorted(p for p in real if any(p.startswith(tmp + "/") for tmp in _PRIVATE_TMP))
 
 
 def _minimal_env() -> dict[str, str]:
@@ -329,17 +341,32 @@ def _private_workdir(config: dict, isolation: list[str], source: str) -> str:
     if "mountns" not in isolation:
         return config["workdir"]
     _mount(None, "/", None, _MS_REC | _MS_PRIVATE, None)  # nothing propagates to the host
+    # Held open so that they can be bound back once the tmpfs mounts hide them.
+    exposed = {path: os.open(path, os.O_PATH | os.O_DIRECTORY) for path in config["expose"]}
     _mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV, None)
     size = f"size={config['limits']['tmpfs_mb']}m"
     for path in _PRIVATE_TMP:
         if os.path.isdir(path):
             _mount("tmpfs", path, "tmpfs", _MS_NOSUID | _MS_NODEV, f"{size},mode=1777")
+    for path, fd in exposed.items():
+        _bind_read_only(fd, path)
     workdir = "/tmp/work"
     os.mkdir(workdir, 0o700)
     with open(os.path.join(workdir, _PROGRAM), "w", encoding="utf-8") as f:
         f.write(source)
     os.chown(workdir, *(config["user"] or [os.getuid(), os.getgid()]))
     return workdir
+
+
+def _bind_read_only(fd: int, path: str) -> None:
+    """Bind the directory open at `fd` to `path` (in the private tmpfs), read-only."""
+    os.makedirs(path, 0o755, exist_ok=True)
+    _mount(f"/proc/self/fd/{fd}", path, None, _MS_BIND | _MS_REC, None)
+    # A bind mount ignores MS_RDONLY on creation: read-only takes a remount, which must keep
+    # the flags the original mount has (in a user namespace they are locked: EPERM otherwise).
+    kept = os.fstatvfs(fd).f_flag & (os.ST_RDONLY | os.ST_NOSUID | os.ST_NODEV | os.ST_NOEXEC)
+    _mount(None, path, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | _MS_NODEV | kept, None)
+    os.close(fd)
 
 
 def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None) -> None:
