@@ -1,0 +1,150 @@
+"""The Wanda, revert-to-pretrained and LoRA baselines, each checked for its own semantics on tiny
+models built from configs (no files, no Ray)."""
+
+import pytest
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from mft_search.core.baselines import l1_masks
+from mft_search.core.calibration import calibration_batches, input_feature_norms
+from mft_search.core.masking import MaskSpec, multiply_masks_in, spec_module_names
+from mft_search.core.wanda import row_quotas, wanda_masks, wanda_scores
+from mft_search.demo.tiny import tiny_gpt2, tiny_llama
+from mft_search.errors import ConfigError
+
+
+class OneLayer(nn.Module):
+    """A single linear layer called like a causal LM: `input_ids` carries its (B, T, in) inputs."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, input_ids, attention_mask=None, use_cache=None):
+        return self.layer(input_ids)
+
+
+# Two real tokens with inputs (3, 0, 0) and (4, 1, 2), then a padded one that must not count:
+# ||X_j|| = (5, 1, 2).
+INPUTS = torch.tensor([[[3.0, 0.0, 0.0], [4.0, 1.0, 2.0], [100.0, 100.0, 100.0]]])
+BATCH = {"input_ids": INPUTS, "attention_mask": torch.tensor([[1, 1, 0]])}
+WEIGHT = torch.tensor([[1.0, -2.0, 0.5], [-0.1, 3.0, 1.25]])  # scores [[5, 2, 1], [0.5, 3, 2.5]]
+
+
+def _linear(weight: torch.Tensor) -> nn.Linear:
+    layer = nn.Linear(weight.size(1), weight.size(0), bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+    return layer
+
+
+def _token_batches(n: int = 6, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(seed)
+    rows = [torch.randint(3, 400, (int(torch.randint(5, 20, (1,), generator=gen)),), generator=gen).tolist()
+            for _ in range(n)]
+    return calibration_batches(rows, n=n, batch_size=3)
+
+
+# ---------------------------------------------------------------- Wanda
+
+
+def test_wanda_scores_are_abs_weight_times_input_norm_of_real_tokens():
+    model = OneLayer(_linear(WEIGHT))
+    norms = input_feature_norms(model, ["layer"], [BATCH])["layer"]
+    assert torch.allclose(norms, torch.tensor([5.0, 1.0, 2.0]))
+    assert torch.allclose(wanda_scores(WEIGHT, norms), torch.tensor([[5.0, 2.0, 1.0], [0.5, 3.0, 2.5]]))
+
+
+def test_wanda_keeps_per_row_with_the_extra_weight_where_the_next_score_is_highest():
+    model = OneLayer(_linear(WEIGHT))
+    four = wanda_masks(model, {"layer": 4}, [BATCH])["layer"]  # 2 per row
+    assert four.tolist() == [[True, True, False], [False, True, True]]
+    # 3 = 1 per row + 1: row 1's second-best (2.5) beats row 0's (2), so row 1 keeps two.
+    three = wanda_masks(model, {"layer": 3}, [BATCH])["layer"]
+    assert three.tolist() == [[True, False, False], [False, True, True]]
+    # |W| alone keeps 3, 2 and 1.25: the activations change the choice.
+    assert not torch.equal(three, l1_masks({"layer": WEIGHT}, {"layer": 3})["layer"])
+    assert torch.equal(model.layer.weight, WEIGHT)  # restored after the calibration's pruning
+
+
+def test_row_quotas_sum_to_the_kept_count_and_differ_by_at_most_one():
+    scores = torch.rand(7, 5, generator=torch.Generator().manual_seed(1))
+    for kept in range(0, 36):
+        quotas = row_quotas(scores, kept)
+        assert int(quotas.sum()) == kept and int(quotas.max() - quotas.min()) <= 1
+    with pytest.raises(ConfigError, match="kept count 36"):
+        row_quotas(scores, 36)
+
+
+def test_wanda_masks_keep_exact_counts_on_a_llama_and_leave_its_weights_alone():
+    model = tiny_llama()
+    names = spec_module_names(model, MaskSpec(blocks=(1, 2)))
+    before = {n: p.clone() for n, p in model.state_dict().items()}
+    gen = torch.Generator().manual_seed(0)
+    kept = {n: int(torch.randint(1, model.get_submodule(n).weight.numel(), (1,), generator=gen)) for n in names}
+    masks = wanda_masks(model, kept, _token_batches())
+    for name in names:
+        mask = masks[name]
+        assert mask.dtype == torch.bool and mask.shape == model.get_submodule(name).weight.shape
+        assert int(mask.sum()) == kept[name]
+        per_row = mask.sum(1)
+        assert int(per_row.max() - per_row.min()) <= 1
+    assert all(torch.equal(p, before[n]) for n, p in model.state_dict().items())
+
+
+def test_wanda_calibrates_each_block_behind_the_earlier_blocks_pruned():
+    model = tiny_llama()
+    names = spec_module_names(model, MaskSpec(blocks=(0, 1), kinds=("down",)))
+    kept = {n: model.get_submodule(n).weight.numel() // 2 for n in names}
+    batches = _token_batches()
+    masks = wanda_masks(model, kept, batches)
+    first, second = names
+    dense = input_feature_norms(model, [second], batches)[second]
+    multiply_masks_in(model, {first: masks[first]})
+    pruned = input_feature_norms(model, [second], batches)[second]
+    assert not torch.allclose(dense, pruned)
+    expected = wanda_masks(model, {second: kept[second]}, batches)[second]
+    assert torch.equal(masks[second], expected)
+
+
+@pytest.mark.parametrize("out_features, in_features", [(6, 4), (5, 5)])  # square: no shape error to hide behind
+def test_wanda_on_conv1d_scores_output_rows_of_the_transposed_weight(out_features, in_features):
+    weight = torch.randn(out_features, in_features, generator=torch.Generator().manual_seed(2))
+    conv = Conv1D(out_features, in_features)  # stores (in, out)
+    with torch.no_grad():
+        conv.weight.copy_(weight.t())
+        conv.bias.zero_()
+    batch = {"input_ids": torch.randn(2, 5, in_features, generator=torch.Generator().manual_seed(3)),
+             "attention_mask": torch.ones(2, 5, dtype=torch.long)}
+    linear_mask = wanda_masks(OneLayer(_linear(weight)), {"layer": 13}, [batch])["layer"]
+    conv_mask = wanda_masks(OneLayer(conv), {"layer": 13}, [batch])["layer"]
+    assert conv_mask.shape == (in_features, out_features) and torch.equal(conv_mask, linear_mask.t())
+    per_output = conv_mask.sum(0)  # an output row of Conv1D is a stored column
+    assert int(per_output.max() - per_output.min()) <= 1
+
+
+def test_wanda_masks_on_gpt2_keep_exact_counts_without_dropout_in_the_statistics():
+    model = tiny_gpt2()
+    names = spec_module_names(model, MaskSpec(blocks=(2,)))
+    kept = {n: int(0.9 * model.get_submodule(n).weight.numel()) + 1 for n in names}
+    batches = _token_batches()
+    masks = wanda_masks(model, kept, batches)
+    assert {n: int(m.sum()) for n, m in masks.items()} == kept
+    model.train()  # GPT-2's dropout is 0.1: calibration must not see it
+    again = wanda_masks(model, kept, batches)
+    assert model.training and all(torch.equal(masks[n], again[n]) for n in names)
+
+
+def test_calibration_batches_are_a_seeded_sample_cut_to_length():
+    rows = [list(range(3, 3 + k)) for k in range(1, 41)]
+    a = calibration_batches(rows, n=10, seed=5, max_length=12, batch_size=4)
+    b = calibration_batches(rows, n=10, seed=5, max_length=12, batch_size=4)
+    c = calibration_batches(rows, n=10, seed=6, max_length=12, batch_size=4)
+    assert [len(x["input_ids"]) for x in a] == [4, 4, 2]
+    assert all(torch.equal(x["input_ids"], y["input_ids"]) for x, y in zip(a, b))
+    assert not all(torch.equal(x["input_ids"], y["input_ids"]) for x, y in zip(a, c))
+    assert max(x["input_ids"].size(1) for x in a) <= 12
+    assert sum(int(x["attention_mask"].sum()) for x in a) == sum(
+        min(int(x["attention_mask"][i].sum()), 12) for x in a for i in range(len(x["input_ids"])))
+    assert len(calibration_batches(rows[:3], n=128, batch_size=8)[0]["input_ids"]) == 3
