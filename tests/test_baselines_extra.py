@@ -6,9 +6,10 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from mft_search.core.baselines import l1_masks
+from mft_search.core.baselines import l1_masks, random_masks
 from mft_search.core.calibration import calibration_batches, input_feature_norms
 from mft_search.core.masking import MaskSpec, multiply_masks_in, spec_module_names
+from mft_search.core.revert import revert_to_pretrained
 from mft_search.core.wanda import row_quotas, wanda_masks, wanda_scores
 from mft_search.demo.tiny import tiny_gpt2, tiny_llama
 from mft_search.errors import ConfigError
@@ -148,3 +149,53 @@ def test_calibration_batches_are_a_seeded_sample_cut_to_length():
     assert sum(int(x["attention_mask"].sum()) for x in a) == sum(
         min(int(x["attention_mask"][i].sum()), 12) for x in a for i in range(len(x["input_ids"])))
     assert len(calibration_batches(rows[:3], n=128, batch_size=8)[0]["input_ids"]) == 3
+
+
+# ---------------------------------------------------------------- revert
+
+
+def _fine_tuned_pair():
+    pretrained = tiny_llama(seed=0)
+    fine_tuned = tiny_llama(seed=0)
+    with torch.no_grad():
+        for p in fine_tuned.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    names = spec_module_names(fine_tuned, MaskSpec(blocks=(1,)))
+    shapes = {n: fine_tuned.get_submodule(n).weight.shape for n in names}
+    masks = random_masks(shapes, {n: int(0.9 * s.numel()) for n, s in shapes.items()}, seed=0)
+    return pretrained, fine_tuned, masks
+
+
+@pytest.mark.parametrize("as_state_dict", [False, True])
+def test_revert_restores_exactly_the_pruned_positions_and_nothing_else(as_state_dict):
+    pretrained, model, masks = _fine_tuned_pair()
+    before = {n: p.clone() for n, p in model.state_dict().items()}
+    revert_to_pretrained(model, pretrained.state_dict() if as_state_dict else pretrained, masks)
+    pre = pretrained.state_dict()
+    for key, value in model.state_dict().items():
+        name = key.removesuffix(".weight")
+        if name in masks:
+            mask = masks[name]
+            assert torch.equal(value[mask], before[key][mask])  # kept: bit-identical
+            assert torch.equal(value[~mask], pre[key][~mask])  # removed: the pretrained weight
+            assert not torch.equal(value[~mask], before[key][~mask])
+        else:
+            assert torch.equal(value, before[key])
+
+
+def test_revert_refuses_mismatched_names_and_shapes_before_changing_anything():
+    pretrained, model, masks = _fine_tuned_pair()
+    before = {n: p.clone() for n, p in model.state_dict().items()}
+    first = next(iter(masks))
+    state = dict(pretrained.state_dict())
+    del state[f"{first}.weight"]
+    with pytest.raises(ConfigError, match=f"pretrained backbone has no weight '{first}.weight'"):
+        revert_to_pretrained(model, state, masks)
+    last = list(masks)[-1]
+    with pytest.raises(ConfigError, match=f"{last}'s pretrained weight has shape"):
+        revert_to_pretrained(model, {**pretrained.state_dict(), f"{last}.weight": torch.zeros(3, 3)}, masks)
+    with pytest.raises(ConfigError, match=f"{last}'s mask has shape"):
+        revert_to_pretrained(model, pretrained, {**masks, last: masks[last].t()})
+    with pytest.raises(ConfigError, match="no module 'model.layers.9.mlp.up_proj'"):
+        revert_to_pretrained(model, pretrained, {"model.layers.9.mlp.up_proj": masks[first]})
+    assert all(torch.equal(p, before[n]) for n, p in model.state_dict().items())
