@@ -1,13 +1,17 @@
 """The Wanda, revert-to-pretrained and LoRA baselines, each checked for its own semantics on tiny
 models built from configs (no files, no Ray)."""
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from mft_search.core.architectures import module_names
 from mft_search.core.baselines import l1_masks, random_masks
 from mft_search.core.calibration import calibration_batches, input_feature_norms
+from mft_search.core.lora import LoraSpec, attach_lora, lora_parameters, lora_target_modules, merge_lora
 from mft_search.core.masking import MaskSpec, multiply_masks_in, spec_module_names
 from mft_search.core.revert import revert_to_pretrained
 from mft_search.core.wanda import row_quotas, wanda_masks, wanda_scores
@@ -199,3 +203,64 @@ def test_revert_refuses_mismatched_names_and_shapes_before_changing_anything():
     with pytest.raises(ConfigError, match="no module 'model.layers.9.mlp.up_proj'"):
         revert_to_pretrained(model, pretrained, {"model.layers.9.mlp.up_proj": masks[first]})
     assert all(torch.equal(p, before[n]) for n, p in model.state_dict().items())
+
+
+# ---------------------------------------------------------------- LoRA
+
+
+def test_lora_targets_every_block_s_maskable_modules_by_default():
+    model = tiny_llama()
+    assert lora_target_modules(model, LoraSpec()) == module_names(
+        "llama", (0, 1, 2, 3), ("q", "k", "v", "o", "gate", "up", "down"))
+    assert lora_target_modules(model, LoraSpec(blocks=(2,), kinds=("q", "v"))) == [
+        "model.layers.2.self_attn.q_proj", "model.layers.2.self_attn.v_proj"]
+    with pytest.raises(ConfigError, match="lora.rank"):
+        LoraSpec(rank=0)
+
+
+def test_lora_trains_only_the_adapters_and_merges_into_the_same_model():
+    model = tiny_llama(layers=2)
+    base = [(p, p.detach().clone()) for p in model.parameters()]
+    peft_model = attach_lora(model, LoraSpec(rank=4, alpha=8, dropout=0.05))
+    adapters = lora_parameters(peft_model)
+    names = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert names and all("lora_" in n for n in names)
+    assert len(names) == 2 * 14  # A and B of 7 modules in each of 2 blocks
+    start = [p.detach().clone() for p in adapters]
+    # No weight decay: A moves only by its gradient, which is zero until B has left 0 (step 2).
+    optimizer = torch.optim.AdamW(adapters, lr=1e-2, weight_decay=0.0)
+    ids = torch.randint(3, 400, (2, 12), generator=torch.Generator().manual_seed(0))
+    peft_model.train()
+    for _ in range(2):
+        peft_model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert all(torch.equal(p, before) for p, before in base)
+    assert all(not torch.equal(p, s) for p, s in zip(adapters, start))
+    peft_model.eval()
+    with torch.no_grad():
+        adapted = peft_model(input_ids=ids).logits
+        plain = merge_lora(peft_model)
+        merged = plain(input_ids=ids).logits
+    assert type(plain.get_submodule("model.layers.0.self_attn.q_proj")) is nn.Linear
+    assert torch.allclose(adapted, merged, atol=1e-5)
+    assert not torch.allclose(merged, tiny_llama(layers=2)(input_ids=ids).logits, atol=1e-3)
+
+
+def test_lora_on_gpt2_conv1d_merges_without_peft_flipping_the_layout():
+    model = tiny_gpt2()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*fan_in_fan_out.*")
+        peft_model = attach_lora(model, LoraSpec(rank=2, alpha=2, dropout=0.0))
+    with torch.no_grad():
+        for p in lora_parameters(peft_model):
+            p.add_(0.02)  # B = 0 at start: give the adapters something to merge
+    peft_model.eval()  # get_peft_model sets training mode: GPT-2 has dropout
+    ids = torch.randint(3, 400, (1, 8), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        adapted = peft_model(input_ids=ids).logits
+        plain = merge_lora(peft_model)
+        merged = plain(input_ids=ids).logits
+    assert type(plain.get_submodule("transformer.h.0.attn.c_attn")) is Conv1D
+    assert torch.allclose(adapted, merged, atol=1e-5)
+    assert not torch.allclose(merged, tiny_gpt2()(input_ids=ids).logits, atol=1e-2)
