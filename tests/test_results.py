@@ -119,3 +119,24 @@ def test_a_rows_point_is_its_present_params_as_python_values(tmp_path):
     assert params_of(rows.loc["t1"]) == {"mode": "local", "ratio": 0.1}  # t2's threshold column: NaN here, left out
     assert params_of(rows.loc["t2"]) == {"mode": "global", "threshold": -0.03}
     assert type(params_of(rows.loc["t1"])["ratio"]) is float
+
+
+def test_a_trial_has_one_value_its_best_report_in_optuna_and_selection():
+    # Optuna used to record the last report (0.4) while the leaderboard ranked the trial by its
+    # best (0.5): importances, optuna-dashboard and TPE saw another number than selection.
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    from mft_search.experiment.results import trial_value
+    from mft_search.tune.searcher import PrunedAwareOptunaSearch
+
+    storage = optuna.storages.InMemoryStorage()
+    search = PrunedAwareOptunaSearch(space={"x": FloatDistribution(0.0, 1.0)}, metric="metric", mode="max",
+                                     study_name="one-value", storage=storage)
+    search.suggest("t1")
+    for step, metric in enumerate((0.3, 0.5, 0.4), start=1):
+        search.on_trial_result("t1", {"metric": metric, "training_iteration": step})
+    search.on_trial_complete("t1", {"metric": 0.4, "training_iteration": 3, "done": True})
+    (trial,) = optuna.load_study(study_name="one-value", storage=storage).trials
+    assert trial.value == 0.5 == trial_value([0.3, 0.5, float("nan"), None, 0.4])
+    assert trial_value([None, float("nan")]) is None

@@ -191,6 +191,10 @@ def test_asha_stopped_trials_are_pruned_in_the_optuna_study(finished):
     statuses = frame[frame["stage"] == "probe"].groupby("trial_id")["status"].first().tolist()
     assert sorted(states) == sorted({"completed": "COMPLETE", "pruned": "PRUNED", "failed": "FAIL"}[s] for s in statuses)
     assert "PRUNED" in states, "ASHA stopped no trial: the marking went untested"
+    # One number per trial: a completed trial's Optuna value is the best report selection ranks it by
+    probe = frame[frame["stage"] == "probe"]
+    best = sorted(probe[probe["status"] == "completed"].groupby("trial_id")["metric"].max().round(9))
+    assert sorted(round(t.value, 9) for t in study.trials if t.state.name == "COMPLETE") == best
 
 
 def test_report_rebuilds_the_leaderboard_from_disk(finished):

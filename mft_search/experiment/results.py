@@ -100,6 +100,13 @@ def best_reports(rows: pd.DataFrame) -> pd.DataFrame:
     return ranked.groupby(["stage", "trial_id"], sort=False).head(1)
 
 
+def trial_value(metrics) -> float | None:
+    """A trial's one number: the best of its reports' metrics (None and NaN skipped; None if no
+    report has one), as `best_reports` ranks it."""
+    values = [float(m) for m in metrics if m is not None and not math.isnan(float(m))]
+    return max(values) if values else None
+
+
 def trial_status(last_result: dict[str, Any] | None, errored: bool) -> str:
     """completed (ran all its steps), pruned (stopped early by ASHA), no-op (ended as soon as its
     mask kept every weight) or failed."""

@@ -10,7 +10,7 @@ from typing import Any
 from ray import tune
 
 from mft_search.experiment import layout
-from mft_search.experiment.results import NO_OP, ResultsTable, trial_status
+from mft_search.experiment.results import NO_OP, ResultsTable, trial_status, trial_value
 from mft_search.train.spec import mask_artifact
 from mft_search.tune.study import Stage, Study
 
@@ -26,6 +26,7 @@ class Recorder(tune.Callback):
         self.results_path, self.study, self.stage, self._log = results_path, study, stage, log
         self.table = ResultsTable(results_path)
         self._last: dict[str, dict] = {}
+        self._best: dict[str, float | None] = {}  # each trial's value: its best report's metric
 
     # Tune pickles its callbacks with the experiment and restores them on resume: the table is
     # then read afresh from disk, never brought back as it stood at the last save. The log
@@ -56,6 +57,7 @@ class Recorder(tune.Callback):
         self._check_storage()
         if result.get("replayed"):  # already on record as it was: keep its row (and wall time)
             self._last[trial.trial_id] = result
+            self._best[trial.trial_id] = result.get("best_metric", result.get("metric"))
             return
         base = self._base(trial)
         report = int(result.get("report", 0))
@@ -63,6 +65,7 @@ class Recorder(tune.Callback):
         base["mask_path"] = str(mask_artifact(job_dir, report))
         self.table.add_report(base, trial_params(trial.config), result)
         self._last[trial.trial_id] = result
+        self._best[trial.trial_id] = trial_value([self._best.get(trial.trial_id), result.get("metric")])
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._finish(trial, errored=False)
@@ -82,7 +85,8 @@ class Recorder(tune.Callback):
                 raise failure
         self.table.finish(self._base(trial), trial_params(trial.config), status, error)
         self.table.flush()
-        score = f"metric {last['metric']:.4f}" if last and "metric" in last else "no report"
+        best = self._best.get(trial.trial_id)
+        score = f"best metric {best:.4f}" if best is not None else "no report"
         self.log(f"[{self.study.name} {self.stage}] trial {trial.trial_id} {status}: {score} "
                  f"({_describe(trial_params(trial.config))})" + (f" - {error}" if error else ""))
 

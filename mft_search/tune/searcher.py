@@ -13,7 +13,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from mft_search.config.space import enqueue_points
-from mft_search.experiment.results import trial_status
+from mft_search.experiment.results import trial_status, trial_value
 from mft_search.tune.sampling import define_by_run, make_sampler
 from mft_search.tune.study import Study, journal_storage
 
@@ -23,16 +23,29 @@ class PrunedAwareOptunaSearch(OptunaSearch):
 
     Ray's own marks a trial COMPLETE whenever it has a last value, early stop or error alike,
     which feeds TPE and the importance figures with half-trained scores as if they were final.
+
+    A completed trial's value is its best report's metric, the one selection ranks it by
+    (experiment.results.best_reports), not its last: the same number in Optuna, optuna-dashboard,
+    the console line and the leaderboard.
     """
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._note_best(trial_id, result)
         try:
             super().on_trial_result(trial_id, result)
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # finished in the journal before a driver restart; Tune replays its end
 
+    def _note_best(self, trial_id: str, result: dict | None) -> None:
+        # In __dict__, which OptunaSearch.save pickles: a resumed driver keeps every trial's best so far.
+        best = self.__dict__.setdefault("_best_metric", {})
+        best[trial_id] = trial_value([best.get(trial_id), (result or {}).get("metric")])
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         status = trial_status(result, error)
+        if status == "completed" and trial_id not in self._completed_trials:
+            self._note_best(trial_id, result)
+            result = {**result, "metric": self._best_metric[trial_id]}
         if status == "completed" or trial_id in self._completed_trials:
             return super().on_trial_complete(trial_id, result, error)
         state = TrialState.FAIL if status == "failed" else TrialState.PRUNED
