@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from mft_search.errors import DataError
-from mft_search.core.evaluation.loss import evaluate_loss
+from mft_search.core.evaluation.loss import evaluate_loss, evaluate_loss_items
 from mft_search.demo.tiny import tiny_gpt2
 
 
@@ -62,6 +62,20 @@ def test_matches_hand_computation_token_weighted(model):
     assert abs(sum(batch_means) / len(batch_means) - result["loss"]) > 1e-4
 
 
+def test_per_row_items_are_each_rows_mean_and_keyed_by_its_tokens(model):
+    # items.parquet pairs variants item by item: a row's id must not depend on its batch or order
+    figures, items = evaluate_loss_items(model, BATCHES)
+    rows = [{k: v[i:i + 1] for k, v in b.items()} for b in BATCHES for i in range(len(b["input_ids"]))]
+    by_hand = [_by_hand(model, [row]) for row in rows]
+    rows = [row for row, (_, count) in zip(rows, by_hand) if count]  # a row of padding only is no item
+    assert sorted(score for _, score in items) == pytest.approx(sorted(t / c for t, c in by_hand if c), rel=1e-5)
+    assert dict(evaluate_loss_items(model, rows[::-1])[1]) == pytest.approx(dict(items), rel=1e-5)
+    assert len({item for item, _ in items}) == len(rows)
+    twice = evaluate_loss_items(model, [BATCHES[0], BATCHES[0]])[1]
+    assert len({item for item, _ in twice}) == 2 * len(evaluate_loss_items(model, [BATCHES[0]])[1])  # twice: two items
+    assert figures == evaluate_loss(model, BATCHES)
+
+
 def test_single_batch_equals_the_models_own_shifted_loss(model):
     b = BATCHES[0]
     with torch.no_grad():
@@ -87,15 +101,15 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     try:
         torch.set_num_threads(1)
-        result = evaluate_loss(tiny_gpt2(layers=2), BATCHES[rank::world])  # uneven token counts per rank
+        result, items = evaluate_loss_items(tiny_gpt2(layers=2), BATCHES[rank::world])  # uneven tokens per rank
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-            json.dump(result, f)
+            json.dump({**result, "items": items}, f)
     finally:
         torch.distributed.destroy_process_group()
 
 
 def test_two_ranks_equal_one_process(model, tmp_path):
-    expected = evaluate_loss(model, BATCHES)
+    expected, items = evaluate_loss_items(model, BATCHES)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -104,3 +118,4 @@ def test_two_ranks_equal_one_process(model, tmp_path):
         got = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert got["tokens"] == expected["tokens"]
         assert got["loss"] == pytest.approx(expected["loss"], rel=1e-6)
+        assert dict(got["items"]) == pytest.approx(dict(items), rel=1e-5)  # every rank has every row
