@@ -1,0 +1,58 @@
+"""items.parquet: every evaluation's per-item scores, so that anyone can recompute every figure.
+
+One row per (study, split, variant, seed, item): `score` in [0, 1] for benchmarks (correct or
+not, pass@k, IFEval's per-prompt result) or a row's mean NLL for loss domains (`kind` says
+which), and the `settings` label of the evaluation that produced it. Rows are upserted by that
+key, so a resumed sweep that scores a variant again replaces its rows instead of doubling them;
+each write replaces the whole file atomically (core.files).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+from mft_search.core import files
+
+ITEMS = "items.parquet"
+KEY = ["study", "split", "variant", "seed", "item"]
+COLUMNS = [*KEY, "score", "kind", "settings"]
+KINDS = ("fraction", "loss")  # core.statistics.unit_for reads these
+
+
+def items_path(exp_dir: Path) -> Path:
+    return Path(exp_dir) / ITEMS
+
+
+def read_items(path: Path) -> pd.DataFrame:
+    """The table, or an empty one with its columns when nothing was scored yet."""
+    if not Path(path).exists():
+        return pd.DataFrame(columns=COLUMNS)
+    return pd.read_parquet(path)
+
+
+def add_items(path: Path, study: str, split: str, variant: str, seed: int, kind: str, settings: str,
+              items: Iterable[tuple[str, float]]) -> None:
+    """Record one variant's per-item scores on one split, replacing any earlier ones."""
+    if kind not in KINDS:
+        raise ValueError(f"kind '{kind}' is not one of {KINDS}")
+    new = pd.DataFrame([{"study": study, "split": split, "variant": variant, "seed": int(seed), "item": str(item),
+                         "score": float(score), "kind": kind, "settings": settings} for item, score in items],
+                       columns=COLUMNS)
+    old = read_items(path)
+    same = ((old["study"] == study) & (old["split"] == split) & (old["variant"] == variant)
+            & (old["seed"] == int(seed)))
+    frame = pd.concat([old[~same], new], ignore_index=True) if len(old) else new
+    with files.atomic_path(path) as temporary:
+        frame.to_parquet(temporary, index=False)
+
+
+def variant_scores(frame: pd.DataFrame, study: str, split: str, variant: str, seed: int | None = None) -> pd.Series:
+    """{item: score} of one variant on one split (one seed: the given one, else the lowest)."""
+    rows = frame[(frame["study"] == study) & (frame["split"] == split) & (frame["variant"] == variant)]
+    if rows.empty:
+        return pd.Series(dtype=float)
+    rows = rows[rows["seed"] == (rows["seed"].min() if seed is None else seed)]
+    return rows.set_index("item")["score"]
