@@ -32,9 +32,9 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from mft_search.core.evaluation.base import GenerationSettings, Problem
-from mft_search.core.evaluation.generate import generate
-from mft_search.core.evaluation.records import load_benchmark
+from mft_search.core.evaluation.base import GenerationSettings, Problem, Scores
+from mft_search.core.evaluation.generate import generate_and_score, uses_chat
+from mft_search.core.evaluation.records import data_label, load_benchmark
 from mft_search.errors import DataError
 
 FIELDS = ("key", "prompt", "instruction_id_list", "kwargs")
@@ -113,14 +113,37 @@ def ifeval_metrics(results: list[Following]) -> dict[str, float]:
     }
 
 
+IFEVAL_RULES = "Google IFEval checkers (if-verifiable), lm-eval ifeval v4 metrics"
+
+
+def _item(result: Following) -> dict[str, float]:
+    """One prompt's figures: whether all instructions were followed, and the counts behind the
+    instruction-level accuracies (which weigh prompts by their number of instructions)."""
+    return {"prompt_strict_accuracy": float(all(result.strict)), "prompt_loose_accuracy": float(all(result.loose)),
+            "instructions": float(len(result.strict)), "strict_followed": float(sum(result.strict)),
+            "loose_followed": float(sum(result.loose))}
+
+
+def _aggregate(items: list[dict[str, float]]) -> dict[str, float]:
+    n_prompts, n_instructions = max(len(items), 1), max(sum(i["instructions"] for i in items), 1)
+    return {
+        "prompt_strict_accuracy": sum(i["prompt_strict_accuracy"] for i in items) / n_prompts,
+        "prompt_loose_accuracy": sum(i["prompt_loose_accuracy"] for i in items) / n_prompts,
+        "instruction_strict_accuracy": sum(i["strict_followed"] for i in items) / n_instructions,
+        "instruction_loose_accuracy": sum(i["loose_followed"] for i in items) / n_instructions,
+    }
+
+
 class IFEvalEvaluator:
     """IFEval's 541 verifiable-instruction prompts; the primary metric is prompt-level strict."""
 
     name = "ifeval"
     metric = "prompt_strict_accuracy"
+    data = "541 prompts"
 
     def load(self, source: str | None = None, limit: int | None = None, split: str | None = None) -> list[Problem]:
         rows = load_benchmark("ifeval", source, FIELDS, split, limit)
+        self.data = "541 prompts" if source is None else data_label("ifeval", source, split)
         known = _registry()
         problems = []
         for row in rows:
@@ -140,9 +163,14 @@ class IFEvalEvaluator:
         tokenizer: PreTrainedTokenizerBase,
         problems: list[Problem],
         settings: GenerationSettings,
-    ) -> dict[str, float]:
-        responses = generate(model, tokenizer, [p.prompt for p in problems], settings)
-        return ifeval_metrics([self.score(p, r) for p, r in zip(problems, responses)])
+    ) -> Scores:
+        chat = ", chat template" if uses_chat(tokenizer, settings) else ""
+        label = f"IFEval {self.data}, 0-shot{chat}, prompt-level strict, {IFEVAL_RULES}"
+        return generate_and_score(model, tokenizer, problems, settings, self._score_all, self.metric, label,
+                                  aggregate=_aggregate)
+
+    def _score_all(self, problems: list[Problem], responses: list[list[str]]) -> list[dict[str, float]]:
+        return [_item(self.score(p, r[0])) for p, r in zip(problems, responses)]
 
     @staticmethod
     def score(problem: Problem, response: str) -> Following:
