@@ -25,7 +25,10 @@ once per process into a private temporary folder and put it first on `nltk.data.
 from __future__ import annotations
 
 import functools
+import random
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,8 +87,26 @@ class Following:
     loose: tuple[bool, ...]
 
 
+@contextmanager
+def _seeded_random(seed: int = 0) -> Iterator[None]:
+    """Google's letter_frequency checker picks a random letter when the prompt's is not one
+    (prompt 1122 asks for 4 "#"): seeded, the verdict is the same on every run; the caller's
+    `random` state is restored after."""
+    state = random.getstate()
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(state)
+
+
 def check_response(prompt: str, instruction_ids: list[str], kwargs: list[dict[str, Any]], response: str) -> Following:
     """Whether `response` follows each instruction, strictly and under the loose variants."""
+    with _seeded_random():
+        return _check_response(prompt, instruction_ids, kwargs, response)
+
+
+def _check_response(prompt: str, instruction_ids: list[str], kwargs: list[dict[str, Any]], response: str) -> Following:
     registry = _registry()
     variants = _loose_variants(response)
     strict, loose = [], []
