@@ -19,6 +19,7 @@ from optuna.trial import TrialState, create_trial
 
 from mft_search.cli import run
 from mft_search.report import main, write_report
+from mft_search.experiment.items import add_items, items_path
 from mft_search.experiment.results import NO_OP
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -109,9 +110,20 @@ def _experiment(root: Path, studies: dict[tuple[str, str], tuple[list, dict | No
                 mask_dir = root / "best" / backbone / domain
                 mask_dir.mkdir(parents=True)
                 (mask_dir / "mask.safetensors").write_bytes(b"mask")
+        if summary is not None and summary.get("items", True):
+            _items(root, f"{backbone}/{domain}", summary)
     if rows:
         pd.DataFrame(rows).to_parquet(root / "results.parquet", index=False)
     return root
+
+
+def _items(root: Path, study: str, summary: dict) -> None:
+    """Per-item test scores of 100 problems matching each row's test accuracy: the first
+    round(100 * test) problems correct, so every row's gain over another is known exactly."""
+    for row in (r for r in summary["rows"] if r.get("test") is not None):
+        correct = round(100 * row["test"])
+        add_items(items_path(root), study, "test", row["name"], 0, "fraction", "GSM8K test, 0-shot, strict",
+                  [(f"p{i}", float(i < correct)) for i in range(100)])
 
 
 @pytest.fixture
@@ -123,12 +135,17 @@ def test_finished_experiment_leaderboard(finished: Path) -> None:
     files = write_report(finished)
     text = files.leaderboard.read_text()
     assert files.leaderboard == finished / "leaderboard.md"
+    # Gains are paired over items.parquet's items: p is McNemar's (19 discordant, all one way: 2 * 0.5^19)
     for line in ("| Unmasked backbone | 61.0 | 60.0 | — |",
-                 "| Random mask | 40.0 | 41.0 | -19.0 |",
-                 "| L1 mask | 60.0 | 59.0 | -1.0 |",
-                 "| Continued FFT | 62.0 | 60.0 | +0.0 |",
-                 "| Best MFT | 64.0 | 61.0 | +1.0 |"):
-        assert line in text
+                 "| Random mask | 40.0 | 41.0 | -19.0 [",
+                 "| L1 mask | 60.0 | 59.0 | -1.0 [",
+                 "| Continued FFT | 62.0 | 60.0 | +0.0 [+0.0, +0.0] pts, p=1, n=100 |",
+                 "| Best MFT | 64.0 | 61.0 | +1.0 ["):
+        assert line in text, line
+    random_row = next(line for line in text.splitlines() if line.startswith("| Random mask"))
+    assert "pts, p<0.001, n=100 |" in random_row
+    assert "Scored as: test: GSM8K test, 0-shot, strict." in text
+    assert "- Best MFT against each on test (paired over items): Continued FFT +1.0 [" in text
     assert ("**Selected configuration** (trial t0): layer group 20-23, mode local, ratio 0.1, init normal, "
             "lr 2e-05.") in text
     assert "Mask: `best/tiny/arithmetic/mask.safetensors`\n" in text
@@ -185,8 +202,9 @@ def test_no_winner_is_said_plainly(tmp_path: Path) -> None:
     summary = _summary("tiny", "arithmetic", selected=False)
     exp = _experiment(tmp_path / "exp", {("tiny", "arithmetic"): (TRIALS, summary)})
     text = write_report(exp).leaderboard.read_text()
-    assert "**No mask beat the unmasked model on validation**, so no mask was selected or exported." in text
-    assert "| Best MFT (not selected) | 60.0 | 58.0 | -2.0 |" in text
+    assert "**No mask's validation gain over the unmasked model was distinguishable from noise**, so no mask " \
+           "was selected or exported." in text
+    assert "| Best MFT (not selected) | 60.0 | 58.0 | -2.0 [" in text
     assert "Selected configuration" not in text
 
 
@@ -226,7 +244,7 @@ def test_module_entry_point_exits_2_with_one_line(tmp_path: Path) -> None:
 def test_report_modifies_no_input(finished: Path) -> None:
     inputs = sorted(finished.glob("studies/**/*"))
     before = {p: hashlib.sha256(p.read_bytes()).hexdigest()
-              for p in [finished / "results.parquet", *inputs] if p.is_file()}
+              for p in [finished / "results.parquet", finished / "items.parquet", *inputs] if p.is_file()}
     write_report(finished)
     assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in before} == before
     assert sorted(finished.glob("studies/**/*")) == inputs  # no lock or temporary file left behind
@@ -240,7 +258,7 @@ def test_loss_metric_is_shown_raw_without_test(tmp_path: Path) -> None:
     trials = [(*t[:7], [-1.5 - m for m in t[7]]) for t in TRIALS]
     text = write_report(_experiment(tmp_path / "exp", {("tiny", "chat"): (trials, summary)})).leaderboard.read_text()
     assert "| Unmasked backbone | -1.610 | n/a | — |" in text
-    assert "| Best MFT | -1.640 | n/a | n/a |" in text
+    assert "| Best MFT | -1.640 | n/a | n/a (no per-item scores) |" in text
     assert "Test: none." in text
 
 

@@ -155,6 +155,14 @@ class Stages(BaseModel):
     refine: RefineStage = Field(default_factory=RefineStage, description="re-run the best on all of it")
 
 
+class Selection(BaseModel):
+    """When the best mask is selected and exported: a gain distinguishable from noise."""
+
+    model_config = _STRICT
+    min_gain: float = Field(0.0, description="the paired 95% lower bound of the best mask's validation gain over the "
+                            "unmasked backbone must exceed this, in points (benchmarks) or nats (validation loss)")
+
+
 class SweepConfig(BaseModel):
     """A whole sweep: which backbones and domains, what to search, with what resources."""
 
@@ -168,6 +176,7 @@ class SweepConfig(BaseModel):
     search: SearchSettings = Field(description="the search algorithm, budget and space")
     stages: Stages = Field(default_factory=Stages, description="probe then refine")
     resources: Resources = Field(default_factory=Resources, description="per-trial resources")
+    selection: Selection = Field(default_factory=Selection, description="the rule that selects the best mask")
     baselines: list[Baseline] = Field(
         ["unmasked", "random", "l1", "continued_fft"],
         description="reference runs per study: unmasked (always run), random and l1 masks at the same ratio, "

@@ -15,6 +15,9 @@ from pathlib import Path
 import pandas as pd
 
 from mft_search.core import files
+from mft_search.core.statistics import Gain, paired_gain, unit_for
+
+BOOTSTRAP_SEED = 0  # the sweep's selection and the report's tables draw the same resamples
 
 ITEMS = "items.parquet"
 KEY = ["study", "split", "variant", "seed", "item"]
@@ -56,3 +59,26 @@ def variant_scores(frame: pd.DataFrame, study: str, split: str, variant: str, se
         return pd.Series(dtype=float)
     rows = rows[rows["seed"] == (rows["seed"].min() if seed is None else seed)]
     return rows.set_index("item")["score"]
+
+
+def gains_over(frame: pd.DataFrame, study: str, split: str, of: str) -> dict[str, Gain]:
+    """{variant: paired gain of `of` over it} on `split`, for every variant scored on the same
+    items as `of` (a variant scored on other items is left out, not compared)."""
+    mine = variant_scores(frame, study, split, of)
+    if mine.empty:
+        return {}
+    rows = frame[(frame["study"] == study) & (frame["split"] == split)]
+    unit = unit_for(rows.loc[rows["variant"] == of, "kind"].iloc[0])
+    gains = {}
+    for other in rows["variant"].unique():
+        theirs = variant_scores(frame, study, split, other)
+        if other != of and set(theirs.index) == set(mine.index):
+            gains[other] = paired_gain(mine, theirs, seed=BOOTSTRAP_SEED, higher_is_better=unit.higher_is_better,
+                                       names=(of, other))
+    return gains
+
+
+def split_unit(frame: pd.DataFrame, study: str, split: str):
+    """The unit of a study's items on `split` (points for benchmarks, nats for losses), or None."""
+    kinds = frame.loc[(frame["study"] == study) & (frame["split"] == split), "kind"].unique()
+    return unit_for(kinds[0]) if len(kinds) else None

@@ -16,6 +16,8 @@ from typing import Any
 import pandas as pd
 
 from mft_search.errors import ConfigError
+from mft_search.experiment.items import COLUMNS as ITEM_COLUMNS
+from mft_search.experiment.items import items_path, read_items
 from mft_search.experiment.layout import JOURNAL, RESULTS, STUDIES, SUMMARY
 from mft_search.experiment.results import best_reports
 
@@ -61,6 +63,7 @@ class StudyRecord:
     rows: pd.DataFrame
     trials: pd.DataFrame
     summary: Summary | None
+    items: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ITEM_COLUMNS))  # its items.parquet rows
 
     @property
     def name(self) -> str:
@@ -93,6 +96,7 @@ def load_experiment(exp_dir: Path) -> Experiment:
     """Read an experiment directory, finished or not; ConfigError when it is not one."""
     _check_is_experiment(exp_dir)
     rows = _read_results(exp_dir / RESULTS)
+    items = read_items(items_path(exp_dir))
     summaries = _read_summaries(exp_dir / STUDIES)
     # The study column, not backbone/domain: a trial that failed before reporting has only
     # study, stage, trial_id and status filled in.
@@ -101,7 +105,8 @@ def load_experiment(exp_dir: Path) -> Experiment:
     for backbone, domain in sorted(keys):
         mine = rows[rows["study"] == f"{backbone}/{domain}"].reset_index(drop=True)
         directory = exp_dir / STUDIES / f"{backbone}__{domain}"
-        studies.append(StudyRecord(backbone, domain, directory, mine, per_trial(mine), summaries.get((backbone, domain))))
+        studies.append(StudyRecord(backbone, domain, directory, mine, per_trial(mine), summaries.get((backbone, domain)),
+                                   items[items["study"] == f"{backbone}/{domain}"]))
     return Experiment(exp_dir, tuple(studies))
 
 

@@ -10,8 +10,9 @@ from typing import Any
 import pandas as pd
 
 from mft_search.core.topk import CUT_SETTING
+from mft_search.experiment.items import gains_over, split_unit
 from mft_search.experiment.results import NOT_CANDIDATES
-from mft_search.report.experiment import Experiment, StudyRecord, Summary, SummaryRow
+from mft_search.report.experiment import Experiment, StudyRecord, SummaryRow
 from mft_search.report.importance import Importances
 
 ROW_LABELS = {"unmasked": "Unmasked backbone", "random": "Random mask", "l1": "L1 mask",
@@ -53,31 +54,59 @@ def _study_section(exp_dir: Path, report: StudyReport) -> list[str]:
         pending = f"{len(study.trials)} trials so far, no studies/{study.slug}/summary.json yet"
         lines += [f"Evaluation pending: {pending}.", ""]
     else:
-        lines += _table1(exp_dir, study.summary, study.metric_is_fraction())
+        lines += _table1(exp_dir, study, study.metric_is_fraction())
     lines += _figures(report)
     return lines
 
 
-def _table1(exp_dir: Path, summary: Summary, percent: bool) -> list[str]:
+def _table1(exp_dir: Path, study: StudyRecord, percent: bool) -> list[str]:
+    summary = study.summary
     lines = [f"Metric: {summary.metric_name}{' (%)' if percent else ''}, higher is better. "
              f"Validation: {summary.validation_benchmark or 'n/a'}. Test: {summary.test_benchmark or 'none'}.", ""]
     if summary.rows:  # none when no trial finished with a metric: then only the verdict speaks
-        lines += _rows_table(summary, percent)
+        lines += _rows_table(study, percent)
+        lines += _best_against_each(study)
     best = summary.row("best_mft")
     if best is not None:
         lines += _selection(exp_dir, best)
     return lines + [f"**Verdict:** {summary.verdict or 'none recorded'}", ""]
 
 
-def _rows_table(summary: Summary, percent: bool) -> list[str]:
-    unmasked = summary.row("unmasked")
-    unit = "points" if percent else summary.metric_name
-    lines = [f"| Model | Validation | Test | Test gain over unmasked ({unit}) |", "|---|---:|---:|---:|"]
-    for row in _ordered(summary.rows):
-        gain = "—" if row.name == "unmasked" else _gain(row.test, unmasked.test if unmasked else None, percent)
+def _rows_table(study: StudyRecord, percent: bool) -> list[str]:
+    """Table 1, each row's test gain over the unmasked backbone paired over items.parquet's items."""
+    lines = ["| Model | Validation | Test | Test gain over unmasked, 95% paired CI |", "|---|---:|---:|---|"]
+    for row in _ordered(study.summary.rows):
+        gain = "—" if row.name == "unmasked" else _paired(study, "test", row.name, "unmasked")
         label = ROW_LABELS.get(row.name, row.name) + ("" if row.selected else " (not selected)")
         lines.append(f"| {label} | {_metric(row.validation, percent)} | {_metric(row.test, percent)} | {gain} |")
-    return lines + [""]
+    return lines + [""] + _settings_note(study)
+
+
+def _best_against_each(study: StudyRecord) -> list[str]:
+    """Best MFT against every other row, on each split where both were scored item by item."""
+    lines = []
+    for split in ("validation", "test"):
+        gains = gains_over(study.items, study.name, split, "best_mft")
+        unit = split_unit(study.items, study.name, split)
+        if gains:
+            listed = "; ".join(f"{ROW_LABELS.get(n, n)} {g.format(unit)}" for n, g in sorted(gains.items()))
+            lines.append(f"- Best MFT against each on {split} (paired over items): {listed}")
+    return lines + ([""] if lines else [])
+
+
+def _paired(study: StudyRecord, split: str, variant: str, reference: str) -> str:
+    gain = gains_over(study.items, study.name, split, variant).get(reference)
+    if gain is None:
+        return "n/a (no per-item scores)"
+    return gain.format(split_unit(study.items, study.name, split))
+
+
+def _settings_note(study: StudyRecord) -> list[str]:
+    """What produced the figures: each split's evaluation settings, as items.parquet records them."""
+    rows = study.items.drop_duplicates(["split", "settings"])
+    notes = [f"{r['split']}: {r['settings']}" for _, r in rows.iterrows()]
+    return [f"Scored as: {'; '.join(notes)}. Gains: mean per-item difference, BCa bootstrap interval; p: exact "
+            "McNemar test (0/1 scores).", ""] if notes else []
 
 
 def _selection(exp_dir: Path, best: SummaryRow) -> list[str]:
@@ -86,7 +115,8 @@ def _selection(exp_dir: Path, best: SummaryRow) -> list[str]:
     trial = f" (trial {best.trial_id})" if best.trial_id else ""
     if not best.selected:
         # Said here in plain words whatever the verdict's wording: nothing was exported.
-        return ["**No mask beat the unmasked model on validation**, so no mask was selected or exported. "
+        return ["**No mask's validation gain over the unmasked model was distinguishable from noise**, so no mask "
+                "was selected or exported. "
                 f"Best trial for reference{trial}: {config or 'parameters not recorded'}.", ""]
     lines = [f"**Selected configuration**{trial}: {config or 'parameters not recorded'}."]
     if best.mask:
@@ -181,12 +211,6 @@ def _metric(value: Any, percent: bool) -> str:
     if not _present(value):
         return "n/a"
     return f"{100 * value:.1f}" if percent else f"{value:.3f}"
-
-
-def _gain(value: Any, reference: Any, percent: bool) -> str:
-    if not (_present(value) and _present(reference)):
-        return "n/a"
-    return f"{100 * (value - reference):+.1f}" if percent else f"{value - reference:+.3f}"
 
 
 def _value(value: Any) -> str:

@@ -4,6 +4,7 @@ variants (the backbone as is, a baseline mask, a learned mask, other weights).""
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -12,16 +13,30 @@ from mft_search.core.backbone import load_model
 from mft_search.core.baselines import baseline_masks, kept_counts_for_ratio
 from mft_search.core.distributed import unwrap
 from mft_search.core.evaluation.base import Evaluator, Problem, Scores, rank_and_world
-from mft_search.core.evaluation.loss import evaluate_loss
+from mft_search.core.evaluation.loss import evaluate_loss_items
 from mft_search.core.evaluation.spec import EvalSpec
 from mft_search.core.maskfile import load_mask_file, verify_for_model
 from mft_search.core.masking import multiply_masks_in, spec_module_names
 from mft_search.train.spec import EvalVariant, TrialJob
 
+LOSS_SETTINGS = "validation loss, mean NLL per scored token of each row"
 
-def evaluate_variants(job: TrialJob, tokenizer, device: torch.device) -> dict[str, float]:
-    """Every variant's metrics, prefixed by its name; one model in memory at a time."""
+
+@dataclass(frozen=True)
+class ItemScores:
+    """One variant's primary metric per item: `kind` 'fraction' (a benchmark's [0, 1] scores) or
+    'loss' (each validation row's mean NLL), and the label of the settings behind them."""
+
+    kind: str
+    settings: str
+    items: tuple[tuple[str, float], ...]
+
+
+def evaluate_variants(job: TrialJob, tokenizer, device: torch.device) -> tuple[dict[str, float], dict[str, ItemScores]]:
+    """Every variant's metrics, prefixed by its name, and its per-item scores; one model in
+    memory at a time."""
     metrics: dict[str, float] = {}
+    items: dict[str, ItemScores] = {}
     val_batches = None
     if job.data is not None:  # validation loss too: the metric of a domain without a benchmark
         from mft_search.core.data import tokenized_dataset
@@ -35,10 +50,10 @@ def evaluate_variants(job: TrialJob, tokenizer, device: torch.device) -> dict[st
         spec = job.backbone.model_copy(update={"source": variant.weights}) if variant.weights else job.backbone
         model = load_model(spec, job.backbone.torch_dtype(device.type == "cuda"))
         _apply_variant_mask(job, variant, model)
-        scores = evaluate_model(job, model.to(device), tokenizer, val_batches)
+        scores, items[variant.name] = evaluate_model_items(job, model.to(device), tokenizer, val_batches)
         metrics.update({f"{variant.name}/{k}": v for k, v in scores.items()})
         del model
-    return metrics
+    return metrics, items
 
 
 def _apply_variant_mask(job: TrialJob, variant: EvalVariant, model) -> None:
@@ -60,17 +75,26 @@ def _apply_variant_mask(job: TrialJob, variant: EvalVariant, model) -> None:
 
 def evaluate_model(job: TrialJob, model, tokenizer, val_batches) -> dict[str, float]:
     """Validation loss (when batches are given) and the domain metric; `metric` is higher-better."""
+    return evaluate_model_items(job, model, tokenizer, val_batches)[0]
+
+
+def evaluate_model_items(job: TrialJob, model, tokenizer, val_batches) -> tuple[dict[str, float], ItemScores | None]:
+    """`evaluate_model`'s metrics and the per-item scores of `metric` (the benchmark's when there
+    is one, else the validation rows' losses)."""
     metrics: dict[str, float] = {}
+    items = None
     if val_batches is not None:
-        loss = evaluate_loss(model, val_batches)
+        loss, rows = evaluate_loss_items(model, val_batches)
         metrics.update(val_loss=loss["loss"], val_perplexity=loss["perplexity"])
+        items = ItemScores("loss", LOSS_SETTINGS, rows)
     if job.evaluation is not None:
         scores = score_benchmark(job.evaluation, model, tokenizer)
         metrics.update({f"eval_{k}": v for k, v in scores.metrics.items()})
         metrics["metric"] = scores.metrics[_loaded(job.evaluation.model_dump_json())[0].metric]
+        items = ItemScores("fraction", scores.settings, scores.items)
     elif "val_loss" in metrics:
         metrics["metric"] = -metrics["val_loss"]
-    return metrics
+    return metrics, items
 
 
 def score_benchmark(spec: EvalSpec, model, tokenizer) -> Scores:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 
 import torch
 
@@ -17,7 +18,7 @@ from mft_search.core.masking import attach_masks
 from mft_search.train.evaluation import evaluate_variants
 from mft_search.train.loop import TrainingLoop
 from mft_search.train.session import Session
-from mft_search.train.spec import TrialJob
+from mft_search.train.spec import ITEMS_FILE, TrialJob
 
 
 def run_job(job: TrialJob, session: Session) -> None:
@@ -26,12 +27,14 @@ def run_job(job: TrialJob, session: Session) -> None:
     torch.manual_seed(job.train.seed)
     tokenizer = load_tokenizer(job.backbone)
     if job.kind == "evaluate":
-        metrics = evaluate_variants(job, tokenizer, session.device)
+        metrics, items = evaluate_variants(job, tokenizer, session.device)
         checkpoint = None
         if session.rank == 0:  # Ray Train keeps the metrics of checkpointed reports only
             checkpoint = session.new_checkpoint_dir()
             checkpoint.mkdir(parents=True, exist_ok=True)
             (checkpoint / "metrics.json").write_text(json.dumps(metrics))
+            # Per-item scores travel with the checkpoint: a report's metrics are numbers only.
+            (checkpoint / ITEMS_FILE).write_text(json.dumps({n: asdict(s) for n, s in items.items() if s}))
         session.report(metrics, checkpoint)
         return
     compute_dtype = job.backbone.torch_dtype(session.device.type == "cuda")

@@ -70,6 +70,9 @@ class TrialJob(BaseModel):
     artifact_dir: str  # masks (mft) or weights (fft) at every evaluation point
 
 
+ITEMS_FILE = "items.json"  # in an evaluate job's checkpoint: {variant: ItemScores as a dict}
+
+
 def report_artifact(artifact_dir: Path, report: int) -> Path:
     """Where a job writes its FFT checkpoint of evaluation point `report` (a directory)."""
     return artifact_dir / f"report_{report:03d}"

@@ -15,10 +15,12 @@ import yaml
 
 from mft_search.core import files
 from mft_search.core.maskfile import load_mask_file
+from mft_search.core.statistics import Gain, Unit, selection_decision
 from mft_search.experiment import layout
+from mft_search.experiment.items import add_items, gains_over, items_path, read_items
 from mft_search.experiment.results import NOT_CANDIDATES, best_reports, params_of
 from mft_search.train.ray_train import build_trainer
-from mft_search.train.spec import EvalVariant, report_artifact
+from mft_search.train.spec import ITEMS_FILE, EvalVariant, report_artifact
 from mft_search.tune.sampling import params_to_trial
 from mft_search.tune.study import Study
 
@@ -46,12 +48,24 @@ def best_candidates(frame: pd.DataFrame, study: str, stage: str, k: int) -> list
     return out
 
 
-def run_evaluation(study: Study, variants: list[EvalVariant], benchmark, name: str) -> dict[str, float]:
-    """One Ray Train run that scores every variant on `benchmark` (None: validation loss); {variant: metric}."""
+def run_evaluation(study: Study, variants: list[EvalVariant], benchmark, split: str) -> dict[str, float]:
+    """One Ray Train run that scores every variant on `benchmark` (None: validation loss), its
+    per-item scores added to items.parquet under `split`; {variant: metric}."""
     data = study.domain.train if benchmark is None else None
-    job = study.job("evaluate", layout.run_name(study.slug, name), variants=variants, evaluation=benchmark, data=data)
+    job = study.job("evaluate", layout.run_name(study.slug, split), variants=variants, evaluation=benchmark, data=data)
     result = _fit(study, job)
+    with result.checkpoint.as_directory() as checkpoint:
+        scored = json.loads((Path(checkpoint) / ITEMS_FILE).read_text())
+    for variant, scores in scored.items():
+        add_items(items_path(study.exp_dir), study.name, split, variant, study.cfg.seed, scores["kind"],
+                  scores["settings"], scores["items"])
     return {v.name: float(result.metrics.get(f"{v.name}/metric", math.nan)) for v in variants}
+
+
+def paired_gains(study: Study, split: str, of: str = "best_mft") -> dict[str, Gain]:
+    """{other variant: the gain of `of` over it on `split`}, paired over items.parquet's items."""
+    frame = read_items(items_path(study.exp_dir))
+    return gains_over(frame, study.name, split, of)
 
 
 def continued_fft(study: Study, winner: Candidate) -> tuple[str, float]:
@@ -110,10 +124,14 @@ def _bench(spec) -> str | None:
         (f", first {spec.limit})" if spec.limit else ")")
 
 
-def verdict(best: float, unmasked: float) -> tuple[bool, str]:
-    """Whether the best mask beats the unmasked backbone on validation, said plainly."""
-    gain = 100 * (best - unmasked) if abs(best) <= 1 and abs(unmasked) <= 1 else best - unmasked
-    if best > unmasked:
-        return True, f"best MFT beats the unmasked backbone on validation by +{gain:.2f} points"
-    return False, (f"no mask beat the unmasked backbone on validation (best MFT {best:.4f} vs {unmasked:.4f}); "
-                   "nothing exported as best")
+def verdict(gain: Gain | None, min_gain: float, unit: Unit, candidates: int) -> tuple[bool, str]:
+    """Whether the best mask's validation gain over the unmasked backbone is real: its paired
+    lower bound above `min_gain` (core.statistics.selection_decision), said plainly."""
+    among = (f"the best of {candidates} trial(s) on validation, so its validation gain carries the winner's curse; "
+             "the test figures are the unbiased ones")
+    if gain is None:
+        return False, "no per-item validation scores for the best mask and the unmasked backbone; nothing exported"
+    selected, reason = selection_decision(gain, min_gain, unit=unit)
+    if selected:
+        return True, f"best MFT selected ({among}): validation {reason}"
+    return False, f"no mask selected, nothing exported as best: validation {reason} ({among})"

@@ -10,11 +10,13 @@ from typing import Any
 
 from mft_search.config.schema import SweepConfig
 from mft_search.core import files
+from mft_search.core.statistics import unit_for
 from mft_search.experiment import layout
 from mft_search.experiment.results import ResultsTable
 from mft_search.experiment.storage import Storage
 from mft_search.train.spec import EvalVariant
-from mft_search.tune.evaluate import best_candidates, continued_fft, export_best, run_evaluation, verdict, write_summary
+from mft_search.tune.evaluate import (
+    best_candidates, continued_fft, export_best, paired_gains, run_evaluation, verdict, write_summary)
 from mft_search.tune.stage import run_stage
 from mft_search.tune.study import Study
 
@@ -111,22 +113,27 @@ def _evaluate(study: Study, table: ResultsTable, log) -> None:
     baselines = study.cfg.baselines
     masks = [EvalVariant(name=b, mask=b, mask_file=winner.mask_path, seed=study.cfg.seed)
              for b in ("random", "l1") if b in baselines]
-    validation = {"best_mft": winner.metric}
-    log(f"[{study.name}] validation: unmasked backbone and {', '.join(v.name for v in masks) or 'no'} baselines")
-    validation.update(run_evaluation(study, [EvalVariant(name="unmasked"), *masks], study.domain.validation,
-                                     "validation"))
+    learned = EvalVariant(name="best_mft", mask="learned", mask_file=winner.mask_path)
+    log(f"[{study.name}] validation: the best mask, the unmasked backbone and "
+        f"{', '.join(v.name for v in masks) or 'no'} baselines, item by item")
+    # The best mask is scored again beside the others: its search report has no per-item scores.
+    validation = run_evaluation(study, [EvalVariant(name="unmasked"), *masks, learned], study.domain.validation,
+                                "validation")
     extra = []
     if "continued_fft" in baselines:
         log(f"[{study.name}] continued FFT control at the selected learning rate")
         weights, validation["continued_fft"] = continued_fft(study, winner)
         extra.append(EvalVariant(name="continued_fft", weights=weights))
-    selected, text = verdict(winner.metric, validation.get("unmasked", float("-inf")))
+    gain = paired_gains(study, "validation").get("unmasked")
+    candidates = ResultsTable(layout.results_path(study.exp_dir)).frame()
+    candidates = candidates[(candidates["study"] == study.name) & (candidates["stage"] == stage)]["trial_id"].nunique()
+    unit = unit_for("fraction" if study.domain.validation is not None else "loss")
+    selected, text = verdict(gain, study.cfg.selection.min_gain, unit, candidates)
     if selected:
         export_best(study, winner)
     test: dict[str, float] = {}
     if study.domain.test is not None:
         log(f"[{study.name}] test: the selected mask and every baseline")
-        learned = EvalVariant(name="best_mft", mask="learned", mask_file=winner.mask_path)
         test = run_evaluation(study, [EvalVariant(name="unmasked"), *masks, *extra, learned], study.domain.test, "test")
     rows = [{"name": n, "validation": validation.get(n), "test": test.get(n)} for n in validation]
     for row in rows:
