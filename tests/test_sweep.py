@@ -163,6 +163,15 @@ def test_a_sweep_writes_every_output(finished):
     assert best["selected"] == exported.exists()
     if best["selected"]:
         assert {p.name for p in exported.iterdir()} == {"mask.safetensors", "mask.json", "config.yaml"}
+    # Every evaluation's per-item scores: validation losses per row (this domain has no benchmark)
+    # and the test benchmark's 0/1 scores, the same items for every variant of a split
+    items = pd.read_parquet(exp / "items.parquet")
+    assert set(items["split"]) == {"validation", "test"}
+    assert set(items.loc[items["split"] == "test", "variant"]) == names
+    assert set(items.loc[items["split"] == "validation", "variant"]) == names - {"continued_fft"}
+    assert set(items.loc[items["split"] == "test", "score"]) <= {0.0, 1.0}
+    assert items.groupby(["split", "variant"])["item"].apply(frozenset).groupby("split").nunique().eq(1).all()
+    assert "95% paired CI" in (exp / "leaderboard.md").read_text()
 
 
 def test_the_driver_tokenises_each_data_part_once_and_trials_only_read_it(finished):
