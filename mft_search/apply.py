@@ -16,7 +16,7 @@ from mft_search.core.masked_checkpoint import apply_mask
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mft_search.apply", description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", required=True, help="the backbone the mask was learned on (path or hub id)")
+    parser.add_argument("--backbone", required=True, help="the backbone the mask was learned on (path, hub id, .gguf file or pkg:PACKAGE/PATH)")
     parser.add_argument("--mask", required=True, help="mask file written by a sweep")
     parser.add_argument("--out", required=True, help="new directory for the masked checkpoint")
     parser.add_argument("--revision", default=None, help="hub revision of the backbone")

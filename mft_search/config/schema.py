@@ -369,10 +369,13 @@ def check_against_models(cfg: SweepConfig) -> dict[str, PretrainedConfig]:
         try:
             model_config = load_config(backbone)
             layout_for(model_config.model_type)
-            if Path(backbone.source).is_dir():  # a hub tokenizer would be downloaded here: left to the run
+            # A hub tokenizer would be downloaded here, and a GGUF file's is read when the sweep
+            # converts it (before any trial): both left to the run.
+            if Path(backbone.source).is_dir() and not backbone.is_gguf:
                 load_tokenizer(backbone)  # every trial needs it: an unreadable one fails now, not N times
         except ConfigError as exc:
-            raise ConfigError(f"backbones[{i}].source: {_strip_prefix(str(exc))}") from None
+            field = "gguf_file" if str(exc).startswith("backbone.gguf_file:") else "source"
+            raise ConfigError(f"backbones[{i}].{field}: {_strip_prefix(str(exc))}") from None
         _check_groups(cfg.search.space, backbone.label, model_config)
         for j, kinds in enumerate(cfg.search.space.kinds or []):
             try:

@@ -47,8 +47,10 @@ def evaluate_variants(job: TrialJob, tokenizer, device: torch.device) -> tuple[d
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         val_batches = rank_batches(dataset, rank, world, job.train.micro_batch_size, pad)
     for variant in job.variants:
-        spec = job.backbone.model_copy(update={"source": variant.weights}) if variant.weights else job.backbone
-        model = load_model(spec, job.backbone.torch_dtype(device.type == "cuda"))
+        spec = job.backbone
+        if variant.weights:  # a safetensors checkpoint, whatever format the backbone came in
+            spec = spec.model_copy(update={"source": variant.weights, "gguf_file": None})
+        model = load_model(spec, job.backbone.torch_dtype(device.type == "cuda"), job.cache_dir)
         _apply_variant_mask(job, variant, model)
         scores, items[variant.name] = evaluate_model_items(job, model.to(device), tokenizer, val_batches)
         metrics.update({f"{variant.name}/{k}": v for k, v in scores.items()})

@@ -25,7 +25,7 @@ def run_job(job: TrialJob, session: Session) -> None:
     """Run `job` on this rank; every rank calls it, and rank 0's reports are the trial's."""
     started = time.perf_counter()
     torch.manual_seed(job.train.seed)
-    tokenizer = load_tokenizer(job.backbone)
+    tokenizer = load_tokenizer(job.backbone, job.cache_dir)  # a GGUF backbone's conversion is cached there too
     if job.kind == "evaluate":
         metrics, items = evaluate_variants(job, tokenizer, session.device)
         checkpoint = None
@@ -39,7 +39,7 @@ def run_job(job: TrialJob, session: Session) -> None:
         return
     compute_dtype = job.backbone.torch_dtype(session.device.type == "cuda")
     # FFT trains the weights: fp32 masters, computed in the backbone's dtype (mixed_precision).
-    model = load_model(job.backbone, torch.float32 if job.kind == "fft" else compute_dtype)
+    model = load_model(job.backbone, torch.float32 if job.kind == "fft" else compute_dtype, job.cache_dir)
     fingerprint = ""
     if job.kind == "mft":  # masked modules keep their weight, so the backbone's fingerprint holds
         fingerprint = backbone_fingerprint(model, list(attach_masks(model, job.mask)))

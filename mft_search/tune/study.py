@@ -71,7 +71,8 @@ class Study:
         from mft_search.core.backbone import load_tokenizer
         from mft_search.core.data.cache import ensure_tokenized, parts
 
-        spec, tokenizer = self.train_data(stage), load_tokenizer(self.backbone)
+        # A GGUF backbone is converted here too, once, into the cache its trials read.
+        spec, tokenizer = self.train_data(stage), load_tokenizer(self.backbone, self.exp_dir / layout.CACHE)
         for part in parts(spec):
             ensure_tokenized(spec, tokenizer, self.exp_dir / layout.CACHE, part)
 
