@@ -26,6 +26,7 @@ from importlib.resources import as_file, files
 from pathlib import Path
 
 from mft_search import cli
+from mft_search.config.disjoint import check_splits_disjoint
 from mft_search.config.schema import (
     SweepConfig,
     check_against_models,
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     model_configs = {} if demo_pending else check_against_models(cfg)
     if not demo_pending:
         check_data(cfg)
+        check_splits_disjoint(cfg)
     exp_dir = Path(resolve_storage(cfg)) / cfg.name
     _check_experiment_dir(exp_dir, args.resume, args.dry_run)
     print(describe_plan(cfg, model_configs), flush=True)

@@ -99,6 +99,23 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing_behind(tmp_path, tiny_b
     assert not _ray_processes(), "the command left its Ray running"
 
 
+def test_a_test_set_that_shares_prompts_with_training_is_refused(tmp_path, tiny_backbone, problems_dir):
+    # Three held-out sets where they exist, and none may hold a training prompt: here the test
+    # benchmark reads 5 rows of the training file itself (whitespace changed in one of them).
+    rows = (problems_dir / "train.jsonl").read_text().splitlines()[:5]
+    first = json.loads(rows[0])
+    rows[0] = json.dumps({**first, "question": "  " + first["question"].replace(" ", "  ") + "\n"})
+    leaked = tmp_path / "leaked.jsonl"
+    leaked.write_text("\n".join(rows) + "\n")
+    config = write_config(tmp_path, tiny_backbone, problems_dir)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["domains"][0]["test"]["source"] = str(leaked)
+    config.write_text(yaml.safe_dump(cfg))
+    line = error_line(sweep("--config", str(config), "--dry-run"))
+    assert line.startswith("error: domains[0] (gsm): 'train' and 'test' share 5 prompts"), line
+    assert not (tmp_path / "runs" / "e2e").exists()
+
+
 def test_an_unreadable_tokenizer_is_refused_before_ray_starts(tmp_path, tiny_backbone, problems_dir):
     backbone = tmp_path / "backbone"
     shutil.copytree(tiny_backbone.source, backbone)

@@ -23,11 +23,12 @@ class HubData:
     source: str | None  # hub id; None: the data ships with a package (HumanEval)
     split: str | None  # the split the benchmark reports: its test problems
     config: str | None = None
+    question: str = "prompt"  # the field of a row that holds the problem's own text (before any shots)
 
 
 BENCHMARK_DATA = {
-    "gsm8k": HubData("openai/gsm8k", "test", "main"),
-    "math": HubData("HuggingFaceH4/MATH-500", "test"),
+    "gsm8k": HubData("openai/gsm8k", "test", "main", question="question"),
+    "math": HubData("HuggingFaceH4/MATH-500", "test", question="problem"),
     "ifeval": HubData("google/IFEval", "train"),  # IFEval's 541 prompts are its only split
     "humaneval": HubData(None, None),
     "humaneval_plus": HubData(None, None),
@@ -111,3 +112,11 @@ def _read_hub(source: str, split: str, hub_config: str | None) -> list[dict[str,
         return list(datasets.load_dataset(source, hub_config, split=split))
     except Exception as exc:  # datasets raises many unrelated types for "not found / offline"
         raise DataError(f"{source}: cannot load split {split!r} from the hub ({exc}); give a local file path") from exc
+
+
+def benchmark_questions(evaluator: str, source: str | None, split: str | None = None,
+                        limit: int | None = None) -> list[str]:
+    """Each problem's own text (GSM8K's question, MATH's problem, IFEval's and HumanEval's
+    prompt), as the overlap check compares it with the training prompts."""
+    field = BENCHMARK_DATA[evaluator].question
+    return [str(row[field]) for row in load_benchmark(evaluator, source, (field,), split, limit)]
