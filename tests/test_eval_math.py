@@ -13,12 +13,11 @@ from mft_search.core.evaluation.base import GenerationSettings
 from mft_search.core.evaluation.math import (
     GSM8KEvaluator,
     MATHEvaluator,
-    extract_gsm8k_flexible,
-    extract_gsm8k_strict,
+    gsm8k_filter,
     gsm8k_reference,
     last_boxed,
     math_equivalent,
-    normalize_number,
+    score_gsm8k,
 )
 from mft_search.demo.tiny import tiny_llama, tiny_tokenizer
 from real_data import GSM8K, absent
@@ -40,34 +39,35 @@ def test_answers() -> list[str]:
 
 def test_gsm8k_references_match_themselves(test_answers):
     assert len(test_answers) == 1319
-    refs = [gsm8k_reference(a) for a in test_answers]
-    assert all(extract_gsm8k_strict(a) == r for a, r in zip(test_answers, refs))
-    assert all(extract_gsm8k_flexible(a) == r for a, r in zip(test_answers, refs))
+    assert all(score_gsm8k(a, a, "strict") == 1.0 for a in test_answers)
+    assert all(score_gsm8k(a, a, "flexible") == 1.0 for a in test_answers)
 
 
 def test_gsm8k_shuffled_references_rarely_match(test_answers):
-    refs = [gsm8k_reference(a) for a in test_answers]
     shuffled = test_answers[:]
     random.Random(0).shuffle(shuffled)
-    hits = sum(extract_gsm8k_strict(a) == r for a, r in zip(shuffled, refs))
-    assert hits / len(refs) < 0.02
+    hits = sum(score_gsm8k(a, r, "strict") for a, r in zip(shuffled, test_answers))
+    assert hits / len(test_answers) < 0.02
 
 
 @pytest.mark.parametrize(
-    "raw, expected",
-    [("$1,200", "1200"), ("1,200.00", "1200"), ("12.0", "12"), ("12.", "12"), ("-0", "0"), ("-0.0", "0"),
-     ("0.50", "0.5"), ("-7", "-7"), (" 42 ", "42"), ("seven", "seven")],
+    "output, strict, flexible",
+    [("so #### 18", 1, 1), ("#### $18", 0, 1), ("####18", 0, 1), ("#### 18.00", 0, 0), ("#### 018", 0, 0),
+     ("#### 1,8", 1, 1), ("#### 18.", 1, 1), ("#### 18 then 7", 1, 0), ("#### 18\n#### 7", 1, 0),
+     ("The answer is 18.", 0, 1), ("no digits", 0, 0)],
 )
-def test_normalize_number(raw, expected):
-    assert normalize_number(raw) == expected
+def test_gsm8k_is_as_strict_as_lm_eval(output, strict, flexible):
+    """lm-eval's rules, not a lenient normaliser: "$18" and "####18" fail strict, 18.00 fails both."""
+    answer = "Two steps: 9 * 2 = <<9*2=18>>18.\n#### 18"
+    assert (score_gsm8k(output, answer, "strict"), score_gsm8k(output, answer, "flexible")) == (strict, flexible)
 
 
-def test_gsm8k_extraction_strict_and_flexible():
-    text = "She pays $1,200 in May and 300 in June.\n#### $1,500.\nQuestion: next"
-    assert extract_gsm8k_strict(text) == "1500"
-    assert extract_gsm8k_flexible("It costs 3 then 4.5, so 7.50 in all.") == "7.5"
-    assert extract_gsm8k_strict("The answer is 12.") is None
-    assert extract_gsm8k_flexible("no digits") is None
+def test_gsm8k_filters_and_reference():
+    text = "She pays $1,200 in May and 300 in June.\n#### 1,500.\nQuestion: next"
+    assert gsm8k_filter(text, "strict") == "1,500."
+    assert gsm8k_filter("It costs 3 then 4.5, so 7.50 in all.", "flexible") == "7.50"
+    assert gsm8k_filter("The answer is 12.", "strict") == "[invalid]"
+    assert gsm8k_reference("a\n#### 1,500") == "1500"
     with pytest.raises(DataError, match="####"):
         gsm8k_reference("no marker 5")
 
@@ -112,18 +112,65 @@ def test_math_loads_boxed_reference(tmp_path):
     assert "1+1?" in problems[0].prompt and "\\boxed{}" in problems[0].prompt
 
 
-def test_gsm8k_fewshot_prompt_strips_calculator_notes():
-    problems = GSM8KEvaluator(num_fewshot=2, fewshot_source=str(_gsm8k("train"))).load(str(_gsm8k("test")), limit=3)
+def test_gsm8k_fewshot_prompt_is_lm_evals_format():
+    """The answers whole, calculator notes kept, as lm-eval's doc_to_target gives them; a fresh
+    draw per problem from one seeded stream, the same for a prefix whatever the limit."""
+    evaluator = GSM8KEvaluator(num_fewshot=2, fewshot_source=str(_gsm8k("train")))
+    problems = evaluator.load(str(_gsm8k("test")), limit=3)
     assert len(problems) == 3
-    assert problems[0].prompt.count("Question:") == 3 and "<<" not in problems[0].prompt
-    assert problems[0].prompt.endswith("\nAnswer:")
+    assert problems[0].prompt.count("Question:") == 3 and "<<" in problems[0].prompt
+    assert problems[0].prompt.endswith("\nAnswer:") and problems[0].prompt.split("Question:")[1] != problems[1].prompt.split("Question:")[1]
+    assert [t["role"] for t in problems[0].turns] == ["user", "assistant", "user", "assistant", "user"]
+    assert evaluator.load(str(_gsm8k("test")), limit=2)[1].prompt == problems[1].prompt
 
 
 def test_gsm8k_end_to_end_on_a_tiny_model(problems_dir):
-    evaluator = GSM8KEvaluator()
+    evaluator = GSM8KEvaluator(num_fewshot=0)
     problems = evaluator.load(str(problems_dir / "test.jsonl"), limit=8)
     settings = GenerationSettings(max_new_tokens=16, batch_size=4)
     result = evaluator.evaluate(tiny_llama(layers=2), tiny_tokenizer(), problems, settings)
-    assert set(result) == {"accuracy", "accuracy_strict", "accuracy_flexible"}
-    assert all(0.0 <= v <= 1.0 for v in result.values())
-    assert result[evaluator.metric] == result["accuracy_strict"]
+    assert set(result.metrics) == {"accuracy", "accuracy_strict", "accuracy_flexible"}
+    assert all(0.0 <= v <= 1.0 for v in result.metrics.values())
+    assert result.metrics[evaluator.metric] == result.metrics["accuracy_strict"]
+    assert [i for i, _ in result.items] == [p.id for p in problems]
+    assert sum(s for _, s in result.items) / 8 == result.metrics["accuracy"]
+    assert result.settings.startswith("GSM8K test.jsonl, 0-shot, strict (flexible also reported), lm-eval gsm8k v3")
+
+
+def test_gsm8k_flexible_first_selects(problems_dir):
+    evaluator = GSM8KEvaluator(num_fewshot=0, filters=("flexible",))
+    problems = evaluator.load(str(problems_dir / "test.jsonl"), limit=2)
+    scores = evaluator.score(problems, [["#### 0 so 1"], [problems[1].reference]])
+    assert scores[1] == {"accuracy": 1.0, "accuracy_flexible": 1.0}
+
+
+# Equivalent MATH answers, written for the choice of backend: (prediction, reference).
+EQUIVALENT = [
+    (r"\frac{1}{2}", "0.5"), (r"\frac12", r"\dfrac{1}{2}"), (r"2\sqrt{2}", r"\sqrt{8}"), (r"x^2+2x+1", r"(x+1)^2"),
+    (r"\{1,2\}", r"\{2,1\}"), (r"\pi/2", r"\frac{\pi}{2}"), ("3.0", "3"), (r"10\%", "10"),
+    (r"\frac{\sqrt{3}}{3}", r"\frac{1}{\sqrt{3}}"), ("x=5", "5"), (r"5 \text{ cm}", "5"), (r"\$18", "18"),
+    ("1000", "1,000"), ("2^{10}", "1024"), (r"\frac{2}{4}", r"\frac{1}{2}"), (r"-\frac{1}{3}", r"\frac{-1}{3}"),
+    ("a+b", "b+a"), (r"90^\circ", "90"), (r"6\sqrt{3}", r"\sqrt{108}"), (r"\infty", r"\infty"),
+]
+DIFFERENT = [("2", "3"), (r"\sqrt{2}", "2"), (r"\frac{1}{3}", "0.33"), ("x+1", "x-1"), (r"\{1,2\}", r"\{1,3\}"),
+             ("(1,2)", "[1,2]")]
+
+
+def test_math_verify_beats_the_normaliser_on_equivalent_answers():
+    pytest.importorskip("math_verify")
+    from mft_search.core.evaluation.math import equivalence_backend
+
+    verify = equivalence_backend("math-verify")
+    by_verify = sum(verify(a, b) for a, b in EQUIVALENT)
+    by_normaliser = sum(math_equivalent(a, b) for a, b in EQUIVALENT)
+    assert by_verify == len(EQUIVALENT) and by_normaliser == 12
+    assert not any(verify(a, b) or math_equivalent(a, b) for a, b in DIFFERENT)
+    assert not verify(None, "2")
+    assert MATHEvaluator(equivalence="math-verify").score([_math_problem("2")], [[r"so \boxed{\sqrt{4}}"]]) == [
+        {"accuracy": 1.0}]
+
+
+def _math_problem(reference: str):
+    from mft_search.core.evaluation.base import Problem
+
+    return Problem(id="0", prompt="", reference=reference)

@@ -19,7 +19,8 @@ from mft_search.core.backbone import BackboneSpec, load_model, load_tokenizer
 from mft_search.core.evaluation.base import GenerationSettings
 from mft_search.core.evaluation.code import build_program, load_humaneval
 from mft_search.core.evaluation.generate import generate
-from mft_search.core.evaluation.math import GSM8K_STOP, GSM8KEvaluator, extract_gsm8k_strict
+from mft_search.core.evaluation.conventions import GSM8K_STOP
+from mft_search.core.evaluation.math import GSM8KEvaluator, score_gsm8k
 from mft_search.core.evaluation.sandbox import run_many
 
 BATCH_SIZES = (1, 16, 64)
@@ -36,7 +37,7 @@ def _generation(prompts: int) -> None:
     demo = default_cache_dir()
     spec = BackboneSpec(source=str(demo / "backbone"))
     model, tokenizer = load_model(spec, torch.float32).eval(), load_tokenizer(spec)
-    problems = GSM8KEvaluator().load(str(demo / "validation.jsonl"), prompts)
+    problems = GSM8KEvaluator(num_fewshot=0).load(str(demo / "validation.jsonl"), prompts)
     settings = GenerationSettings(max_new_tokens=48, stop=GSM8K_STOP, use_chat_template=False,
                                   prompt_template="{prompt}")
     print(f"# generation: demo model, {len(problems)} validation problems, greedy, max_new_tokens 48, "
@@ -51,7 +52,7 @@ def _generation(prompts: int) -> None:
         rate = tokens / seconds
         reference, base_rate = reference or completions, base_rate or rate
         same = sum(a == b for a, b in zip(completions, reference))
-        accuracy = sum(extract_gsm8k_strict(c) == p.reference for c, p in zip(completions, problems)) / len(problems)
+        accuracy = sum(score_gsm8k(c, p.reference, "strict") for c, p in zip(completions, problems)) / len(problems)
         print(f"{batch:>5} {seconds:8.2f} {tokens:>7} {rate:9.1f} {rate / base_rate:10.2f} "
               f"{same:>6}/{len(problems):<6} {100 * accuracy:8.1f}%")
 

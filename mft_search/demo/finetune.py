@@ -18,7 +18,6 @@ import torch
 
 from mft_search.core.backbone import BackboneSpec, load_model, load_tokenizer
 from mft_search.core.data import DataSpec
-from mft_search.core.evaluation import get_evaluator
 from mft_search.core.evaluation.spec import EvalSpec
 from mft_search.train.job import run_job
 from mft_search.train.session import LocalSession
@@ -40,8 +39,8 @@ def sft_data_spec(train_file: Path) -> DataSpec:
 
 
 def eval_spec(source: str, max_new_tokens: int) -> EvalSpec:
-    """GSM8K-style strict accuracy ("#### N") on a split of the demo domain."""
-    return EvalSpec(evaluator="gsm8k", source=source, max_new_tokens=max_new_tokens, batch_size=64,
+    """GSM8K-style strict accuracy ("#### N") on a split of the demo domain, 0-shot as demo.yaml."""
+    return EvalSpec(evaluator="gsm8k", source=source, num_fewshot=0, max_new_tokens=max_new_tokens, batch_size=64,
                     use_chat_template=False)
 
 
@@ -83,14 +82,14 @@ class _LoggingSession(LocalSession):
 
 def _test_accuracies(assets: DemoAssets, epochs_dir: Path, best: int, last: int, max_new_tokens: int) -> dict:
     """Test accuracy of the best and the last epoch: the peak is real on unseen problems too."""
-    evaluator = get_evaluator("gsm8k")
     spec = eval_spec(str(assets.test), max_new_tokens)
+    evaluator = spec.make_evaluator()
     problems = evaluator.load(spec.source)
     out = {}
     for label, epoch in (("best_epoch", best), ("last_epoch", last)):
         backbone = BackboneSpec(source=str(epochs_dir / f"report_{epoch:03d}"))
         model = load_model(backbone, torch.float32)
-        out[label] = evaluator.evaluate(model, load_tokenizer(backbone), problems, spec.generation())["accuracy"]
+        out[label] = evaluator.evaluate(model, load_tokenizer(backbone), problems, spec.generation()).metrics["accuracy"]
     return out
 
 

@@ -11,9 +11,9 @@ import torch
 from mft_search.core.backbone import load_model
 from mft_search.core.baselines import baseline_masks, kept_counts_for_ratio
 from mft_search.core.distributed import unwrap
-from mft_search.core.evaluation import get_evaluator
-from mft_search.core.evaluation.base import rank_and_world
+from mft_search.core.evaluation.base import Evaluator, Problem, Scores, rank_and_world
 from mft_search.core.evaluation.loss import evaluate_loss
+from mft_search.core.evaluation.spec import EvalSpec
 from mft_search.core.maskfile import load_mask_file, verify_for_model
 from mft_search.core.masking import multiply_masks_in, spec_module_names
 from mft_search.train.spec import EvalVariant, TrialJob
@@ -67,18 +67,25 @@ def evaluate_model(job: TrialJob, model, tokenizer, val_batches) -> dict[str, fl
         loss = evaluate_loss(model, val_batches)
         metrics.update(val_loss=loss["loss"], val_perplexity=loss["perplexity"])
     if job.evaluation is not None:
-        evaluator = get_evaluator(job.evaluation.evaluator)
-        spec = job.evaluation
-        problems = _problems(spec.evaluator, spec.source, spec.limit, spec.split)
-        scores = evaluator.evaluate(unwrap(model), tokenizer, problems, job.evaluation.generation())
-        metrics.update({f"eval_{k}": float(v) for k, v in scores.items()})
-        metrics["metric"] = float(scores[evaluator.metric])
+        scores = score_benchmark(job.evaluation, model, tokenizer)
+        metrics.update({f"eval_{k}": v for k, v in scores.metrics.items()})
+        metrics["metric"] = scores.metrics[_loaded(job.evaluation.model_dump_json())[0].metric]
     elif "val_loss" in metrics:
         metrics["metric"] = -metrics["val_loss"]
     return metrics
 
 
+def score_benchmark(spec: EvalSpec, model, tokenizer) -> Scores:
+    """The benchmark `spec` describes, run on `model`: aggregate metrics, the primary metric per
+    problem id (`Scores.items`) and the label of the settings that decided them."""
+    evaluator, problems = _loaded(spec.model_dump_json())
+    return evaluator.evaluate(unwrap(model), tokenizer, problems, spec.generation())
+
+
 @functools.lru_cache(maxsize=4)
-def _problems(evaluator: str, source: str | None, limit: int | None, split: str | None) -> list:
-    """A benchmark's problems, read once per process rather than at every evaluation point."""
-    return get_evaluator(evaluator).load(source, limit, split)
+def _loaded(spec_json: str) -> tuple[Evaluator, list[Problem]]:
+    """A benchmark's evaluator and problems, read once per process rather than at every evaluation
+    point (keyed by the whole block: shots and their source change the prompts)."""
+    spec = EvalSpec.model_validate_json(spec_json)
+    evaluator = spec.make_evaluator()
+    return evaluator, evaluator.load(spec.source, spec.limit, spec.split)

@@ -17,13 +17,34 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """Greedy decoding settings shared by every generating evaluator."""
+    """Decoding settings shared by every generating evaluator: greedy unless `temperature` > 0."""
 
     max_new_tokens: int = 256
     batch_size: int = 16
     stop: tuple[str, ...] = ()
     use_chat_template: bool = True  # used only when the tokenizer has one
     prompt_template: str = "{prompt}"  # applied when no chat template is used
+    # With the chat template, few-shot examples as user/assistant turns rather than one message.
+    fewshot_as_multiturn: bool = False
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    num_samples: int = 1  # completions per problem (pass@k's n)
+    seed: int = 0  # sampling seed
+
+
+@dataclass(frozen=True)
+class Scores:
+    """What an evaluation measured, per problem, and under which settings.
+
+    `metrics` holds the aggregate figures (the primary one under the evaluator's `metric`);
+    `items` the primary metric per problem id, in [0, 1] (correct or not, pass@k, all
+    instructions followed); `settings` says what decided the score, e.g.
+    "GSM8K test, 5-shot, strict (lm-eval gsm8k v3 rules)", so a figure is never quoted bare.
+    """
+
+    metrics: dict[str, float]
+    items: tuple[tuple[str, float], ...]
+    settings: str
 
 
 @dataclass(frozen=True)
@@ -34,6 +55,9 @@ class Problem:
     prompt: str
     reference: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # The same prompt as chat turns (few-shot examples as user/assistant pairs, then the
+    # question), used instead of `prompt` when a chat template applies with fewshot_as_multiturn.
+    turns: tuple[dict[str, str], ...] = ()
 
 
 class Evaluator(Protocol):
@@ -51,8 +75,8 @@ class Evaluator(Protocol):
         tokenizer: PreTrainedTokenizerBase,
         problems: list[Problem],
         settings: GenerationSettings,
-    ) -> dict[str, float]:
-        """Metrics on `problems`, identical on every rank when torch.distributed is initialised."""
+    ) -> Scores:
+        """Scores on `problems`, identical on every rank when torch.distributed is initialised."""
         ...
 
 

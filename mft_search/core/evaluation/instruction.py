@@ -25,16 +25,19 @@ once per process into a private temporary folder and put it first on `nltk.data.
 from __future__ import annotations
 
 import functools
+import random
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from mft_search.core.evaluation.base import GenerationSettings, Problem
-from mft_search.core.evaluation.generate import generate
-from mft_search.core.evaluation.records import load_benchmark
+from mft_search.core.evaluation.base import GenerationSettings, Problem, Scores
+from mft_search.core.evaluation.generate import generate_and_score, uses_chat
+from mft_search.core.evaluation.records import data_label, load_benchmark
 from mft_search.errors import DataError
 
 FIELDS = ("key", "prompt", "instruction_id_list", "kwargs")
@@ -84,8 +87,26 @@ class Following:
     loose: tuple[bool, ...]
 
 
+@contextmanager
+def _seeded_random(seed: int = 0) -> Iterator[None]:
+    """Google's letter_frequency checker picks a random letter when the prompt's is not one
+    (prompt 1122 asks for 4 "#"): seeded, the verdict is the same on every run; the caller's
+    `random` state is restored after."""
+    state = random.getstate()
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(state)
+
+
 def check_response(prompt: str, instruction_ids: list[str], kwargs: list[dict[str, Any]], response: str) -> Following:
     """Whether `response` follows each instruction, strictly and under the loose variants."""
+    with _seeded_random():
+        return _check_response(prompt, instruction_ids, kwargs, response)
+
+
+def _check_response(prompt: str, instruction_ids: list[str], kwargs: list[dict[str, Any]], response: str) -> Following:
     registry = _registry()
     variants = _loose_variants(response)
     strict, loose = [], []
@@ -113,14 +134,37 @@ def ifeval_metrics(results: list[Following]) -> dict[str, float]:
     }
 
 
+IFEVAL_RULES = "Google IFEval checkers (if-verifiable), lm-eval ifeval v4 metrics"
+
+
+def _item(result: Following) -> dict[str, float]:
+    """One prompt's figures: whether all instructions were followed, and the counts behind the
+    instruction-level accuracies (which weigh prompts by their number of instructions)."""
+    return {"prompt_strict_accuracy": float(all(result.strict)), "prompt_loose_accuracy": float(all(result.loose)),
+            "instructions": float(len(result.strict)), "strict_followed": float(sum(result.strict)),
+            "loose_followed": float(sum(result.loose))}
+
+
+def _aggregate(items: list[dict[str, float]]) -> dict[str, float]:
+    n_prompts, n_instructions = max(len(items), 1), max(sum(i["instructions"] for i in items), 1)
+    return {
+        "prompt_strict_accuracy": sum(i["prompt_strict_accuracy"] for i in items) / n_prompts,
+        "prompt_loose_accuracy": sum(i["prompt_loose_accuracy"] for i in items) / n_prompts,
+        "instruction_strict_accuracy": sum(i["strict_followed"] for i in items) / n_instructions,
+        "instruction_loose_accuracy": sum(i["loose_followed"] for i in items) / n_instructions,
+    }
+
+
 class IFEvalEvaluator:
     """IFEval's 541 verifiable-instruction prompts; the primary metric is prompt-level strict."""
 
     name = "ifeval"
     metric = "prompt_strict_accuracy"
+    data = "541 prompts"
 
     def load(self, source: str | None = None, limit: int | None = None, split: str | None = None) -> list[Problem]:
         rows = load_benchmark("ifeval", source, FIELDS, split, limit)
+        self.data = "541 prompts" if source is None else data_label("ifeval", source, split)
         known = _registry()
         problems = []
         for row in rows:
@@ -140,9 +184,14 @@ class IFEvalEvaluator:
         tokenizer: PreTrainedTokenizerBase,
         problems: list[Problem],
         settings: GenerationSettings,
-    ) -> dict[str, float]:
-        responses = generate(model, tokenizer, [p.prompt for p in problems], settings)
-        return ifeval_metrics([self.score(p, r) for p, r in zip(problems, responses)])
+    ) -> Scores:
+        chat = ", chat template" if uses_chat(tokenizer, settings) else ""
+        label = f"IFEval {self.data}, 0-shot{chat}, prompt-level strict, {IFEVAL_RULES}"
+        return generate_and_score(model, tokenizer, problems, settings, self._score_all, self.metric, label,
+                                  aggregate=_aggregate)
+
+    def _score_all(self, problems: list[Problem], responses: list[list[str]]) -> list[dict[str, float]]:
+        return [_item(self.score(p, r[0])) for p, r in zip(problems, responses)]
 
     @staticmethod
     def score(problem: Problem, response: str) -> Following:

@@ -1,7 +1,9 @@
 """GSM8K and MATH: answer extraction, normalisation and exact-match scoring.
 
-GSM8K answers are numbers: "strict" takes the number after "#### " (the format the fine-tuning
-data teaches), "flexible" the last number anywhere in the completion. MATH answers are LaTeX in
+GSM8K is scored exactly as lm-eval's gsm8k v3 task scores it: "strict" takes the first number
+after "#### " (the format the fine-tuning data teaches), "flexible" the last number-like run
+anywhere in the completion; both are compared with the reference after lm-eval's
+regexes_to_ignore. MATH answers are LaTeX in
 `\\boxed{}`: both sides are normalised (Hendrycks et al.'s `strip_string` rules) and compared as
 strings, then as exact rationals when both are plain numbers (0.5 == \\frac{1}{2}).
 
@@ -12,55 +14,69 @@ neither is safe or dependable on arbitrary model output.
 from __future__ import annotations
 
 import dataclasses
+import random
 import re
-from decimal import Decimal, InvalidOperation
+from collections.abc import Callable, Sequence
 from fractions import Fraction
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from mft_search.core.evaluation.base import GenerationSettings, Problem
-from mft_search.core.evaluation.generate import generate
-from mft_search.core.evaluation.records import load_benchmark, load_records
-from mft_search.errors import DataError
+from mft_search.core.evaluation.base import GenerationSettings, Problem, Scores
+from mft_search.core.evaluation.conventions import GSM8K_STOP, MATH_STOP
+from mft_search.core.evaluation.generate import generate_and_score, uses_chat
+from mft_search.core.evaluation.records import data_label, load_benchmark, load_records
+from mft_search.errors import ConfigError, DataError
 
 # ---------------------------------------------------------------- GSM8K answers
+# lm-eval's gsm8k task, version 3 (lm_eval/tasks/gsm8k/gsm8k.yaml): two regex filters, each
+# followed by take_first, then exact_match with ignore_case and these regexes_to_ignore applied,
+# in order, to both the filtered output and the reference (the whole `answer` field).
+# tests/test_lm_eval_parity.py scores the same outputs with lm-eval's own classes.
 
-_STRICT = re.compile(r"####\s*(-?[$0-9.,]*[0-9])")
-_NUMBER = re.compile(r"-?[$0-9.,]*[0-9]")
-_CALCULATOR = re.compile(r"<<[^>]*>>")  # GSM8K's "<<48/2=24>>" annotations
-
-
-def normalize_number(text: str) -> str:
-    """Canonical form of a numeric answer: "$1,200.00" -> "1200", "-0" -> "0"; else stripped text."""
-    text = text.strip().replace(",", "").replace("$", "").rstrip(".")
-    try:
-        value = Decimal(text)
-    except InvalidOperation:
-        return text
-    if not value.is_finite():
-        return text
-    if value == value.to_integral_value():
-        return str(int(value))
-    return format(value.normalize(), "f")
+GSM8K_RULES = "lm-eval gsm8k v3"
+GSM8K_FILTERS = {
+    "strict": (re.compile(r"#### (\-?[0-9\.\,]+)"), 0),  # the first "#### N"
+    "flexible": (re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)"), -1),  # the last number-like run
+}
+GSM8K_IGNORE = (",", r"\$", r"(?s).*#### ", r"\.$")
+INVALID = "[invalid]"  # lm-eval's fallback when a filter finds nothing
 
 
-def extract_gsm8k_strict(completion: str) -> str | None:
-    """The number after the first "#### ", normalised; None when absent."""
-    match = _STRICT.search(completion)
-    return normalize_number(match.group(1)) if match else None
+def gsm8k_filter(output: str, name: str) -> str:
+    """What lm-eval's `name` filter ("strict" or "flexible") extracts from `output`; "[invalid]"
+    when it finds nothing."""
+    pattern, select = GSM8K_FILTERS[name]
+    matches = pattern.findall(output)
+    if not matches:
+        return INVALID
+    match = matches[select]
+    if isinstance(match, tuple):  # several groups: the first non-empty one
+        match = next((m for m in match if m), INVALID)
+    return match.strip()
 
 
-def extract_gsm8k_flexible(completion: str) -> str | None:
-    """The last number in the completion, normalised; None when there is none."""
-    numbers = _NUMBER.findall(completion)
-    return normalize_number(numbers[-1]) if numbers else None
+def _ignore(text: str) -> str:
+    for pattern in GSM8K_IGNORE:
+        text = re.sub(pattern, "", text)
+    return text.lower()
+
+
+def gsm8k_exact_match(prediction: str, answer: str) -> bool:
+    """lm-eval's exact_match of a filtered prediction against a GSM8K `answer` field."""
+    return _ignore(prediction) == _ignore(answer)
+
+
+def score_gsm8k(output: str, answer: str, name: str) -> float:
+    """1.0 when `output` (a completion) answers `answer` (GSM8K's "... #### 72") under filter
+    `name` ("strict" or "flexible"), as lm-eval's gsm8k v3 scores it; else 0.0."""
+    return float(gsm8k_exact_match(gsm8k_filter(output, name), answer))
 
 
 def gsm8k_reference(answer: str) -> str:
-    """The gold number of a GSM8K `answer` field ("... #### 72")."""
-    if "####" not in answer:
+    """The gold number of a GSM8K `answer` field ("... #### 72" -> "72"), as exact_match sees it."""
+    if "#### " not in answer:
         raise DataError(f"gsm8k answer field lacks '#### N': {answer[-60:]!r}; use the GSM8K release format")
-    return normalize_number(answer.rsplit("####", 1)[1])
+    return _ignore(answer).strip()
 
 
 # ---------------------------------------------------------------- MATH answers
@@ -145,36 +161,56 @@ def math_equivalent(prediction: str | None, reference: str) -> bool:
 
 # ---------------------------------------------------------------- evaluators
 
-GSM8K_STOP = ("Question:", "</s>", "<|im_end|>", "<|eot_id|>")
+FEWSHOT_SEED = 1234  # lm-eval's default fewshot_random_seed
 
 
 class GSM8KEvaluator:
-    """GSM8K exact match, zero-shot or with the first `num_fewshot` training problems.
+    """GSM8K exact match, as lm-eval's gsm8k v3 task builds its prompts and scores them.
 
-    `accuracy` is the strict "#### N" match (the format GSM8K fine-tuning data teaches) unless
-    `strict=False` makes it the flexible last-number match; both are always reported too.
+    `num_fewshot` examples precede each question, drawn as lm-eval draws them: one
+    `random.Random(fewshot_seed)` stream, `sample(train, k)` per test problem in order (so the
+    first N problems get the same examples whatever `limit` is). `filters` are reported as
+    `accuracy_<filter>`; the first one is also `accuracy`, the selecting metric.
     """
 
     name = "gsm8k"
     metric = "accuracy"
 
-    def __init__(self, num_fewshot: int = 0, fewshot_source: str | None = None, strict: bool = True):
-        self.num_fewshot, self.fewshot_source, self.strict = num_fewshot, fewshot_source, strict
+    def __init__(self, num_fewshot: int = 5, fewshot_source: str | None = None, fewshot_split: str = "train",
+                 filters: Sequence[str] = ("strict", "flexible"), fewshot_seed: int = FEWSHOT_SEED):
+        unknown = [f for f in filters if f not in GSM8K_FILTERS]
+        if unknown or not filters:
+            raise ConfigError(f"evaluation filter: {unknown or 'none'} given; choose strict, flexible or both")
+        self.num_fewshot, self.fewshot_source, self.fewshot_split = num_fewshot, fewshot_source, fewshot_split
+        self.filters, self.fewshot_seed = tuple(filters), fewshot_seed
+        self.data = "test"
 
     def load(self, source: str | None = None, limit: int | None = None, split: str | None = None) -> list[Problem]:
         rows = load_benchmark("gsm8k", source, ("question", "answer"), split, limit)
-        prefix = self._fewshot_prefix()
-        return [
-            Problem(id=str(i), prompt=prefix + _gsm8k_question(r["question"]), reference=gsm8k_reference(r["answer"]))
-            for i, r in enumerate(rows)
-        ]
+        for row in rows:
+            gsm8k_reference(row["answer"])  # every reference has its "#### N"
+        self.data = data_label("gsm8k", source, split)
+        shots = self._fewshot_rows()
+        rnd = random.Random(self.fewshot_seed)
+        problems = []
+        for i, row in enumerate(rows):
+            drawn = rnd.sample(shots, self.num_fewshot) if self.num_fewshot else []
+            prompt, turns = gsm8k_prompt(row["question"], drawn)
+            problems.append(Problem(id=str(i), prompt=prompt, reference=row["answer"], turns=turns))
+        return problems
 
-    def _fewshot_prefix(self) -> str:
+    def _fewshot_rows(self) -> list[dict]:
         if self.num_fewshot == 0:
-            return ""
-        rows = load_records(self.fewshot_source or "openai/gsm8k", ("question", "answer"), "train", "main")
-        shots = rows[: self.num_fewshot]
-        return "".join(_gsm8k_question(r["question"]) + " " + _CALCULATOR.sub("", r["answer"]) + "\n\n" for r in shots)
+            return []
+        rows = load_records(self.fewshot_source or "openai/gsm8k", ("question", "answer"), self.fewshot_split, "main")
+        if len(rows) < self.num_fewshot:
+            raise DataError(f"evaluation fewshot_source: {len(rows)} examples, fewer than num_fewshot "
+                            f"{self.num_fewshot}; lower num_fewshot or give the GSM8K train split")
+        return rows
+
+    def label(self, settings: GenerationSettings, tokenizer: PreTrainedTokenizerBase) -> str:
+        filters = self.filters[0] + "".join(f" ({f} also reported)" for f in self.filters[1:])
+        return f"GSM8K {self.data}, {fewshot_label(self.num_fewshot, settings, tokenizer)}, {filters}, {GSM8K_RULES} rules"
 
     def evaluate(
         self,
@@ -182,33 +218,76 @@ class GSM8KEvaluator:
         tokenizer: PreTrainedTokenizerBase,
         problems: list[Problem],
         settings: GenerationSettings,
-    ) -> dict[str, float]:
+    ) -> Scores:
         settings = dataclasses.replace(settings, stop=settings.stop or GSM8K_STOP)
-        completions = generate(model, tokenizer, [p.prompt for p in problems], settings)
-        strict = _mean([extract_gsm8k_strict(c) == p.reference for c, p in zip(completions, problems)])
-        flexible = _mean([extract_gsm8k_flexible(c) == p.reference for c, p in zip(completions, problems)])
-        primary = strict if self.strict else flexible
-        return {"accuracy": primary, "accuracy_strict": strict, "accuracy_flexible": flexible}
+        return generate_and_score(model, tokenizer, problems, settings, self.score, "accuracy",
+                                  self.label(settings, tokenizer))
+
+    def score(self, problems: Sequence[Problem], completions: list[list[str]]) -> list[dict[str, float]]:
+        """Per problem: `accuracy_<filter>` for each filter, and `accuracy` (the first)."""
+        out = []
+        for problem, (completion, *_) in zip(problems, completions):
+            item = {f"accuracy_{f}": score_gsm8k(completion, problem.reference, f) for f in self.filters}
+            out.append({"accuracy": item[f"accuracy_{self.filters[0]}"], **item})
+        return out
+
+
+def gsm8k_prompt(question: str, shots: Sequence[dict]) -> tuple[str, tuple[dict[str, str], ...]]:
+    """lm-eval's gsm8k context for `question` after `shots` (rows with question and answer),
+    as one text and as chat turns: "Question: q\nAnswer: a\n\n" per shot (the answer field
+    whole, calculator notes included), then "Question: q\nAnswer:"."""
+    text = "".join(f"{_gsm8k_question(r['question'])} {r['answer']}\n\n" for r in shots)
+    turns = [t for r in shots for t in ({"role": "user", "content": _gsm8k_question(r["question"])},
+                                         {"role": "assistant", "content": r["answer"]})]
+    query = _gsm8k_question(question)
+    return text + query, tuple(turns + [{"role": "user", "content": query}])
 
 
 def _gsm8k_question(question: str) -> str:
     return f"Question: {question}\nAnswer:"
 
 
+def fewshot_label(num_fewshot: int, settings: GenerationSettings, tokenizer: PreTrainedTokenizerBase) -> str:
+    """"5-shot, chat template, few-shot as turns" and the like: how the prompt was built."""
+    parts = [f"{num_fewshot}-shot"]
+    if uses_chat(tokenizer, settings):
+        parts.append("chat template" + (", few-shot as turns" if settings.fewshot_as_multiturn and num_fewshot else ""))
+    return ", ".join(parts)
+
+
 MATH_PROMPT = (
     "Problem:\n{problem}\n\nSolve the problem step by step and put the final answer in \\boxed{{}}.\n\nSolution:"
 )
-MATH_STOP = ("Problem:", "</s>", "<|im_end|>", "<|eot_id|>")
+def equivalence_backend(name: str) -> Callable[[str | None, str], bool]:
+    """The function deciding whether a predicted MATH answer equals the reference: the string
+    normaliser (`math_equivalent`) or math-verify's symbolic check (`equivalence` module)."""
+    if name == "normaliser":
+        return math_equivalent
+    if name == "math-verify":
+        from mft_search.core.evaluation.equivalence import math_verify_equivalent, require_math_verify
+
+        require_math_verify()
+        return math_verify_equivalent
+    raise ConfigError(f"evaluation equivalence: unknown '{name}'; choose normaliser or math-verify")
+
+
+MATH_RULES = "mft math-1 (last \\boxed{}, Hendrycks normalisation, rationals)"
 
 
 class MATHEvaluator:
-    """MATH (Hendrycks et al.) exact match of the last \\boxed{} answer after normalisation."""
+    """MATH (Hendrycks et al.) exact match of the last \\boxed{} answer after normalisation,
+    zero-shot with the project's own prompt (no lm-eval counterpart: minerva_math is 4-shot)."""
 
     name = "math"
     metric = "accuracy"
 
+    def __init__(self, equivalence: str = "normaliser"):
+        self.equivalent = equivalence_backend(equivalence)
+        self.equivalence, self.data = equivalence, "test"
+
     def load(self, source: str | None = None, limit: int | None = None, split: str | None = None) -> list[Problem]:
         rows = load_benchmark("math", source, ("problem", "solution"), split, limit)
+        self.data = data_label("math", source, split)
         problems = []
         for i, r in enumerate(rows):
             reference = last_boxed(r["solution"])
@@ -223,11 +302,10 @@ class MATHEvaluator:
         tokenizer: PreTrainedTokenizerBase,
         problems: list[Problem],
         settings: GenerationSettings,
-    ) -> dict[str, float]:
+    ) -> Scores:
         settings = dataclasses.replace(settings, stop=settings.stop or MATH_STOP)
-        completions = generate(model, tokenizer, [p.prompt for p in problems], settings)
-        return {"accuracy": _mean([math_equivalent(last_boxed(c), p.reference) for c, p in zip(completions, problems)])}
+        label = f"MATH {self.data}, {fewshot_label(0, settings, tokenizer)}, {self.equivalence} equivalence, {MATH_RULES}"
+        return generate_and_score(model, tokenizer, problems, settings, self.score, "accuracy", label)
 
-
-def _mean(flags: list[bool]) -> float:
-    return sum(flags) / len(flags) if flags else 0.0
+    def score(self, problems: Sequence[Problem], completions: list[list[str]]) -> list[dict[str, float]]:
+        return [{"accuracy": float(self.equivalent(last_boxed(c[0]), p.reference))} for p, c in zip(problems, completions)]

@@ -58,6 +58,14 @@ def data_identity(evaluator: str, source: str | None, split: str | None) -> tupl
     return ("hub", source, split or default.split)
 
 
+def data_label(evaluator: str, source: str | None, split: str | None) -> str:
+    """A short name of what problems were read: the split ("test"), or the file's name."""
+    if source is not None and is_local(source):
+        return Path(source).name
+    default = BENCHMARK_DATA[evaluator]
+    return split or default.split or "test"
+
+
 def load_records(
     source: str,
     fields: tuple[str, ...],
