@@ -286,6 +286,6 @@ def test_plan_names_studies_trials_resources_and_outputs(tiny_dir, tmp_path):
 
 def test_a_hub_validation_at_another_split_is_accepted():
     patch = ("domains: [{name: m, train: {source: t.jsonl, prompt_field: q, response_field: a}, validation: {evaluator: "
-             "gsm8k, source: openai/gsm8k, split: train, limit: 500}, test: {evaluator: gsm8k}}]")
+             "gsm8k, source: openai/gsm8k, split: train, limit: 500, num_fewshot: 0}, test: {evaluator: gsm8k}}]")
     cfg = parse_config(merged(base(), yaml.safe_load(patch)))
     assert cfg.domains[0].validation.split == "train" and cfg.domains[0].test.split is None

@@ -158,7 +158,7 @@ DIFFERENT = [("2", "3"), (r"\sqrt{2}", "2"), (r"\frac{1}{3}", "0.33"), ("x+1", "
 
 def test_math_verify_beats_the_normaliser_on_equivalent_answers():
     pytest.importorskip("math_verify")
-    from mft_search.core.evaluation.equivalence import equivalence_backend
+    from mft_search.core.evaluation.math import equivalence_backend
 
     verify = equivalence_backend("math-verify")
     by_verify = sum(verify(a, b) for a, b in EQUIVALENT)

@@ -25,7 +25,8 @@ def make_job(tmp_path, backbone, data, kind="mft", name="t", **extra):
 
 
 def test_mft_reports_every_epoch_and_writes_a_mask_file_each_time(tmp_path, tiny_backbone, sft_data, problems_dir):
-    evaluation = EvalSpec(evaluator="gsm8k", source=str(problems_dir / "test.jsonl"), limit=4, max_new_tokens=4)
+    evaluation = EvalSpec(evaluator="gsm8k", source=str(problems_dir / "test.jsonl"), limit=4, max_new_tokens=4,
+                          num_fewshot=0)
     session = LocalSession(tmp_path / "session")
     run_job(make_job(tmp_path, tiny_backbone, sft_data, evaluation=evaluation), session)
     assert [r["epoch"] for r in session.reports] == [1.0, 2.0]
@@ -101,7 +102,8 @@ def test_fft_on_a_bf16_backbone_keeps_fp32_masters_and_ships_bf16_weights(tmp_pa
 
 @pytest.mark.parametrize("baseline", ["none", "random", "l1", "learned"])
 def test_baselines_and_learned_masks_evaluate(tmp_path, tiny_backbone, sft_data, problems_dir, baseline):
-    evaluation = EvalSpec(evaluator="gsm8k", source=str(problems_dir / "test.jsonl"), limit=2, max_new_tokens=4)
+    evaluation = EvalSpec(evaluator="gsm8k", source=str(problems_dir / "test.jsonl"), limit=2, max_new_tokens=4,
+                          num_fewshot=0)
     mask_file = None
     if baseline == "learned":
         run_job(make_job(tmp_path, tiny_backbone, sft_data, train=SETTINGS.model_copy(update={"epochs": 1})),
@@ -117,7 +119,8 @@ def test_baselines_and_learned_masks_evaluate(tmp_path, tiny_backbone, sft_data,
 
 def test_one_evaluation_job_scores_several_variants_including_other_weights(
         tmp_path, tiny_backbone, sft_data, problems_dir):
-    evaluation = EvalSpec(evaluator="gsm8k", source=str(problems_dir / "test.jsonl"), limit=2, max_new_tokens=4)
+    evaluation = EvalSpec(evaluator="gsm8k", source=str(problems_dir / "test.jsonl"), limit=2, max_new_tokens=4,
+                          num_fewshot=0)
     run_job(make_job(tmp_path, tiny_backbone, sft_data, kind="fft", mask=None,
                      train=SETTINGS.model_copy(update={"epochs": 1})), LocalSession(tmp_path / "fft"))
     variants = [EvalVariant(name="unmasked"), EvalVariant(name="random", mask="random"),

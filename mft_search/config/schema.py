@@ -422,11 +422,10 @@ def check_data(cfg: SweepConfig) -> None:
 
 def _check_benchmark(spec: EvalSpec, at: str) -> None:
     from mft_search.core.data.load import local_files
-    from mft_search.core.evaluation import get_evaluator
 
     try:
         if local_files(spec.source) is not None:
-            get_evaluator(spec.evaluator).load(spec.source, limit=1)
+            spec.make_evaluator().load(spec.source, limit=1)  # with its shots: their file is checked too
     except DataError as exc:
         raise DataError(f"{at}.source: {_strip_prefix(str(exc))}") from None
 

@@ -12,28 +12,15 @@ another thread (Ray Train runs the training function in one) it runs without a t
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-
 from mft_search.errors import ConfigError
 
-BACKENDS = ("normaliser", "math-verify")
-Equivalence = Callable[[str | None, str], bool]
-
-
-def equivalence_backend(name: str) -> Equivalence:
-    """The function deciding whether a predicted MATH answer equals the reference."""
-    if name == "normaliser":
-        from mft_search.core.evaluation.math import math_equivalent
-
-        return math_equivalent
-    if name == "math-verify":
-        try:
-            import math_verify  # noqa: F401
-        except ImportError:
-            raise ConfigError("evaluation equivalence: math-verify is not installed; "
-                              "`pip install math-verify` or use equivalence: normaliser") from None
-        return math_verify_equivalent
-    raise ConfigError(f"evaluation equivalence: unknown '{name}'; choose one of {', '.join(BACKENDS)}")
+def require_math_verify() -> None:
+    """Fail early, with the fix, when math-verify is not installed."""
+    try:
+        import math_verify  # noqa: F401
+    except ImportError:
+        raise ConfigError("evaluation equivalence: math-verify is not installed; "
+                          "`pip install math-verify` or use equivalence: normaliser") from None
 
 
 def math_verify_equivalent(prediction: str | None, reference: str) -> bool:

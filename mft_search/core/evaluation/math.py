@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from fractions import Fraction
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -258,6 +258,19 @@ def fewshot_label(num_fewshot: int, settings: GenerationSettings, tokenizer: Pre
 MATH_PROMPT = (
     "Problem:\n{problem}\n\nSolve the problem step by step and put the final answer in \\boxed{{}}.\n\nSolution:"
 )
+def equivalence_backend(name: str) -> Callable[[str | None, str], bool]:
+    """The function deciding whether a predicted MATH answer equals the reference: the string
+    normaliser (`math_equivalent`) or math-verify's symbolic check (`equivalence` module)."""
+    if name == "normaliser":
+        return math_equivalent
+    if name == "math-verify":
+        from mft_search.core.evaluation.equivalence import math_verify_equivalent, require_math_verify
+
+        require_math_verify()
+        return math_verify_equivalent
+    raise ConfigError(f"evaluation equivalence: unknown '{name}'; choose normaliser or math-verify")
+
+
 MATH_RULES = "mft math-1 (last \\boxed{}, Hendrycks normalisation, rationals)"
 
 
@@ -269,8 +282,6 @@ class MATHEvaluator:
     metric = "accuracy"
 
     def __init__(self, equivalence: str = "normaliser"):
-        from mft_search.core.evaluation.equivalence import equivalence_backend
-
         self.equivalent = equivalence_backend(equivalence)
         self.equivalence, self.data = equivalence, "test"
 

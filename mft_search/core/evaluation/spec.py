@@ -16,6 +16,12 @@ from mft_search.core.evaluation.conventions import FEWSHOT_BENCHMARKS, Conventio
 from mft_search.errors import did_you_mean
 
 FILTERS = ("strict", "flexible")
+
+
+def _is_local(source: str) -> bool:
+    from mft_search.core.evaluation.records import is_local
+
+    return is_local(source)
 CODE_BENCHMARKS = ("humaneval", "humaneval_plus")
 
 
@@ -31,7 +37,8 @@ class EvalSpec(BaseModel):
     preset: Literal["lm-eval", "olmes-paper"] = Field(
         "lm-eval", description="where unset fields take their values: lm-eval's task definitions, or the MFT "
                                "authors' olmes settings")
-    num_fewshot: int | None = Field(None, ge=0, description="examples before each problem (gsm8k); null = the preset's")
+    num_fewshot: int | None = Field(None, ge=0, description="examples before each problem (gsm8k); null = the preset's, "
+                                                             "or 0 for a local source without a fewshot_source")
     fewshot_source: str | None = Field(None, description="local file or hub id the examples come from; null = the benchmark's hub id")
     fewshot_split: str = Field("train", description="split the examples are drawn from; never the evaluated one")
     fewshot_seed: int = Field(1234, description="seed of the examples' draw (lm-eval's default fewshot seed)")
@@ -83,7 +90,9 @@ class EvalSpec(BaseModel):
 
     @model_validator(mode="after")
     def _fits_the_benchmark(self) -> EvalSpec:
-        name, set_ = self.evaluator, self.model_fields_set
+        # Non-default values, not model_fields_set: a dumped block (all fields) must validate again.
+        name = self.evaluator
+        set_ = {k for k, f in type(self).model_fields.items() if getattr(self, k) != f.get_default() and k != "num_fewshot"}
         if name not in FEWSHOT_BENCHMARKS:
             if self.num_fewshot:
                 raise ValueError(f"num_fewshot: {name} is evaluated 0-shot here (few-shot: {', '.join(FEWSHOT_BENCHMARKS)}); "
@@ -98,6 +107,10 @@ class EvalSpec(BaseModel):
         self._check_sampling(name, set_)
         if self.fewshot_as_multiturn and self.use_chat_template is False:
             raise ValueError("fewshot_as_multiturn: needs the chat template; set use_chat_template: true or drop it")
+        if self.num_fewshot and self._offline_problems():
+            raise ValueError(f"fewshot_source: {self.num_fewshot}-shot prompts would draw their examples from the hub's "
+                             f"{self.evaluator} {self.fewshot_split} split, but source is a local file; give "
+                             "fewshot_source (e.g. a local GSM8K train.jsonl) or set num_fewshot: 0")
         if self.shots() and self._fewshot_is_evaluated():
             raise ValueError(f"fewshot_split: '{self.fewshot_split}' is the evaluated split; draw examples from "
                              "another (GSM8K: train), or give fewshot_source")
@@ -115,13 +128,15 @@ class EvalSpec(BaseModel):
             raise ValueError(f"pass_k: {bad} outside 1..num_samples ({self.num_samples}); raise num_samples or lower k")
 
     def _fewshot_is_evaluated(self) -> bool:
-        if self.fewshot_source is None and self.source is None:  # both from the benchmark's hub id
-            return self.fewshot_split == (self.split or "test")
-        if self.fewshot_source != self.source:
-            return False
-        from mft_search.core.evaluation.records import is_local
+        """Whether the examples would come from the problems evaluated (same file, or same hub
+        dataset and split; unset sources are the benchmark's hub id)."""
+        from mft_search.core.evaluation.records import BENCHMARK_DATA
 
-        return is_local(self.source) or self.fewshot_split == (self.split or "test")
+        default = BENCHMARK_DATA[self.evaluator]
+        shots, problems = self.fewshot_source or default.source, self.source or default.source
+        if shots != problems:
+            return False
+        return _is_local(problems) or self.fewshot_split == (self.split or default.split)
 
     # ------------------------------------------------------------ resolved settings
 
@@ -129,7 +144,14 @@ class EvalSpec(BaseModel):
         return convention(self.preset, self.evaluator)
 
     def shots(self) -> int:
-        return self.num_fewshot if self.num_fewshot is not None else self.convention().num_fewshot
+        """num_fewshot, else the preset's; 0 for local problems without a local fewshot_source
+        (the preset's examples live on the hub; the settings label says 0-shot)."""
+        if self.num_fewshot is not None:
+            return self.num_fewshot
+        return 0 if self._offline_problems() else self.convention().num_fewshot
+
+    def _offline_problems(self) -> bool:
+        return self.fewshot_source is None and self.source is not None and _is_local(self.source)
 
     def filters(self) -> tuple[str, ...]:
         return tuple(self.filter) if self.filter is not None else self.convention().filter
@@ -157,7 +179,7 @@ class EvalSpec(BaseModel):
             return {"ks": tuple(self.pass_k)}
         return {}
 
-    def make_evaluator(self):
+    def make_evaluator(self):  # noqa: ANN201 (an Evaluator; its module is imported on demand)
         """The evaluator this block describes (its problems still to load)."""
         from mft_search.core.evaluation import get_evaluator
 
