@@ -109,7 +109,7 @@ def test_a_test_set_that_shares_prompts_with_training_is_refused(tmp_path, tiny_
     leaked.write_text("\n".join(rows) + "\n")
     config = write_config(tmp_path, tiny_backbone, problems_dir)
     cfg = yaml.safe_load(config.read_text())
-    cfg["domains"][0]["test"]["source"] = str(leaked)
+    cfg["domains"][0]["test"].update(source=str(leaked), limit=None)
     config.write_text(yaml.safe_dump(cfg))
     line = error_line(sweep("--config", str(config), "--dry-run"))
     assert line.startswith("error: domains[0] (gsm): 'train' and 'test' share 5 prompts"), line
