@@ -131,6 +131,8 @@ def test_an_unreadable_tokenizer_is_refused_before_ray_starts(tmp_path, tiny_bac
     ([{"CPU": 1}, {"CPU": 1}], 1, 4, "resources: a trial needs 1 worker(s) x (4 CPU, 0 GPU)"),
     # two workers' CPUs and no more: the trial's Tune driver (0.01 CPU) has no room, the trial never starts
     ([{"CPU": 2}], 2, 1, "resources: a trial needs 2 worker(s) x (1 CPU, 0 GPU)"),
+    # multi-worker trials' drivers are pinned to the head: a head without CPUs can never start one
+    ([{"CPU": 0, "node:__internal_head__": 1}, {"CPU": 4}], 2, 1, "run their drivers on the head node"),
 ])
 def test_the_cluster_check_refuses_unplaceable_trials(tmp_path, tiny_backbone, problems_dir, nodes, workers, cpus,
                                                       expected):

@@ -12,7 +12,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from mft_search.config.schema import SweepConfig
 from mft_search.errors import ConfigError
-from mft_search.tune.stage import DRIVER_CPU
+from mft_search.tune.stage import DRIVER_CPU, HEAD_RESOURCE
 
 ANSWER_TIMEOUT_S = 120  # a node's check task waits for a worker process to start there
 STATE_API_TIMEOUT_S = 10
@@ -33,6 +33,12 @@ def check_cluster(cfg: SweepConfig, cluster: dict, exp_dir: Path) -> None:
             f"resources: a trial needs {r.workers_per_trial} worker(s) x ({r.cpus_per_worker:g} CPU, "
             f"{r.gpus_per_worker:g} GPU){f' + {driver:g} CPU for its Tune driver' if driver else ''} but the cluster has {total['CPU']:g} CPU and {total['GPU']:g} GPU in all; "
             "lower resources.workers_per_trial or the per-worker needs")
+    head = next((n for n in nodes if n["Resources"].get(HEAD_RESOURCE)), None)
+    if r.workers_per_trial > 1 and head is not None and head["Resources"].get("CPU", 0) < DRIVER_CPU:
+        raise ConfigError(
+            f"resources.workers_per_trial: multi-worker trials run their drivers on the head node (a lost worker "
+            f"node must not take a trial's controller with it), which has {head['Resources'].get('CPU', 0):g} CPU; "
+            "give the head at least 1 CPU (ray start --head --num-cpus=1), or set resources.workers_per_trial: 1")
     if r.workers_per_trial > 1 and not state_api_reachable():
         # Ray Train's placement-group cleaner asks the state API whether a trial's controller is
         # alive; without it, the group of a trial that died (stopped by ASHA, on a lost node)

@@ -31,6 +31,9 @@ from mft_search.tune.searcher import make_scheduler, make_searcher
 from mft_search.tune.study import Stage, Study
 
 DRIVER_CPU = 0.01
+# Ray's resource of the head node alone (ray._common.constants.HEAD_NODE_RESOURCE_NAME), one unit.
+HEAD_RESOURCE = "node:__internal_head__"
+HEAD_SLIVER = 0.001  # of it per multi-worker trial driver: up to 1000 at once
 
 
 def _trial_driver(config: dict[str, Any], study: Study, stage: Stage, planned_faults: list[dict]) -> None:
@@ -97,9 +100,15 @@ class _CountingReportCallback(TuneReportCallback):
 def _trial_resources(resources: Resources) -> dict[str, float]:
     """What a Tune trial itself holds: its one worker's needs when it trains in-process; else a
     sliver of CPU (Tune refuses an empty request), since its Train workers hold the real resources
-    and drivers must not use up the CPUs."""
+    and drivers must not use up the CPUs, and a sliver of the head node's own resource.
+
+    On the head: Ray Train attaches a trial's controller to its driver's node, and a controller
+    lost with a worker node leaves its worker group's placement group held forever (seen on a
+    two-node Ray: the group was rescheduled onto the head and its CPUs never came back). A driver
+    and controller on the head see the lost node's workers die, and free and restart the group.
+    """
     if resources.workers_per_trial > 1:
-        return {"CPU": DRIVER_CPU}
+        return {"CPU": DRIVER_CPU, HEAD_RESOURCE: HEAD_SLIVER}
     return {"CPU": resources.cpus_per_worker, **({"GPU": resources.gpus_per_worker} if resources.use_gpu else {})}
 
 
