@@ -135,7 +135,7 @@ def test_params_to_trial_merges_over_train_defaults():
     cfg = parse_config({
         "name": "t", "seed": 5, "backbones": [{"source": "x"}], "train": {"lr": 2e-5, "epochs": 3, "warmup_ratio": 0.1},
         "domains": [{"name": "d", "train": {"source": "t.jsonl", "prompt_field": "q", "response_field": "a"},
-                     "validation": {"evaluator": "gsm8k", "split": "train"}}],
+                     "validation": {"evaluator": "gsm8k", "split": "train", "num_fewshot": 0}}],
         "search": {"space": {**SPACE, "kinds": [["q", "v"]], "epochs": 1}}})
     params = define_by_run(cfg.search.space)(optuna.create_study(sampler=make_sampler("tpe", 0, cfg.search.space)).ask())
     mask, train = params_to_trial(params, cfg)
