@@ -12,7 +12,9 @@ another thread (Ray Train runs the training function in one) it runs without a t
 from __future__ import annotations
 
 import threading
+
 from mft_search.errors import ConfigError
+
 
 def require_math_verify() -> None:
     """Fail early, with the fix, when math-verify is not installed."""
