@@ -17,7 +17,7 @@ from mft_search.core import files
 from mft_search.core.maskfile import load_mask_file
 from mft_search.core.statistics import Gain, Unit, selection_decision
 from mft_search.experiment import layout
-from mft_search.experiment.items import add_items, gains_over, items_path, read_items
+from mft_search.experiment.items import add_items, gains_over, items_path, read_items, split_unit
 from mft_search.experiment.results import NOT_CANDIDATES, best_reports, params_of
 from mft_search.train.ray_train import build_trainer
 from mft_search.train.spec import ITEMS_FILE, EvalVariant, report_artifact
@@ -62,10 +62,11 @@ def run_evaluation(study: Study, variants: list[EvalVariant], benchmark, split: 
     return {v.name: float(result.metrics.get(f"{v.name}/metric", math.nan)) for v in variants}
 
 
-def paired_gains(study: Study, split: str, of: str = "best_mft") -> dict[str, Gain]:
-    """{other variant: the gain of `of` over it on `split`}, paired over items.parquet's items."""
+def paired_gains(study: Study, split: str, of: str = "best_mft") -> tuple[dict[str, Gain], Unit | None]:
+    """{other variant: the gain of `of` over it on `split`}, paired over items.parquet's items,
+    and the unit those items are scored in (points or nats; None when none were scored)."""
     frame = read_items(items_path(study.exp_dir))
-    return gains_over(frame, study.name, split, of)
+    return gains_over(frame, study.name, split, of), split_unit(frame, study.name, split)
 
 
 def continued_fft(study: Study, winner: Candidate) -> tuple[str, float]:
@@ -124,12 +125,12 @@ def _bench(spec) -> str | None:
         (f", first {spec.limit})" if spec.limit else ")")
 
 
-def verdict(gain: Gain | None, min_gain: float, unit: Unit, candidates: int) -> tuple[bool, str]:
+def verdict(gain: Gain | None, min_gain: float, unit: Unit | None, candidates: int) -> tuple[bool, str]:
     """Whether the best mask's validation gain over the unmasked backbone is real: its paired
     lower bound above `min_gain` (core.statistics.selection_decision), said plainly."""
     among = (f"the best of {candidates} trial(s) on validation, so its validation gain carries the winner's curse; "
              "the test figures are the unbiased ones")
-    if gain is None:
+    if gain is None or unit is None:
         return False, "no per-item validation scores for the best mask and the unmasked backbone; nothing exported"
     selected, reason = selection_decision(gain, min_gain, unit=unit)
     if selected:

@@ -10,7 +10,6 @@ from typing import Any
 
 from mft_search.config.schema import SweepConfig
 from mft_search.core import files
-from mft_search.core.statistics import unit_for
 from mft_search.experiment import layout
 from mft_search.experiment.results import ResultsTable
 from mft_search.experiment.storage import Storage
@@ -124,11 +123,9 @@ def _evaluate(study: Study, table: ResultsTable, log) -> None:
         log(f"[{study.name}] continued FFT control at the selected learning rate")
         weights, validation["continued_fft"] = continued_fft(study, winner)
         extra.append(EvalVariant(name="continued_fft", weights=weights))
-    gain = paired_gains(study, "validation").get("unmasked")
-    candidates = ResultsTable(layout.results_path(study.exp_dir)).frame()
-    candidates = candidates[(candidates["study"] == study.name) & (candidates["stage"] == stage)]["trial_id"].nunique()
-    unit = unit_for("fraction" if study.domain.validation is not None else "loss")
-    selected, text = verdict(gain, study.cfg.selection.min_gain, unit, candidates)
+    gains, unit = paired_gains(study, "validation")  # the unit the items were scored in: points or nats
+    candidates = frame[(frame["study"] == study.name) & (frame["stage"] == stage)]["trial_id"].nunique()
+    selected, text = verdict(gains.get("unmasked"), study.cfg.selection.min_gain, unit, candidates)
     if selected:
         export_best(study, winner)
     test: dict[str, float] = {}
