@@ -8,7 +8,7 @@ from mft_search.core.evaluation.spec import EvalSpec
 from mft_search.train import faults
 from mft_search.train.job import run_job
 from mft_search.train.loop import OutOfMemory
-from mft_search.train.session import LocalSession
+from mft_search.train.session import DirectorySession, LocalSession
 from mft_search.train.spec import EvalVariant, TrialJob
 from mft_search.core.maskfile import load_mask_file
 from mft_search.core.masking import MaskSpec
@@ -226,3 +226,26 @@ def test_faults_are_aimed_at_trials_by_their_parameters(monkeypatch):
     assert faults.for_params(planned, {"ratio": 0.1, "mode": "local"}) is None
     monkeypatch.delenv(faults.ENV)
     assert faults.from_environment() == []
+
+
+def test_a_directory_session_keeps_reports_and_one_whole_checkpoint_across_a_restart(tmp_path, tiny_backbone,
+                                                                                      sft_data):
+    # A one-worker job run as a Ray task reports here; a retried task must find the earlier reports
+    # (the continued-FFT control picks its best one) and resume from the last complete checkpoint.
+    class CrashAfterFirst(DirectorySession):
+        def report(self, metrics, checkpoint_dir):
+            super().report(metrics, checkpoint_dir)
+            raise _Killed
+
+    directory = tmp_path / "run"
+    with pytest.raises(_Killed):
+        run_job(make_job(tmp_path, tiny_backbone, sft_data), CrashAfterFirst(directory))
+    (directory / ".staging-checkpoint_000002").mkdir()  # as a kill mid-write leaves one
+    resumed = DirectorySession(directory)
+    assert resumed.latest_checkpoint().name == "checkpoint_000001"
+    run_job(make_job(tmp_path, tiny_backbone, sft_data), resumed)
+    assert [r["report"] for r in DirectorySession(directory).history()] == [1, 2]
+    assert sorted(p.name for p in directory.iterdir()) == ["checkpoint_000002", "reports.jsonl"]
+    unbroken = LocalSession(tmp_path / "unbroken")
+    run_job(make_job(tmp_path, tiny_backbone, sft_data, name="u"), unbroken)
+    assert resumed.reports[-1]["val_loss"] == unbroken.reports[-1]["val_loss"]

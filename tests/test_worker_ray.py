@@ -1,5 +1,8 @@
 """The Ray Train worker for real: 2 CPU workers on gloo, DDP and FSDP2, and a worker SIGKILLed
-mid-trial that resumes from its checkpoint. Slow (a Ray Train run costs ~20 s here)."""
+mid-trial that resumes from its checkpoint; a one-worker job run as a plain Ray task (fit_job),
+killed and resumed the same way. Slow (a Ray Train run costs ~20 s here)."""
+
+from pathlib import Path
 
 import pytest
 
@@ -7,7 +10,7 @@ from mft_search.train.spec import TrialJob
 from mft_search.core.maskfile import load_mask_file
 from mft_search.core.masking import MaskSpec
 from mft_search.train.step import TrainSettings
-from mft_search.train.ray_train import build_trainer
+from mft_search.train.ray_train import build_trainer, fit_job
 from mft_search.train.spec import Resources
 
 ray = pytest.importorskip("ray")
@@ -23,12 +26,19 @@ def local_ray():
     ray.shutdown()
 
 
-def fit(tmp_path, backbone, data, name, workers, strategy="ddp", **kwargs):
-    job = TrialJob(name=name, kind="mft", backbone=backbone, data=data, mask=MaskSpec(blocks=(1, 2)), train=SETTINGS,
+def mft_job(tmp_path, backbone, data, name, strategy="ddp"):
+    return TrialJob(name=name, kind="mft", backbone=backbone, data=data, mask=MaskSpec(blocks=(1, 2)), train=SETTINGS,
                    strategy=strategy, cache_dir=str(tmp_path / "cache"), artifact_dir=str(tmp_path / name))
+
+
+def final_mask(tmp_path, name):
+    return load_mask_file(sorted((tmp_path / name).glob("*.mask.safetensors"))[-1])
+
+
+def fit(tmp_path, backbone, data, name, workers, strategy="ddp", **kwargs):
+    job = mft_job(tmp_path, backbone, data, name, strategy)
     result = build_trainer(job, Resources(workers_per_trial=workers), storage_path=str(tmp_path / "ray"), **kwargs).fit()
-    final_mask = load_mask_file(sorted((tmp_path / name).glob("*.mask.safetensors"))[-1])
-    return result, final_mask
+    return result, final_mask(tmp_path, name)
 
 
 def agreement(a, b) -> float:
@@ -67,3 +77,26 @@ def test_a_sigkilled_worker_restarts_and_resumes_from_its_last_checkpoint(tmp_pa
     # The second epoch started from the saved scores and optimiser state: same end as unbroken.
     assert result.metrics["train_loss"] == pytest.approx(one_worker[0].metrics["train_loss"], rel=1e-5)
     assert agreement(mask, one_worker[1]) > 0.9999
+
+
+def test_a_one_worker_job_outside_tune_runs_as_a_task_killed_and_resumed_like_a_train_run(
+        tmp_path, tiny_backbone, sft_data, one_worker):
+    marker = tmp_path / "killed"
+    job = mft_job(tmp_path, tiny_backbone, sft_data, "task")
+    result = fit_job(job, Resources(workers_per_trial=1), storage_path=str(tmp_path / "ray"), max_failures=1,
+                     fault={"kill_after_reports": 1, "marker": str(marker)})
+    assert marker.exists(), "the fault was never injected"
+    # The retried task resumed from the first report's checkpoint; both reports are on record
+    assert result.history["report"].tolist() == [1, 2] and result.metrics["step"] == 6
+    assert result.metrics["train_loss"] == pytest.approx(one_worker[0].metrics["train_loss"], rel=1e-5)
+    assert agreement(final_mask(tmp_path, "task"), one_worker[1]) > 0.9999
+    with result.checkpoint.as_directory() as checkpoint:
+        assert sorted(p.name for p in Path(checkpoint).iterdir()) == [
+            "optimizer.pt", "progress.json", "scores.safetensors"]
+
+
+def test_a_failing_one_worker_job_raises_its_own_error_after_its_retries(tmp_path, tiny_backbone, sft_data):
+    job = mft_job(tmp_path, tiny_backbone, sft_data, "nan")
+    with pytest.raises(FloatingPointError, match="training loss became nan"):
+        fit_job(job, Resources(workers_per_trial=1), storage_path=str(tmp_path / "ray"), max_failures=0,
+                fault={"nan_at_step": 1})

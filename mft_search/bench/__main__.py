@@ -10,6 +10,7 @@ import sys
 SUITES = {
     "core": "core",          # MFT step vs FFT step, peak memory, mask-file bytes
     "trial": "trial",        # a trial's fixed cost against its training time
+    "jobs": "jobs",          # a one-worker job outside Tune: Ray Train run vs Ray task
     "search": "search",      # TPE + ASHA vs grid vs random: compute to reach the grid's best
     "maskfile": "maskfile",  # mask-file bytes against numel/8 and the entropy bound
     "eval": "evaluation",    # batched vs one-at-a-time generation, parallel vs serial code runs

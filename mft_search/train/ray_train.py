@@ -3,8 +3,9 @@
     trainer = build_trainer(job, Resources(workers_per_trial=2), storage_path="/mnt/shared/runs")
     result = trainer.fit()
 
-The tune layer passes its own callbacks (TuneReportCallback) through `callbacks`; nothing here
-imports Tune. The Train run is named after the trial, never a timestamp, so that a restarted
+`fit_job` runs a job outside Tune (the evaluations and the continued-FFT control): a one-worker
+job as a plain Ray task, a multi-worker one as a TorchTrainer. The tune layer passes its own
+callbacks (TuneReportCallback) through `callbacks`; nothing here imports Tune. The Train run is named after the trial, never a timestamp, so that a restarted
 driver finds and resumes the same run.
 """
 
@@ -12,17 +13,22 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import pandas as pd
+import ray
 import ray.train
 import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from mft_search.core.distributed import release_memory
 from mft_search.train import faults
 from mft_search.train.job import run_job
+from mft_search.train.session import DirectorySession
 from mft_search.train.spec import Resources, TrialJob
 
 
@@ -88,4 +94,51 @@ def build_trainer(job: TrialJob, resources: Resources, *, storage_path: str, cal
     )
 
 
-__all__ = ["RaySession", "build_trainer", "train_loop_per_worker"]
+@dataclass(frozen=True)
+class JobResult:
+    """A finished job outside Tune: its last report, every report, its latest checkpoint."""
+
+    metrics: dict[str, Any]
+    history: pd.DataFrame
+    checkpoint: ray.train.Checkpoint | None
+
+
+def fit_job(job: TrialJob, resources: Resources, *, storage_path: str, max_failures: int = 1,
+            fault: dict[str, Any] | None = None) -> JobResult:
+    """Run `job` to its end, retried up to `max_failures` times; raises the job's own error.
+
+    One worker runs as a Ray task in a pooled worker process: a Ray Train run starts a controller
+    and a worker group first, ~35 s of a tiny evaluation on 2 CPUs (`bench jobs` measures both).
+    Several workers need the group (process group, sharding): a TorchTrainer.
+    """
+    if resources.workers_per_trial > 1:
+        result = build_trainer(job, resources, storage_path=storage_path, max_failures=max_failures, fault=fault).fit()
+        if result.error:
+            raise result.error
+        return JobResult(result.metrics, result.metrics_dataframe, result.checkpoint)
+    directory = Path(storage_path) / job.name  # where a Train run of this job would keep its own
+    task = _one_worker_job.options(num_cpus=resources.cpus_per_worker, num_gpus=resources.gpus_per_worker,
+                                   max_retries=max_failures, retry_exceptions=True)
+    try:
+        reports = ray.get(task.remote(job.model_dump(mode="json"), str(directory), resources.use_gpu, fault))
+    except ray.exceptions.RayTaskError as error:
+        raise error.as_instanceof_cause() from None
+    latest = DirectorySession(directory).latest_checkpoint()
+    checkpoint = ray.train.Checkpoint.from_directory(str(latest)) if latest else None
+    return JobResult(reports[-1] if reports else {}, pd.DataFrame(reports), checkpoint)
+
+
+@ray.remote
+def _one_worker_job(job: dict[str, Any], directory: str, use_gpu: bool,
+                    fault: dict[str, Any] | None) -> list[dict[str, float]]:
+    """A one-worker job in this Ray worker process; its reports, resumed ones included."""
+    device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")  # Ray sets the visible GPU
+    session = DirectorySession(Path(directory), device)
+    try:
+        run_job(TrialJob.model_validate(job), faults.inject(session, fault))
+    finally:
+        release_memory(device)  # this process takes the next task
+    return session.reports
+
+
+__all__ = ["JobResult", "RaySession", "build_trainer", "fit_job", "train_loop_per_worker"]

@@ -19,7 +19,7 @@ from mft_search.core.statistics import Gain, Unit, selection_decision
 from mft_search.experiment import layout
 from mft_search.experiment.items import add_items, gains_over, items_path, read_items, split_unit
 from mft_search.experiment.results import NOT_CANDIDATES, best_reports, params_of
-from mft_search.train.ray_train import build_trainer
+from mft_search.train.ray_train import JobResult, fit_job
 from mft_search.train.spec import ITEMS_FILE, EvalVariant, report_artifact
 from mft_search.tune.sampling import params_to_trial
 from mft_search.tune.study import Study
@@ -49,7 +49,7 @@ def best_candidates(frame: pd.DataFrame, study: str, stage: str, k: int) -> list
 
 
 def run_evaluation(study: Study, variants: list[EvalVariant], benchmark, split: str) -> dict[str, float]:
-    """One Ray Train run that scores every variant on `benchmark` (None: validation loss), its
+    """One job that scores every variant on `benchmark` (None: validation loss), its
     per-item scores added to items.parquet under `split`; {variant: metric}."""
     data = study.domain.train if benchmark is None else None
     job = study.job("evaluate", layout.run_name(study.slug, split), variants=variants, evaluation=benchmark, data=data)
@@ -74,17 +74,14 @@ def continued_fft(study: Study, winner: Candidate) -> tuple[str, float]:
     control that tells MFT's effect from more training. Returns (best checkpoint, its metric)."""
     _, train = params_to_trial(winner.params, study.cfg)
     job = study.job("fft", layout.run_name(study.slug, "continued_fft"), data=study.domain.train, train=train)
-    history = _fit(study, job).metrics_dataframe
+    history = _fit(study, job).history
     best = history.sort_values(["metric", "report"], ascending=[False, True]).iloc[0]
     return str(report_artifact(Path(job.artifact_dir), int(best["report"]))), float(best["metric"])
 
 
-def _fit(study: Study, job):
-    """One Ray Train run outside Tune (baselines, test), retried as trials are; raises its error."""
-    result = build_trainer(job, study.resources, storage_path=study.run_dir(), max_failures=study.cfg.retries).fit()
-    if result.error:
-        raise result.error
-    return result
+def _fit(study: Study, job) -> JobResult:
+    """One job outside Tune (evaluations, continued FFT), retried as trials are; raises its error."""
+    return fit_job(job, study.resources, storage_path=study.run_dir(), max_failures=study.cfg.retries)
 
 
 def export_best(study: Study, winner: Candidate) -> Path:
