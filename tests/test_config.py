@@ -136,7 +136,7 @@ BAD = [  # (YAML patch over the valid base, substring the one-line error must co
     ("train: {lr: -1}", "train.lr: Input should be greater than 0"),
     ("train: {learning_rate: 1}", "train.learning_rate: unknown key"),
     ("resources: {strategy: zero3}", "resources.strategy: 'zero3' is not one of ddp, fsdp"),
-    ("baselines: [unmasked, l2]", "baselines[1]: 'l2' is not one of unmasked, random, l1, continued_fft (did you mean 'l1'?)"),
+    ("baselines: [unmasked, l2]", "baselines[1]: 'l2' is not one of unmasked, random, l1, wanda, continued_fft (did you mean 'l1'?)"),
     ("baselines: [l1, l1]", "baselines: ['l1', 'l1'] lists a baseline twice"),
     ("stages: {refine: {top_k: 9}}", "stages.refine.top_k: 9 exceeds the 8 probe trials"),
     ("stages: {probe: {data_fraction: 0}}", "stages.probe.data_fraction: Input should be greater than 0"),
@@ -282,6 +282,17 @@ def test_plan_names_studies_trials_resources_and_outputs(tiny_dir, tmp_path):
                      "2 worker(s) x (1 CPU, 1 GPU), ddp", "at most 2 trial(s) per study, needing 4 CPU and 4 GPU",
                      "unmasked, random, l1, continued_fft", "ratio: 0.02..0.4 log (when local)"):
         assert expected in plan
+
+
+def test_the_plan_flags_selection_on_a_carve_out_of_the_fine_tuning_data(tiny_dir, tmp_path):
+    carved = {"domains": [{"name": "math", "validation": None,
+                           "train": {"source": "train.jsonl", "prompt_field": "question", "response_field": "answer",
+                                     "validation_fraction": 0.1}}]}
+    plan = describe_plan(parse_config(merged(base(tiny_dir), carved)), {})
+    (caveat,) = [line for line in plan.splitlines() if "caveat" in line]
+    assert "domain math: selection is on 10% carved out of train.source" in caveat
+    assert "domains[].validation" in caveat  # how to avoid it
+    assert "caveat" not in describe_plan(parse_config(base(tiny_dir)), {})  # a validation benchmark selects
 
 
 def test_a_hub_validation_at_another_split_is_accepted():

@@ -117,6 +117,40 @@ def test_baselines_and_learned_masks_evaluate(tmp_path, tiny_backbone, sft_data,
     assert 0.0 <= report[f"{baseline}/metric"] <= 1.0 and f"{baseline}/eval_accuracy_flexible" in report
 
 
+def test_the_wanda_baseline_is_core_wanda_at_the_learned_masks_counts_calibrated_on_training_rows(
+        tmp_path, tiny_backbone, sft_data):
+    from mft_search.core.backbone import load_model, load_tokenizer
+    from mft_search.core.calibration import calibration_batches
+    from mft_search.core.data import tokenized_dataset
+    from mft_search.core.maskfile import save_mask_file
+    from mft_search.core.wanda import wanda_masks
+
+    run_job(make_job(tmp_path, tiny_backbone, sft_data, train=SETTINGS.model_copy(update={"epochs": 1})),
+            LocalSession(tmp_path / "mft"))
+    learned = load_mask_file(next((tmp_path / "artifacts" / "t").glob("*.mask.safetensors")))
+    # Wanda computed here from the core functions, on the seeded training rows, saved as a mask file
+    model, tokenizer = load_model(tiny_backbone, torch.float32), load_tokenizer(tiny_backbone)
+    train = tokenized_dataset(sft_data, tokenizer, tmp_path / "cache", "train")
+    expected = wanda_masks(model, learned.kept, calibration_batches(train, seed=3, batch_size=SETTINGS.micro_batch_size,
+                                                                    pad_token_id=tokenizer.pad_token_id or 0))
+    meta = learned.meta
+    direct = save_mask_file(tmp_path / "direct.mask.safetensors", expected, fingerprint=meta["fingerprint"],
+                            model_type=meta["model_type"], dtype=torch.float32, mode="local", ratio=0.1)
+    mask_file = str(next((tmp_path / "artifacts" / "t").glob("*.mask.safetensors")))
+    variants = [EvalVariant(name="wanda", mask="wanda", mask_file=mask_file, seed=3),
+                EvalVariant(name="direct", mask="learned", mask_file=str(direct)),
+                EvalVariant(name="l1", mask="l1", mask_file=mask_file)]
+    session = LocalSession(tmp_path / "eval")
+    run_job(make_job(tmp_path, tiny_backbone, sft_data, kind="evaluate", variants=variants, calibration=sft_data),
+            session)
+    (report,) = session.reports
+    assert report["wanda/val_loss"] == report["direct/val_loss"]
+    assert report["wanda/val_loss"] != report["l1/val_loss"]  # activations change what is kept
+    with pytest.raises(ValueError, match="calibration data"):
+        run_job(make_job(tmp_path, tiny_backbone, sft_data, kind="evaluate", variants=variants[:1]),
+                LocalSession(tmp_path / "refused"))
+
+
 def test_one_evaluation_job_scores_several_variants_including_other_weights(
         tmp_path, tiny_backbone, sft_data, problems_dir):
     evaluation = EvalSpec(evaluator="gsm8k", source=str(problems_dir / "test.jsonl"), limit=2, max_new_tokens=4,

@@ -260,6 +260,10 @@ def test_loss_metric_is_shown_raw_without_test(tmp_path: Path) -> None:
     assert "| Unmasked backbone | -1.610 | n/a | — |" in text
     assert "| Best MFT | -1.640 | n/a | n/a (no per-item scores) |" in text
     assert "Test: none." in text
+    assert "Caveat" not in text
+    summary["caveats"] = ["selection is on 10% carved out of train.source"]
+    text = write_report(_experiment(tmp_path / "caveat", {("tiny", "chat"): (trials, summary)})).leaderboard.read_text()
+    assert "**Caveat:** selection is on 10% carved out of train.source." in text
 
 
 def test_importances_skipped_when_one_parameter_varies(tmp_path: Path) -> None:

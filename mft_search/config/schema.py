@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from transformers import PretrainedConfig
 
+from mft_search.config.overrides import apply_overrides, blame, parse_override
 from mft_search.config.space import (
     UNION_TAGS,
     Algorithm,
@@ -42,7 +43,7 @@ from mft_search.errors import ConfigError, DataError, did_you_mean
 from mft_search.train.spec import Resources
 from mft_search.train.step import TrainSettings
 
-Baseline = Literal["unmasked", "random", "l1", "continued_fft"]
+Baseline = Literal["unmasked", "random", "l1", "wanda", "continued_fft"]
 DEFAULT_TRIALS = 16
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # becomes a directory name
 _STRICT = ConfigDict(extra="forbid")
@@ -70,6 +71,20 @@ class DomainSpec(BaseModel):
             raise FieldIssue("test", "reads the same problems as validation, so selection would see the test set; "
                              "point one of them at other data")
         return self
+
+    def carve_out_caveat(self) -> str | None:
+        """Why selection on a carve-out of `train` is biased, and how to avoid it; None when a
+        validation benchmark selects. The backbone came fine-tuned from the user, so it may have
+        trained on every row of train.source, the carved-out ones too: they score the unmasked
+        model on seen data, which favours it over any mask."""
+        if self.validation is not None:
+            return None
+        carved = (f"train.validation_split '{self.train.validation_split}'" if self.train.validation_split
+                  else f"{self.train.validation_fraction:.0%} carved out of train.source")
+        return (f"selection is on {carved}, data from the source the backbone was fine-tuned on, so it may "
+                "have trained on these rows: its scores there flatter the unmasked model against every mask. "
+                "To avoid it, give domains[].validation a benchmark on problems the backbone never saw, or "
+                "fine-tune the backbone yourself without the carved-out rows")
 
 
 def _eval_data(spec: EvalSpec) -> tuple[str, ...]:
@@ -180,6 +195,7 @@ class SweepConfig(BaseModel):
     baselines: list[Baseline] = Field(
         ["unmasked", "random", "l1", "continued_fft"],
         description="reference runs per study: unmasked (always run), random and l1 masks at the same ratio, "
+        "wanda (one-shot |W| x input-norm pruning, calibrated on 128 training sequences, at the mask's kept counts), "
         "continued_fft (more fine-tuning at the final rate: the control that separates MFT from more training)")
     retries: int = Field(1, ge=0, description="times a failed trial is retried before it is recorded failed")
 
@@ -240,11 +256,13 @@ def _check_name(name: str, field: str | None) -> None:
 # ---------------------------------------------------------------- loading and error messages
 
 
-def load_config_file(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepConfig:
+def load_config_file(path: str | Path, overrides: dict[str, Any] | None = None,
+                     sets: list[str] = ()) -> SweepConfig:
     """Read and validate a sweep YAML; every mistake is one ConfigError line naming file and field.
 
-    `overrides` (top-level keys, from the command line) replace the YAML's values before
-    validation, so they pass the same checks; a bad one is named by its option, --key."""
+    `sets` (--set key.path=value, config.overrides) and then `overrides` (top-level keys from
+    their own options, such as --storage) replace the YAML's values before validation, so they
+    pass the same checks; a bad one is named by the option that set it."""
     path = Path(path).expanduser()
     try:
         text = path.read_text(encoding="utf-8")
@@ -263,12 +281,15 @@ def load_config_file(path: str | Path, overrides: dict[str, Any] | None = None) 
         raise ConfigError(f"{path}: the top level is a {type(data).__name__}; it must be a mapping "
                           "(name: ..., backbones: ..., domains: ..., search: ...)")
     overrides = overrides or {}
+    assignments = [parse_override(text) for text in sets]
     try:
-        return parse_config({**data, **overrides})
+        return parse_config({**apply_overrides(data, assignments), **overrides})
     except ConfigError as exc:
         message = str(exc)
         key = next((k for k in overrides if message.startswith(f"{k}:")), None)
-        raise ConfigError(f"--{key}{message[len(key):]}" if key else f"{path}: {message}") from None
+        if key:
+            raise ConfigError(f"--{key}{message[len(key):]}") from None
+        raise ConfigError(blame(message, assignments) or f"{path}: {message}") from None
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -467,6 +488,7 @@ def describe_plan(cfg: SweepConfig, model_configs: dict[str, PretrainedConfig]) 
         *[f"  backbone {label}: {mc.model_type}, {model_depth(mc)} blocks" for label, mc in model_configs.items()],
         *[f"  domain {d.name}: train {d.train.source}; select on {_bench(d.validation) or 'validation loss'}; "
           f"report {_bench(d.test) or 'nothing (no test)'}" for d in cfg.domains],
+        *[f"  caveat, domain {d.name}: {d.carve_out_caveat()}" for d in cfg.domains if d.carve_out_caveat()],
         f"search: {search.algorithm}, seed {search.seed}, {len(search.enqueue)} enqueued point(s), {asha}",
         *[f"  {line}" for line in describe_space(search.space)],
         f"stages per study: probe {search.trials} trials on {cfg.stages.probe.data_fraction:.0%} of the training data"

@@ -48,6 +48,7 @@ class Summary:
     test_benchmark: str | None
     rows: tuple[SummaryRow, ...]
     verdict: str
+    caveats: tuple[str, ...] = ()  # what biases this study's figures, said where they are read
 
     def row(self, name: str) -> SummaryRow | None:
         return next((r for r in self.rows if r.name == name), None)
@@ -178,7 +179,7 @@ def _read_summary(path: Path) -> Summary:
                           "and verdict") from exc
     return Summary(backbone=backbone, domain=domain, metric_name=data.get("metric_name", "metric"),
                    validation_benchmark=data.get("validation_benchmark"), test_benchmark=data.get("test_benchmark"),
-                   rows=rows, verdict=data.get("verdict", ""))
+                   rows=rows, verdict=data.get("verdict", ""), caveats=tuple(data.get("caveats", ())))
 
 
 def _summary_row(row: dict[str, Any]) -> SummaryRow:

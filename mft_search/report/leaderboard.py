@@ -15,7 +15,7 @@ from mft_search.experiment.results import NOT_CANDIDATES
 from mft_search.report.experiment import Experiment, StudyRecord, SummaryRow
 from mft_search.report.importance import Importances
 
-ROW_LABELS = {"unmasked": "Unmasked backbone", "random": "Random mask", "l1": "L1 mask",
+ROW_LABELS = {"unmasked": "Unmasked backbone", "random": "Random mask", "l1": "L1 mask", "wanda": "Wanda mask",
               "continued_fft": "Continued FFT", "best_mft": "Best MFT"}
 # The selected configuration, in the order a reader compares trials by.
 CONFIG_PARAMS = {"layer_group": "layer group", "mode": "mode", "ratio": "ratio", "threshold": "threshold",
@@ -63,6 +63,7 @@ def _table1(exp_dir: Path, study: StudyRecord, percent: bool) -> list[str]:
     summary = study.summary
     lines = [f"Metric: {summary.metric_name}{' (%)' if percent else ''}, higher is better. "
              f"Validation: {summary.validation_benchmark or 'n/a'}. Test: {summary.test_benchmark or 'none'}.", ""]
+    lines += [f"**Caveat:** {caveat}." for caveat in summary.caveats] + ([""] if summary.caveats else [])
     if summary.rows:  # none when no trial finished with a metric: then only the verdict speaks
         lines += _rows_table(study, percent)
         lines += _best_against_each(study)

@@ -11,12 +11,14 @@ import torch
 
 from mft_search.core.backbone import load_model
 from mft_search.core.baselines import baseline_masks, kept_counts_for_ratio
+from mft_search.core.calibration import calibration_batches
 from mft_search.core.distributed import unwrap
 from mft_search.core.evaluation.base import Evaluator, Problem, Scores, rank_and_world
 from mft_search.core.evaluation.loss import evaluate_loss_items
 from mft_search.core.evaluation.spec import EvalSpec
 from mft_search.core.maskfile import load_mask_file, verify_for_model
 from mft_search.core.masking import multiply_masks_in, spec_module_names
+from mft_search.core.wanda import wanda_masks
 from mft_search.train.spec import EvalVariant, TrialJob
 
 LOSS_SETTINGS = "validation loss, mean NLL per scored token of each row"
@@ -50,15 +52,15 @@ def evaluate_variants(job: TrialJob, tokenizer, device: torch.device) -> tuple[d
         spec = job.backbone
         if variant.weights:  # a safetensors checkpoint, whatever format the backbone came in
             spec = spec.model_copy(update={"source": variant.weights, "gguf_file": None})
-        model = load_model(spec, job.backbone.torch_dtype(device.type == "cuda"), job.cache_dir)
-        _apply_variant_mask(job, variant, model)
-        scores, items[variant.name] = evaluate_model_items(job, model.to(device), tokenizer, val_batches)
+        model = load_model(spec, job.backbone.torch_dtype(device.type == "cuda"), job.cache_dir).to(device)
+        _apply_variant_mask(job, variant, model, tokenizer)  # on the device: wanda calibrates there
+        scores, items[variant.name] = evaluate_model_items(job, model, tokenizer, val_batches)
         metrics.update({f"{variant.name}/{k}": v for k, v in scores.items()})
         del model
     return metrics, items
 
 
-def _apply_variant_mask(job: TrialJob, variant: EvalVariant, model) -> None:
+def _apply_variant_mask(job: TrialJob, variant: EvalVariant, model, tokenizer) -> None:
     if variant.mask == "none":
         return
     if variant.mask_file:
@@ -72,7 +74,23 @@ def _apply_variant_mask(job: TrialJob, variant: EvalVariant, model) -> None:
     else:
         names = spec_module_names(model, job.mask)
         kept = kept_counts_for_ratio({n: model.get_submodule(n).weight.shape for n in names}, job.mask.ratio)
-    multiply_masks_in(model, baseline_masks(model, variant.mask, kept, variant.seed))
+    if variant.mask == "wanda":
+        masks = wanda_masks(model, kept, _calibration(job, tokenizer, variant.seed))
+    else:
+        masks = baseline_masks(model, variant.mask, kept, variant.seed)
+    multiply_masks_in(model, masks)
+
+
+def _calibration(job: TrialJob, tokenizer, seed: int) -> list[dict[str, torch.Tensor]]:
+    """Wanda's calibration sample: seeded sequences of the SFT training split (never the held-out
+    data it is scored on), tokenised by the driver into the cache like every trial's."""
+    from mft_search.core.data import tokenized_dataset
+
+    if job.calibration is None:
+        raise ValueError("a wanda variant needs the job's calibration data (the SFT training data)")
+    dataset = tokenized_dataset(job.calibration, tokenizer, Path(job.cache_dir), "train")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return calibration_batches(dataset, seed=seed, batch_size=job.train.micro_batch_size, pad_token_id=pad)
 
 
 def evaluate_model(job: TrialJob, model, tokenizer, val_batches) -> dict[str, float]:

@@ -21,8 +21,8 @@ from mft_search.core.masking import MaskSpec
 from mft_search.train.step import TrainSettings
 
 Kind = Literal["mft", "fft", "evaluate"]
-# The mask an evaluated model carries: none, a baseline's (random, l1) or a learned one.
-MaskSource = Literal["none", "random", "l1", "learned"]
+# The mask an evaluated model carries: none, a baseline's (random, l1, wanda) or a learned one.
+MaskSource = Literal["none", "random", "l1", "wanda", "learned"]
 
 
 class Resources(BaseModel):
@@ -47,9 +47,9 @@ class EvalVariant(BaseModel):
 
     name: str  # the metrics' prefix: "<name>/metric"
     mask: MaskSource = "none"
-    mask_file: str | None = None  # learned: the mask; random/l1: match its modules and counts
+    mask_file: str | None = None  # learned: the mask; random/l1/wanda: match its modules and counts
     weights: str | None = None  # another checkpoint of the same architecture (continued FFT)
-    seed: int = 0  # random: the positions' seed (the sweep's seed)
+    seed: int = 0  # random: the positions' seed; wanda: the calibration sample's (the sweep's seed)
 
 
 class TrialJob(BaseModel):
@@ -64,6 +64,7 @@ class TrialJob(BaseModel):
     evaluation: EvalSpec | None = None  # the domain metric; None makes -val_loss the metric
     mask: MaskSpec | None = None  # mft; for random/l1 without a mask file, the modules and ratio
     variants: list[EvalVariant] = []  # evaluate: the models to score, one after another
+    calibration: DataSpec | None = None  # evaluate: SFT data whose training split calibrates wanda
     train: TrainSettings = TrainSettings()
     strategy: Strategy = "ddp"
     cache_dir: str  # tokenised data, shared by all trials of a sweep

@@ -24,7 +24,7 @@ from mft_search.train.spec import ITEMS_FILE, EvalVariant, report_artifact
 from mft_search.tune.sampling import params_to_trial
 from mft_search.tune.study import Study
 
-ROW_ORDER = ("unmasked", "random", "l1", "continued_fft", "best_mft")
+ROW_ORDER = ("unmasked", "random", "l1", "wanda", "continued_fft", "best_mft")
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,9 @@ def run_evaluation(study: Study, variants: list[EvalVariant], benchmark, split: 
     """One job that scores every variant on `benchmark` (None: validation loss), its
     per-item scores added to items.parquet under `split`; {variant: metric}."""
     data = study.domain.train if benchmark is None else None
-    job = study.job("evaluate", layout.run_name(study.slug, split), variants=variants, evaluation=benchmark, data=data)
+    calibration = study.domain.train if any(v.mask == "wanda" for v in variants) else None
+    job = study.job("evaluate", layout.run_name(study.slug, split), variants=variants, evaluation=benchmark, data=data,
+                    calibration=calibration)
     result = _fit(study, job)
     with result.checkpoint.as_directory() as checkpoint:
         scored = json.loads((Path(checkpoint) / ITEMS_FILE).read_text())
@@ -105,7 +107,8 @@ def write_summary(study: Study, rows: list[dict[str, Any]], verdict: str) -> Pat
     summary = {"study": study.name, "backbone": study.backbone.label, "domain": study.domain.name,
                "metric_name": _metric_name(study), "validation_benchmark": _bench(study.domain.validation),
                "test_benchmark": _bench(study.domain.test),
-               "rows": sorted(rows, key=lambda r: ROW_ORDER.index(r["name"])), "verdict": verdict}
+               "rows": sorted(rows, key=lambda r: ROW_ORDER.index(r["name"])), "verdict": verdict,
+               "caveats": [c for c in (study.domain.carve_out_caveat(),) if c]}
     return files.write_text(study.dir / layout.SUMMARY, json.dumps(summary, indent=2))
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from mft_search.config.schema import SweepConfig
 from mft_search.core import files
 from mft_search.experiment import layout
+from mft_search.experiment.config_record import save_config
 from mft_search.experiment.results import ResultsTable
 from mft_search.experiment.storage import Storage
 from mft_search.train.spec import EvalVariant
@@ -41,6 +42,8 @@ def run_sweep(cfg: SweepConfig, exp_dir: Path, *, resume: bool, finish: Callable
     exp_dir.mkdir(parents=True, exist_ok=True)
     storage = Storage(exp_dir)
     storage.claim()
+    if not resume:
+        save_config(exp_dir, cfg.model_dump(mode="json"))
     try:
         _run_studies(cfg, exp_dir, storage, resume, log)
         finish(exp_dir)  # inside the guard: a full disk while writing the report is a storage failure too
@@ -111,7 +114,7 @@ def _evaluate(study: Study, table: ResultsTable, log) -> None:
     study.prepare_data("refine")  # the baselines train and score on all the data: tokenised here, once
     baselines = study.cfg.baselines
     masks = [EvalVariant(name=b, mask=b, mask_file=winner.mask_path, seed=study.cfg.seed)
-             for b in ("random", "l1") if b in baselines]
+             for b in ("random", "l1", "wanda") if b in baselines]
     learned = EvalVariant(name="best_mft", mask="learned", mask_file=winner.mask_path)
     log(f"[{study.name}] validation: the best mask, the unmasked backbone and "
         f"{', '.join(v.name for v in masks) or 'no'} baselines, item by item")
