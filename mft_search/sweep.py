@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
         build_demo()
     overrides = {"storage": args.storage} if args.storage else {}
-    cfg = load_demo_config(overrides) if demo else load_config_file(args.config, overrides)
+    cfg = load_demo_config(overrides, args.set) if demo else load_config_file(args.config, overrides, args.set)
     # An unbuilt demo (only a dry run gets here) has neither the backbone nor the data files yet: the
     # build writes both, so there is nothing to check them against.
     demo_pending = demo and not _demo_built()
@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         check_splits_disjoint(cfg)
     exp_dir = Path(resolve_storage(cfg)) / cfg.name
     _check_experiment_dir(exp_dir, args.resume, args.dry_run)
+    if args.resume:
+        _check_same_config(cfg, exp_dir)
     print(describe_plan(cfg, model_configs), flush=True)
     if args.dry_run:
         if demo_pending:
@@ -87,13 +89,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="finish an interrupted sweep of the same name")
     parser.add_argument("--dry-run", action="store_true", help="validate everything and print the plan; run nothing")
     parser.add_argument("--storage", help="override the config's storage (local dir; every node must reach it)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override one config field before validation, the value read as YAML "
+                             "(repeatable; list indices allowed: --set domains.0.train.limit=200)")
     return parser
 
 
-def load_demo_config(overrides: dict | None = None) -> SweepConfig:
+def load_demo_config(overrides: dict | None = None, sets: list[str] = ()) -> SweepConfig:
     """The embedded demo's config, read from the installed package (a real file even from a zip)."""
     with as_file(DEMO_CONFIG) as path:
-        return load_config_file(path, overrides)
+        return load_config_file(path, overrides, sets)
 
 
 def _demo_built() -> bool:
@@ -111,6 +116,16 @@ def _check_experiment_dir(exp_dir: Path, resume: bool, dry_run: bool) -> None:
                           "or choose another name")
     if resume and not exists:
         raise ConfigError(f"--resume: {exp_dir} holds no experiment to resume; run without --resume")
+
+
+def _check_same_config(cfg: SweepConfig, exp_dir: Path) -> None:
+    """A resumed sweep runs the config the experiment started with (its config.yaml)."""
+    from mft_search.experiment.config_record import config_difference
+
+    differs = config_difference(exp_dir, cfg.model_dump(mode="json"))
+    if differs:
+        raise ConfigError(f"--resume: this config differs from the one {exp_dir} ran with ({differs}); resume "
+                          "with the same config and --set options, or start a new experiment under another name")
 
 
 @contextlib.contextmanager

@@ -46,7 +46,7 @@ def write_config(tmp_path, backbone, data_dir, *, lean: bool = False, **override
                              "init": ["normal", "magnitude"]}},
         "stages": {"probe": {"data_fraction": 0.5}, "refine": {"top_k": 1}},
         "resources": {"workers_per_trial": 1, "cpus_per_worker": 1},
-        "baselines": ["unmasked", "random", "l1", "continued_fft"],
+        "baselines": ["unmasked", "random", "l1", "wanda", "continued_fft"],
     }
     if lean:
         cfg["domains"][0]["test"], cfg["baselines"] = None, ["unmasked"]
@@ -82,6 +82,12 @@ def test_dry_run_validates_and_prints_the_plan_and_writes_nothing(tmp_path, tiny
     assert result.returncode == 0, result.stderr[-2000:]
     assert "studies (backbone x domain): 1 x 1 = 1" in result.stdout and "probe 4 trials" in result.stdout
     assert not (tmp_path / "runs").exists()
+    # --set overrides reach the plan, and a bad one is refused naming the option
+    config = str(write_config(tmp_path, tiny_backbone, problems_dir))
+    result = sweep("--config", config, "--set", "search.num_trials=6", "--dry-run")
+    assert "probe 6 trials" in result.stdout
+    assert error_line(sweep("--config", config, "--set", "train.lr=-1", "--dry-run")).startswith(
+        "error: --set train.lr=-1: train.lr:")
 
 
 @pytest.mark.parametrize("change, expected", [
@@ -172,7 +178,7 @@ def test_a_sweep_writes_every_output(finished):
     assert {"param.layer_group", "param.mode", "metric", "val_loss", "status", "wall_s", "seed"} <= set(frame.columns)
     summary = json.loads((exp / "studies" / "tiny__gsm" / "summary.json").read_text())
     names = {row["name"] for row in summary["rows"]}
-    assert names == {"unmasked", "random", "l1", "continued_fft", "best_mft"}
+    assert names == {"unmasked", "random", "l1", "wanda", "continued_fft", "best_mft"}
     assert all(row["test"] is not None for row in summary["rows"])
     assert (exp / "leaderboard.md").exists()
     for plot in ("history", "heatmap", "importances"):
@@ -191,6 +197,9 @@ def test_a_sweep_writes_every_output(finished):
     assert set(items.loc[items["split"] == "test", "score"]) <= {0.0, 1.0}
     assert items.groupby(["split", "variant"])["item"].apply(frozenset).groupby("split").nunique().eq(1).all()
     assert "95% paired CI" in (exp / "leaderboard.md").read_text()
+    # Selected on the training source's carve-out, which the backbone may have seen: said where read
+    assert "carved out of train.source" in summary["caveats"][0]
+    assert "**Caveat:** selection is on 25% carved out" in (exp / "leaderboard.md").read_text()
 
 
 def test_the_driver_tokenises_each_data_part_once_and_trials_only_read_it(finished):
@@ -237,6 +246,15 @@ def test_an_existing_experiment_is_never_overwritten(finished, tiny_backbone, pr
     exp, _ = finished
     config = exp.parent.parent / "sweep.yaml"
     assert "already holds an experiment; pass --resume" in error_line(sweep("--config", str(config)))
+
+
+def test_the_config_that_ran_is_saved_and_a_resume_with_another_is_refused(finished):
+    exp, _ = finished
+    saved = yaml.safe_load((exp / "config.yaml").read_text())
+    assert saved["search"]["max_concurrent_trials"] == 1 and saved["name"] == "e2e"
+    config = exp.parent.parent / "sweep.yaml"
+    line = error_line(sweep("--config", str(config), "--resume", "--set", "train.lr=0.5"))
+    assert line.startswith("error: --resume: this config differs") and "train.lr: 0.02 then, 0.5 now" in line
 
 
 @pytest.mark.parametrize("tune_state", ["kept", "torn"])

@@ -3,6 +3,7 @@
     <experiment>/.mft_experiment                     this experiment's id (experiment.storage checks it)
     <experiment>/results.parquet                     one row per trial report (experiment.results)
     <experiment>/state.json                          which (study, step) pairs are done (--resume)
+    <experiment>/config.yaml                         the validated config it runs, --set overrides applied
     <experiment>/leaderboard.md                      the report (python -m mft_search.report)
     <experiment>/plots/<study>/*.png                 the report's figures
     <experiment>/studies/<backbone>__<domain>/       a study: optuna.journal, summary.json, artifacts/
@@ -21,6 +22,7 @@ from pathlib import Path
 MARKER = ".mft_experiment"
 RESULTS = "results.parquet"
 STATE = "state.json"
+CONFIG = "config.yaml"
 LEADERBOARD = "leaderboard.md"
 PLOTS = "plots"
 STUDIES = "studies"
