@@ -51,12 +51,3 @@ def sft_data(problems_dir) -> DataSpec:
     return DataSpec(source=str(problems_dir / "train.jsonl"), prompt_field="question", response_field="answer",
                     limit=64, validation_fraction=0.25, max_length=512)
 
-
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (`-n 2 --dist loadgroup`, the README's command) every Ray test runs on
-    one worker, one after another: each starts its own Ray, and some find their trial or Ray
-    processes by name (ps), which another test's would confuse. The rest run on the other worker
-    while a Ray test mostly waits on process starts."""
-    for item in items:
-        if item.get_closest_marker("ray"):
-            item.add_marker(pytest.mark.xdist_group("ray"))
