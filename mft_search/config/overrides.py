@@ -1,6 +1,7 @@
 """`--set key.path=value` overrides of a sweep YAML, applied before validation.
 
-    apply_overrides(data, ["train.lr=1e-4", "domains.0.train.limit=200", "baselines=[unmasked, l1]"])
+    sets = ["train.lr=1e-4", "domains.0.train.limit=200", "baselines=[unmasked, l1]"]
+    apply_overrides(data, [parse_override(s) for s in sets])
 
 The value is read as YAML (so 1e-4 is a number, [a, b] a list, null nothing) and replaces what
 the path names; a mapping on the way that the YAML lacks is created, a list index must exist.

@@ -5,8 +5,9 @@
 
 `fit_job` runs a job outside Tune (the evaluations and the continued-FFT control): a one-worker
 job as a plain Ray task, a multi-worker one as a TorchTrainer. The tune layer passes its own
-callbacks (TuneReportCallback) through `callbacks`; nothing here imports Tune. The Train run is named after the trial, never a timestamp, so that a restarted
-driver finds and resumes the same run.
+callbacks (TuneReportCallback) through `callbacks`; nothing here imports Tune. A run (Train's or
+the task's directory) is named after the job, never a timestamp, so that a restarted driver finds
+and resumes the same run.
 """
 
 from __future__ import annotations
