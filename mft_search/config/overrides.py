@@ -35,10 +35,19 @@ class Override:
     @property
     def field(self) -> str:
         """The path as validation errors write it: domains[0].train.limit."""
-        out = ""
-        for part in self.path:
-            out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
-        return out
+        return dotted(self.path)
+
+
+def dotted(path) -> str:
+    """A field's path as every config error names it: names joined by dots, list indices
+    (ints or digit strings) in brackets, e.g. domains[0].train.limit."""
+    out = ""
+    for part in path:
+        if isinstance(part, int) or str(part).isdigit():
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
 
 
 def parse_override(text: str) -> Override:
@@ -73,7 +82,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[Override]) -> dict[str
 
 
 def _step(node: Any, part: str | int, override: Override, depth: int) -> Any:
-    at = Override("", override.path[: depth + 1], None).field
+    at = dotted(override.path[: depth + 1])
     if isinstance(part, int):
         if not isinstance(node, list) or not -len(node) <= part < len(node):
             raise ConfigError(f"--set {override.field}: {at} is not an item of a list the config has; "

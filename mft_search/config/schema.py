@@ -21,7 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from transformers import PretrainedConfig
 
-from mft_search.config.overrides import apply_overrides, blame, parse_override
+from mft_search.config.overrides import apply_overrides, blame, dotted, parse_override
 from mft_search.config.space import (
     UNION_TAGS,
     Algorithm,
@@ -345,23 +345,13 @@ def format_error(error: dict[str, Any]) -> str:
         message = f"'{error['input']}' is not one of {', '.join(options)}{did_you_mean(error['input'], options)}"
     elif error["type"] == "missing":
         message = "required; add it"
-    return f"{_dotted(loc) or 'config'}: {message}"
+    return f"{dotted(loc) or 'config'}: {message}"
 
 
 def _strip_prefix(message: str) -> str:
     """Drop 'Value error, ' and a leading 'field: ' that other modules' validators put on their messages."""
     message = message.removeprefix("Value error, ")
     return re.sub(r"^[A-Za-z_][\w.\[\]]*: ", "", message, count=1)
-
-
-def _dotted(loc: list[Any]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int) or str(part).isdigit():
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
 
 
 def _fields_at(loc: list[Any]) -> list[str]:
@@ -488,7 +478,7 @@ def describe_plan(cfg: SweepConfig, model_configs: dict[str, PretrainedConfig]) 
         *[f"  backbone {label}: {mc.model_type}, {model_depth(mc)} blocks" for label, mc in model_configs.items()],
         *[f"  domain {d.name}: train {d.train.source}; select on {_bench(d.validation) or 'validation loss'}; "
           f"report {_bench(d.test) or 'nothing (no test)'}" for d in cfg.domains],
-        *[f"  caveat, domain {d.name}: {d.carve_out_caveat()}" for d in cfg.domains if d.carve_out_caveat()],
+        *[f"  caveat, domain {d.name}: {caveat}" for d in cfg.domains if (caveat := d.carve_out_caveat())],
         f"search: {search.algorithm}, seed {search.seed}, {len(search.enqueue)} enqueued point(s), {asha}",
         *[f"  {line}" for line in describe_space(search.space)],
         f"stages per study: probe {search.trials} trials on {cfg.stages.probe.data_fraction:.0%} of the training data"
