@@ -143,6 +143,20 @@ BAD = [  # (YAML patch over the valid base, substring the one-line error must co
     ("retries: -1", "retries: Input should be greater than or equal to 0"),
     ("storage: hdfs://x/y", "storage: 'hdfs://' URIs are not supported yet"),
     ("name: null", "name: required; add it"),
+    ("domains: [{name: m, train: {source: t.jsonl, prompt_field: q, response_field: a}, validation: {evaluator: gsm8k,"
+     " source: v.jsonl}, fft_selection: {evaluator: gsm8k, source: f.jsonl}}]",
+     "domains[0].fft_selection: is only read by the fft stage; set stages.fft, or drop fft_selection"),
+    ("{stages: {fft: {}}, domains: [{name: m, train: {source: t.jsonl, prompt_field: q, response_field: a,"
+     " validation_fraction: 0.1}, validation: null}]}", "domains[0].fft_selection: null picks the FFT epoch on train's"),
+    ("{stages: {fft: {}}, domains: [{name: m, train: {source: t.jsonl, prompt_field: q, response_field: a},"
+     " validation: {evaluator: gsm8k, source: v.jsonl}, fft_selection: {evaluator: gsm8k, source: v.jsonl}}]}",
+     "domains[0].fft_selection: reads the same problems as validation"),
+    ("{stages: {fft: {}}, domains: [{name: m, train: {source: t.jsonl, prompt_field: q, response_field: a},"
+     " validation: {evaluator: gsm8k, source: v.jsonl}, fft_selection: {evaluator: gsm8k}}]}",
+     "domains[0].fft_selection: reads openai/gsm8k's 'test' split"),
+    ("stages: {fft: {train: {lr: 0}}}", "stages.fft.train.lr: Input should be greater than 0"),
+    ("stages: {fft: {}}", "domains[0].fft_selection: null picks the FFT epoch on train's validation loss, but train has no"),
+    ("stages: {fft: {epochs: 3}}", "stages.fft.epochs: unknown key"),
 ]
 
 
@@ -293,6 +307,28 @@ def test_the_plan_flags_selection_on_a_carve_out_of_the_fine_tuning_data(tiny_di
     assert "domain math: selection is on 10% carved out of train.source" in caveat
     assert "domains[].validation" in caveat  # how to avoid it
     assert "caveat" not in describe_plan(parse_config(base(tiny_dir)), {})  # a validation benchmark selects
+
+
+def test_the_fft_stage_starts_from_the_top_level_train_and_says_what_it_selects_on(tiny_dir):
+    fft_stage = {"stages": {"fft": {"train": {"lr": 1e-3, "epochs": 8}}}, "train": {"micro_batch_size": 2},
+                 "domains": [{**base()["domains"][0], "train": {**base()["domains"][0]["train"], "validation_fraction": 0.1}}]}
+    cfg = parse_config(merged(base(tiny_dir), fft_stage))
+    fft = cfg.stages.fft.train
+    assert (fft.lr, fft.epochs, fft.micro_batch_size, fft.seed) == (1e-3, 8, 2, 3)  # own, own, inherited, top-level
+    assert cfg.train.lr == 2e-5 and cfg.train.epochs == 2  # MFT's own schedule is untouched
+    plan = describe_plan(cfg, {})
+    assert "fft stage per study: full fine-tuning of the pretrained backbone, 8 epoch(s) at lr 0.001" in plan
+    assert "math on validation loss" in plan
+
+
+def test_a_carve_out_is_no_caveat_when_the_sweep_fine_tuned_the_backbone(tiny_dir):
+    carved = {"stages": {"fft": {}},
+              "domains": [{"name": "math", "validation": None,
+                           "fft_selection": {"evaluator": "gsm8k", "source": "f.jsonl"},
+                           "train": {"source": "train.jsonl", "prompt_field": "question", "response_field": "answer",
+                                     "validation_fraction": 0.1}}]}
+    cfg = parse_config(merged(base(tiny_dir), carved))
+    assert cfg.caveats(cfg.domains[0]) == [] and "caveat" not in describe_plan(cfg, {})
 
 
 def test_a_hub_validation_at_another_split_is_accepted():

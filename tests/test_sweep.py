@@ -330,3 +330,57 @@ def test_a_killed_trial_process_is_retried_or_recorded_and_the_sweep_finishes(tm
     assert len(probe) == 4 and set(probe) <= {"completed", "pruned", "failed"}, probe.to_dict()
     failed = frame[frame["status"] == "failed"]
     assert failed["error"].notna().all()  # a trial whose retry failed too says why
+
+
+def test_the_fft_stage_fine_tunes_the_pretrained_backbone_and_the_search_masks_its_best_point(
+        tmp_path, tiny_backbone, problems_dir):
+    import torch
+
+    from mft_search.core.backbone import BackboneSpec, load_model
+    from mft_search.core.maskfile import load_mask_file, verify_for_model
+    from mft_search.errors import MaskFileError
+
+    # FFT-selection problems: training-file rows past the 96 the domain trains on, so disjoint
+    # from train (and its carve-out) and from test.
+    rows = (problems_dir / "train.jsonl").read_text().splitlines()[200:216]
+    (tmp_path / "fft_selection.jsonl").write_text("\n".join(rows) + "\n")
+    config = yaml.safe_load(write_config(tmp_path, tiny_backbone, problems_dir).read_text())
+    config["domains"][0]["fft_selection"] = {"evaluator": "gsm8k", "source": str(tmp_path / "fft_selection.jsonl"),
+                                             "max_new_tokens": 4}
+    config["domains"][0]["test"]["limit"] = 2
+    config["search"].update(num_trials=2, asha=None)
+    config.update(stages={"fft": {"train": {"epochs": 3, "lr": 0.005}}, "probe": {"data_fraction": 0.5},
+                          "refine": {"top_k": 0}}, baselines=["unmasked", "continued_fft"])
+    path = tmp_path / "fft.yaml"
+    path.write_text(yaml.safe_dump(config))
+    plan = sweep("--config", str(path), "--dry-run")
+    assert plan.returncode == 0 and "fft stage per study: full fine-tuning" in plan.stdout
+    assert "caveat" not in plan.stdout  # the sweep fine-tuned it without the carved-out rows
+    result = sweep("--config", str(path))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    exp, study = tmp_path / "runs" / "e2e", tmp_path / "runs" / "e2e" / "studies" / "tiny__gsm"
+    record = json.loads((study / "fft.json").read_text())
+    assert [p["report"] for p in record["points"]] == [1, 2, 3]
+    assert record["metric_name"] == "accuracy"
+    best = next(p for p in record["points"] if p["report"] == record["best"])
+    # Every trial's mask was learned on the best FFT checkpoint, not on the pretrained model
+    finetuned = load_model(BackboneSpec(source=best["checkpoint"]), torch.float32)
+    masks = sorted(study.glob("artifacts/*probe*/report_*.mask.safetensors"))
+    assert masks
+    verify_for_model(load_mask_file(masks[0]), finetuned)
+    pretrained = load_model(tiny_backbone, torch.float32)
+    with pytest.raises(MaskFileError, match="fingerprint differs"):
+        verify_for_model(load_mask_file(masks[0]), pretrained)
+    summary = json.loads((study / "summary.json").read_text())
+    labels = {row["name"]: row["label"] for row in summary["rows"]}
+    assert labels["unmasked"] == f"Best FFT (epoch {best['epoch']:g} of 3)"
+    assert labels["continued_fft"] == "Continued FFT (final, epoch 3)"
+    assert summary["fft"]["origin"] == "fft stage" and summary["caveats"] == []
+    items = pd.read_parquet(exp / "items.parquet")
+    assert "continued_fft" in set(items.loc[items["split"] == "validation", "variant"])  # scored item by item
+    assert (exp / "plots" / "tiny__gsm" / "fft.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Best FFT (epoch" in (exp / "leaderboard.md").read_text()
+    # --resume of the finished sweep reads fft.json back and runs nothing again
+    again = sweep("--config", str(path), "--resume")
+    assert again.returncode == 0 and "fft:" not in again.stdout, again.stdout[-2000:]
+    assert json.loads((study / "fft.json").read_text()) == record

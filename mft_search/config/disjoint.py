@@ -1,5 +1,5 @@
-"""Held-out data kept apart: a domain's training prompts, validation problems and test problems
-must not share a prompt (core.data.overlap compares sha256 digests of the normalised text).
+"""Held-out data kept apart: a domain's training prompts, FFT-selection problems (with the fft
+stage), validation problems and test problems must not share a prompt (core.data.overlap compares sha256 digests of the normalised text).
 
 Checked before any trial on the sets that are local files; hub sources are left out (checking
 them would download them on the driver before the run), and a validation carve-out of the
@@ -21,7 +21,7 @@ def check_splits_disjoint(cfg) -> None:
         sets = {}
         if local_files(domain.train.source) is not None:
             sets["train"] = training_prompts(domain.train)
-        for name in ("validation", "test"):
+        for name in ("fft_selection", "validation", "test"):
             spec = getattr(domain, name)
             if spec is not None and spec.source is not None and is_local(spec.source):
                 sets[name] = benchmark_questions(spec.evaluator, spec.source, spec.split, spec.limit)

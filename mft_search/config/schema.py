@@ -58,6 +58,9 @@ class DomainSpec(BaseModel):
     validation: EvalSpec | None = Field(
         None, description="benchmark that selects the best mask; null = lowest loss on train's validation carve-out")
     test: EvalSpec | None = Field(None, description="benchmark reported for the selected mask, never used to select")
+    fft_selection: EvalSpec | None = Field(
+        None, description="with stages.fft: benchmark that picks the best FFT epoch (the backbone MFT masks), on "
+        "problems neither validation nor test holds; null = lowest loss on train's validation carve-out")
 
     @model_validator(mode="after")
     def _held_apart(self) -> DomainSpec:
@@ -65,19 +68,26 @@ class DomainSpec(BaseModel):
         if self.validation is None and self.train.validation_fraction == 0 and self.train.validation_split is None:
             raise FieldIssue("validation", "null needs validation data from train: set train.validation_fraction "
                              "or train.validation_split, or give a validation benchmark")
-        if self.validation is not None:
-            _check_not_test_split(self.validation)
+        for name in ("validation", "fft_selection"):
+            if getattr(self, name) is not None:
+                _check_not_test_split(getattr(self, name), name)
         if self.validation and self.test and _eval_data(self.validation) == _eval_data(self.test):
             raise FieldIssue("test", "reads the same problems as validation, so selection would see the test set; "
                              "point one of them at other data")
+        for other in ("validation", "test"):
+            spec = getattr(self, other)
+            if self.fft_selection and spec and _eval_data(self.fft_selection) == _eval_data(spec):
+                raise FieldIssue("fft_selection", f"reads the same problems as {other}; the FFT epoch, the mask and "
+                                 "the report each need their own held-out problems: point it at other data")
         return self
 
-    def carve_out_caveat(self) -> str | None:
+    def carve_out_caveat(self, fine_tuned_here: bool = False) -> str | None:
         """Why selection on a carve-out of `train` is biased, and how to avoid it; None when a
-        validation benchmark selects. The backbone came fine-tuned from the user, so it may have
-        trained on every row of train.source, the carved-out ones too: they score the unmasked
-        model on seen data, which favours it over any mask."""
-        if self.validation is not None:
+        validation benchmark selects, or when the sweep's fft stage fine-tuned the backbone
+        itself (without the carved-out rows). A backbone that came fine-tuned from the user may
+        have trained on every row of train.source, the carved-out ones too: they score the
+        unmasked model on seen data, which favours it over any mask."""
+        if self.validation is not None or fine_tuned_here:
             return None
         carved = (f"train.validation_split '{self.train.validation_split}'" if self.train.validation_split
                   else f"{self.train.validation_fraction:.0%} carved out of train.source")
@@ -91,17 +101,17 @@ def _eval_data(spec: EvalSpec) -> tuple[str, ...]:
     return data_identity(spec.evaluator, spec.source, spec.split)
 
 
-def _check_not_test_split(validation: EvalSpec) -> None:
+def _check_not_test_split(spec: EvalSpec, field: str) -> None:
     """Selection must never see test: a hub benchmark read at the split it reports is its test set."""
-    kind, *where = _eval_data(validation)
-    test_split = BENCHMARK_DATA[validation.evaluator].split
+    kind, *where = _eval_data(spec)
+    test_split = BENCHMARK_DATA[spec.evaluator].split
     if kind == "hub" and where[1] == test_split:
-        raise FieldIssue("validation", f"reads {where[0]}'s '{test_split}' split, the problems {validation.evaluator} "
-                         "reports as its test set, so selection would see test; give validation.split (another split) "
+        raise FieldIssue(field, f"reads {where[0]}'s '{test_split}' split, the problems {spec.evaluator} "
+                         f"reports as its test set, so selection would see test; give {field}.split (another split) "
                          "or a local file")
     if kind == "bundled":
-        raise FieldIssue("validation", f"reads the {validation.evaluator} problems the test reports; give "
-                         "validation.source a local file of other problems")
+        raise FieldIssue(field, f"reads the {spec.evaluator} problems the test reports; give "
+                         f"{field}.source a local file of other problems")
 
 
 class AshaSettings(BaseModel):
@@ -164,8 +174,22 @@ class RefineStage(BaseModel):
     top_k: int = Field(2, ge=0, description="configurations re-run per study; 0 skips the stage")
 
 
+class FftStage(BaseModel):
+    """Full fine-tuning from a pretrained backbone before the search (the paper's protocol, Fig. 1):
+    a checkpoint at every evaluation point, each scored on domains[].fft_selection. The best is
+    the backbone MFT masks ("Best FFT"), the last is "Continued FFT" (trained past the peak)."""
+
+    model_config = _STRICT
+    train: TrainSettings = Field(
+        default_factory=TrainSettings, description="the FFT's schedule (lr, epochs, ...): keys not given here "
+        "are the top-level train's; run it well past its peak, so that the best epoch is a real one")
+
+
 class Stages(BaseModel):
     model_config = _STRICT
+    fft: FftStage | None = Field(
+        None, description="fine-tune each backbone (then a pretrained model) per domain first; null = the "
+        "backbones are already fine-tuned")
     probe: ProbeStage = Field(default_factory=ProbeStage, description="search on part of the data")
     refine: RefineStage = Field(default_factory=RefineStage, description="re-run the best on all of it")
 
@@ -185,7 +209,8 @@ class SweepConfig(BaseModel):
     name: str = Field(description="experiment name; outputs go to <storage>/<name>/")
     storage: str = Field("~/mft_runs", description="a directory; on a cluster one every node mounts (NFS, mounted bucket)")
     seed: int = Field(0, description="score-init and baseline seed; the default of train.seed and search.seed")
-    backbones: list[BackboneSpec] = Field(min_length=1, description="fully fine-tuned models to mask")
+    backbones: list[BackboneSpec] = Field(
+        min_length=1, description="fully fine-tuned models to mask; with stages.fft, the pretrained models it fine-tunes")
     domains: list[DomainSpec] = Field(min_length=1, description="training data and benchmarks, one per domain")
     train: TrainSettings = Field(default_factory=TrainSettings, description="training settings of every trial, unless searched")
     search: SearchSettings = Field(description="the search algorithm, budget and space")
@@ -207,6 +232,20 @@ class SweepConfig(BaseModel):
             for section in ("train", "search"):
                 if isinstance(data.get(section, {}), dict) and "seed" not in data.get(section, {}):
                     data = {**data, section: {**data.get(section, {}), "seed": data["seed"]}}
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fft_inherits_train(cls, data: Any) -> Any:
+        """stages.fft.train starts from the top-level train: batch sizes, clipping and seed are
+        shared unless the FFT sets its own."""
+        stages = data.get("stages") if isinstance(data, dict) else None
+        fft = stages.get("fft") if isinstance(stages, dict) else None
+        train = data.get("train", {}) if isinstance(data, dict) else {}
+        if isinstance(fft, dict) and isinstance(fft.get("train", {}), dict) and isinstance(train, dict):
+            seed = {"seed": data["seed"]} if "seed" in data else {}
+            inherited = {**seed, **train, **fft.get("train", {})}
+            data = {**data, "stages": {**stages, "fft": {**fft, "train": inherited}}}
         return data
 
     @field_validator("name")
@@ -244,7 +283,28 @@ class SweepConfig(BaseModel):
         if self.stages.refine.top_k > self.search.trials:
             raise FieldIssue("stages.refine.top_k", f"{self.stages.refine.top_k} exceeds the {self.search.trials} "
                              "probe trials; lower it")
+        self._check_fft_selection()
         return self
+
+    def _check_fft_selection(self) -> None:
+        for i, domain in enumerate(self.domains):
+            if domain.fft_selection is not None and self.stages.fft is None:
+                raise FieldIssue(f"domains[{i}].fft_selection", "is only read by the fft stage; set stages.fft, "
+                                 "or drop fft_selection")
+            if self.stages.fft is None or domain.fft_selection is not None:
+                continue
+            if domain.validation is None:
+                raise FieldIssue(f"domains[{i}].fft_selection", "null picks the FFT epoch on train's validation "
+                                 "carve-out, which validation: null also selects masks on; give fft_selection or "
+                                 "validation a benchmark of other problems")
+            if domain.train.validation_fraction == 0 and domain.train.validation_split is None:
+                raise FieldIssue(f"domains[{i}].fft_selection", "null picks the FFT epoch on train's validation "
+                                 "loss, but train has no validation data: set train.validation_fraction or "
+                                 "train.validation_split, or give fft_selection a benchmark")
+
+    def caveats(self, domain: DomainSpec) -> list[str]:
+        """What biases a domain's figures, said wherever they are read (plan, summary, leaderboard)."""
+        return [c for c in (domain.carve_out_caveat(fine_tuned_here=self.stages.fft is not None),) if c]
 
 
 def _check_name(name: str, field: str | None) -> None:
@@ -478,9 +538,10 @@ def describe_plan(cfg: SweepConfig, model_configs: dict[str, PretrainedConfig]) 
         *[f"  backbone {label}: {mc.model_type}, {model_depth(mc)} blocks" for label, mc in model_configs.items()],
         *[f"  domain {d.name}: train {d.train.source}; select on {_bench(d.validation) or 'validation loss'}; "
           f"report {_bench(d.test) or 'nothing (no test)'}" for d in cfg.domains],
-        *[f"  caveat, domain {d.name}: {caveat}" for d in cfg.domains if (caveat := d.carve_out_caveat())],
+        *[f"  caveat, domain {d.name}: {caveat}" for d in cfg.domains for caveat in cfg.caveats(d)],
         f"search: {search.algorithm}, seed {search.seed}, {len(search.enqueue)} enqueued point(s), {asha}",
         *[f"  {line}" for line in describe_space(search.space)],
+        *_fft_plan(cfg),
         f"stages per study: probe {search.trials} trials on {cfg.stages.probe.data_fraction:.0%} of the training data"
         + (f", refine the top {refine} on all of it" if refine else ", no refine stage"),
         f"trials: {per_study} per study, {per_study * studies} in all, plus {len(cfg.baselines)} baseline run(s) per study "
@@ -492,6 +553,15 @@ def describe_plan(cfg: SweepConfig, model_configs: dict[str, PretrainedConfig]) 
         f"{search.max_concurrent_trials * res.workers_per_trial * res.gpus_per_worker:g} GPU",
     ]
     return "\n".join(lines)
+
+
+def _fft_plan(cfg: SweepConfig) -> list[str]:
+    fft = cfg.stages.fft
+    if fft is None:
+        return []
+    picks = [f"{d.name} on {_bench(d.fft_selection) or 'validation loss'}" for d in cfg.domains]
+    return [f"fft stage per study: full fine-tuning of the pretrained backbone, {fft.train.epochs:g} epoch(s) at lr "
+            f"{fft.train.lr:g}, a checkpoint per evaluation point; the best ({'; '.join(picks)}) is what MFT masks"]
 
 
 def _bench(spec: EvalSpec | None) -> str:

@@ -50,6 +50,7 @@ def _study_report(exp_dir: Path, study: StudyRecord) -> StudyReport:
         ("best metric by layer group x mask ratio", "heatmap.png",
          plots.ratio_heatmap(study, percent), "no scored local-mode trial yet"),
         ("parameter importances", "importances.png", plots.importance_bars(study, importances.values), None),
+        ("FFT curve", "fft.png", plots.fft_curve(study), None),  # only where an FFT ran
     )
     figures, notes = {}, []
     for title, name, figure, why_not in drawn:

@@ -31,6 +31,7 @@ class SummaryRow:
     name: str
     validation: float | None
     test: float | None
+    label: str | None = None  # the sweep's name for the row, where the default would mislead
     trial_id: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
     mask: str | None = None
@@ -49,6 +50,7 @@ class Summary:
     rows: tuple[SummaryRow, ...]
     verdict: str
     caveats: tuple[str, ...] = ()  # what biases this study's figures, said where they are read
+    fft: dict[str, Any] | None = None  # the FFT curve: origin, metric_name, best/final epoch, points
 
     def row(self, name: str) -> SummaryRow | None:
         return next((r for r in self.rows if r.name == name), None)
@@ -179,12 +181,13 @@ def _read_summary(path: Path) -> Summary:
                           "and verdict") from exc
     return Summary(backbone=backbone, domain=domain, metric_name=data.get("metric_name", "metric"),
                    validation_benchmark=data.get("validation_benchmark"), test_benchmark=data.get("test_benchmark"),
-                   rows=rows, verdict=data.get("verdict", ""), caveats=tuple(data.get("caveats", ())))
+                   rows=rows, verdict=data.get("verdict", ""), caveats=tuple(data.get("caveats", ())),
+                   fft=data.get("fft"))
 
 
 def _summary_row(row: dict[str, Any]) -> SummaryRow:
     return SummaryRow(name=row["name"], validation=row.get("validation"), test=row.get("test"),
-                      trial_id=row.get("trial_id"), params=row.get("params") or {}, mask=row.get("mask"),
+                      label=row.get("label"), trial_id=row.get("trial_id"), params=row.get("params") or {}, mask=row.get("mask"),
                       selected=row.get("selected", True))
 
 

@@ -15,8 +15,11 @@ from mft_search.experiment.results import NOT_CANDIDATES
 from mft_search.report.experiment import Experiment, StudyRecord, SummaryRow
 from mft_search.report.importance import Importances
 
+# Default row names; the sweep writes its own where a row's meaning depends on the backbone's
+# origin (after the fft stage "unmasked" is the best FFT epoch, summary.json rows[].label).
 ROW_LABELS = {"unmasked": "Unmasked backbone", "random": "Random mask", "l1": "L1 mask", "wanda": "Wanda mask",
-              "continued_fft": "Continued FFT", "best_mft": "Best MFT"}
+              "continued_fft_best": "Continued FFT, best epoch", "continued_fft": "Continued FFT",
+              "best_mft": "Best MFT"}
 # The selected configuration, in the order a reader compares trials by.
 CONFIG_PARAMS = {"layer_group": "layer group", "mode": "mode", "ratio": "ratio", "threshold": "threshold",
                  "init": "init", "lr": "lr"}
@@ -78,7 +81,7 @@ def _rows_table(study: StudyRecord, percent: bool) -> list[str]:
     lines = ["| Model | Validation | Test | Test gain over unmasked, 95% paired CI |", "|---|---:|---:|---|"]
     for row in _ordered(study.summary.rows):
         gain = "—" if row.name == "unmasked" else _paired(study, "test", row.name, "unmasked")
-        label = ROW_LABELS.get(row.name, row.name) + ("" if row.selected else " (not selected)")
+        label = _label(study, row.name) + ("" if row.selected else " (not selected)")
         lines.append(f"| {label} | {_metric(row.validation, percent)} | {_metric(row.test, percent)} | {gain} |")
     return lines + [""] + _settings_note(study)
 
@@ -90,9 +93,14 @@ def _best_against_each(study: StudyRecord) -> list[str]:
         gains = gains_over(study.items, study.name, split, "best_mft")
         unit = split_unit(study.items, study.name, split)
         if gains:
-            listed = "; ".join(f"{ROW_LABELS.get(n, n)} {g.format(unit)}" for n, g in sorted(gains.items()))
+            listed = "; ".join(f"{_label(study, n)} {g.format(unit)}" for n, g in sorted(gains.items()))
             lines.append(f"- Best MFT against each on {split} (paired over items): {listed}")
     return lines + ([""] if lines else [])
+
+
+def _label(study: StudyRecord, name: str) -> str:
+    row = study.summary.row(name) if study.summary else None
+    return (row.label if row else None) or ROW_LABELS.get(name, name)
 
 
 def _paired(study: StudyRecord, split: str, variant: str, reference: str) -> str:

@@ -81,6 +81,31 @@ def history(study: StudyRecord, percent: bool, reference: float | None) -> Figur
     return figure
 
 
+def fft_curve(study: StudyRecord) -> Figure | None:
+    """The FFT's selection metric at every evaluation point, the best starred (the backbone MFT
+    masks, after the fft stage) and the last ringed (Continued FFT): the shape of the paper's Fig. 1."""
+    curve = study.summary.fft if study.summary else None
+    if not curve or not curve.get("points"):
+        return None
+    percent = curve["metric_name"] != "-validation loss"
+    scale = 100.0 if percent else 1.0
+    epochs = [p["epoch"] for p in curve["points"]]
+    metric = [p["metric"] * scale for p in curve["points"]]
+    best = next(p for p in curve["points"] if p["epoch"] == curve["best_epoch"])
+    figure = Figure(figsize=(7, 4))
+    axes = figure.subplots()
+    axes.plot(epochs, metric, "o-", color="tab:blue", label=f"FFT ({curve['origin']})")
+    axes.plot([best["epoch"]], [best["metric"] * scale], "*", color="tab:red", markersize=16, zorder=3,
+              label=f"best, epoch {best['epoch']:g}")
+    axes.plot([epochs[-1]], [metric[-1]], "o", markersize=12, markerfacecolor="none", color="black",
+              label=f"final, epoch {epochs[-1]:g}")
+    axes.set_xlabel("epoch")
+    axes.set_ylabel(f"{curve['metric_name']}{' (%)' if percent else ''}")
+    axes.set_title(f"{study.name}: FFT, metric per evaluation point")
+    axes.legend(fontsize=8)
+    return figure
+
+
 def importance_bars(study: StudyRecord, importances: dict[str, float]) -> Figure | None:
     if not importances:
         return None

@@ -17,6 +17,7 @@ from mft_search.core import files
 from mft_search.core.maskfile import load_mask_file
 from mft_search.core.statistics import Gain, Unit, selection_decision
 from mft_search.experiment import layout
+from mft_search.experiment.fft_record import FftPoint, FftRecord, best_of
 from mft_search.experiment.items import add_items, gains_over, items_path, read_items, split_unit
 from mft_search.experiment.results import NOT_CANDIDATES, best_reports, params_of
 from mft_search.train.ray_train import JobResult, fit_job
@@ -24,7 +25,7 @@ from mft_search.train.spec import ITEMS_FILE, EvalVariant, report_artifact
 from mft_search.tune.sampling import params_to_trial
 from mft_search.tune.study import Study
 
-ROW_ORDER = ("unmasked", "random", "l1", "wanda", "continued_fft", "best_mft")
+ROW_ORDER = ("unmasked", "random", "l1", "wanda", "continued_fft_best", "continued_fft", "best_mft")
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ def run_evaluation(study: Study, variants: list[EvalVariant], benchmark, split: 
     calibration = study.domain.train if any(v.mask == "wanda" for v in variants) else None
     job = study.job("evaluate", layout.run_name(study.slug, split), variants=variants, evaluation=benchmark, data=data,
                     calibration=calibration)
-    result = _fit(study, job)
+    result = fit(study, job)
     with result.checkpoint.as_directory() as checkpoint:
         scored = json.loads((Path(checkpoint) / ITEMS_FILE).read_text())
     for variant, scores in scored.items():
@@ -71,17 +72,48 @@ def paired_gains(study: Study, split: str, of: str = "best_mft") -> tuple[dict[s
     return gains_over(frame, study.name, split, of), split_unit(frame, study.name, split)
 
 
-def continued_fft(study: Study, winner: Candidate) -> tuple[str, float]:
-    """FFT continued from the backbone at the winner's own (low) learning rate and epochs: the
-    control that tells MFT's effect from more training. Returns (best checkpoint, its metric)."""
+@dataclass(frozen=True)
+class FftCurve:
+    """An FFT run's metric per evaluation point, the best and the last: the fft stage's (from
+    the pretrained model) or the continued-FFT control's (from the user's checkpoint)."""
+
+    origin: str  # "fft stage" or "continued from the backbone"
+    metric_name: str
+    points: tuple[FftPoint, ...]
+    best: FftPoint
+    final: FftPoint
+
+    @classmethod
+    def of(cls, origin: str, record: FftRecord) -> FftCurve:
+        return cls(origin, record.metric_name, record.points, record.best_point, record.final_point)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"origin": self.origin, "metric_name": self.metric_name, "best_epoch": self.best.epoch,
+                "final_epoch": self.final.epoch,
+                "points": [{"epoch": p.epoch, "metric": p.metric} for p in self.points]}
+
+
+def continued_fft(study: Study, winner: Candidate) -> FftCurve:
+    """FFT continued from the user's backbone at the winner's own (low) learning rate and epochs:
+    the control that tells MFT's effect from more training. Its final and best points are both
+    reported (the best picked on validation, so it carries the winner's curse as MFT does)."""
     _, train = params_to_trial(winner.params, study.cfg)
     job = study.job("fft", layout.run_name(study.slug, "continued_fft"), data=study.domain.train, train=train)
-    history = _fit(study, job).history
-    best = history.sort_values(["metric", "report"], ascending=[False, True]).iloc[0]
-    return str(report_artifact(Path(job.artifact_dir), int(best["report"]))), float(best["metric"])
+    return FftCurve.of("continued from the backbone", fft_record(job, fit(study, job).history))
 
 
-def _fit(study: Study, job) -> JobResult:
+def fft_record(job, history: pd.DataFrame) -> FftRecord:
+    """An FFT job's evaluation points (with a finite metric) and its best, from its reports."""
+    points = [FftPoint(int(r["report"]), float(r["epoch"]), float(r["metric"]),
+                       str(report_artifact(Path(job.artifact_dir), int(r["report"]))))
+              for _, r in history.sort_values("report").iterrows() if math.isfinite(float(r["metric"]))]
+    if not points:
+        raise FloatingPointError(f"{job.name}: no evaluation point reported a finite metric; lower the FFT's lr "
+                                 "or check its data")
+    return FftRecord(metric_name(job.evaluation), tuple(points), best_of(points))
+
+
+def fit(study: Study, job) -> JobResult:
     """One job outside Tune (evaluations, continued FFT), retried as trials are; raises its error."""
     return fit_job(job, study.resources, storage_path=study.run_dir(), max_failures=study.cfg.retries)
 
@@ -103,21 +135,22 @@ def export_best(study: Study, winner: Candidate) -> Path:
     return out
 
 
-def write_summary(study: Study, rows: list[dict[str, Any]], verdict: str) -> Path:
+def write_summary(study: Study, rows: list[dict[str, Any]], verdict: str, curve: FftCurve | None = None) -> Path:
     summary = {"study": study.name, "backbone": study.backbone.label, "domain": study.domain.name,
-               "metric_name": _metric_name(study), "validation_benchmark": _bench(study.domain.validation),
+               "metric_name": metric_name(study.domain.validation), "validation_benchmark": _bench(study.domain.validation),
                "test_benchmark": _bench(study.domain.test),
                "rows": sorted(rows, key=lambda r: ROW_ORDER.index(r["name"])), "verdict": verdict,
-               "caveats": [c for c in (study.domain.carve_out_caveat(),) if c]}
+               "caveats": study.cfg.caveats(study.domain), "fft": curve.as_json() if curve else None}
     return files.write_text(study.dir / layout.SUMMARY, json.dumps(summary, indent=2))
 
 
-def _metric_name(study: Study) -> str:
-    if study.domain.validation is None:
+def metric_name(benchmark) -> str:
+    """What a job's `metric` is when `benchmark` (an EvalSpec, or None) scores it."""
+    if benchmark is None:
         return "-validation loss"
     from mft_search.core.evaluation import get_evaluator
 
-    return get_evaluator(study.domain.validation.evaluator).metric
+    return get_evaluator(benchmark.evaluator).metric
 
 
 def _bench(spec) -> str | None:

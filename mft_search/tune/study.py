@@ -13,6 +13,7 @@ from mft_search.core.backbone import BackboneSpec
 from mft_search.core.data import DataSpec
 from mft_search.core.masking import MaskSpec
 from mft_search.experiment import layout
+from mft_search.experiment.fft_record import FftRecord
 from mft_search.experiment.storage import Storage
 from mft_search.train.spec import Resources, TrialJob
 from mft_search.tune.sampling import params_to_trial
@@ -29,6 +30,8 @@ class Study:
     domain: DomainSpec
     exp_dir: Path
     storage: Storage | None = None  # checked by the Recorder before it writes results
+    pretrained: BackboneSpec | None = None  # what the fft stage fine-tuned `backbone` from
+    fft: FftRecord | None = None  # that stage's points, when it ran
 
     @property
     def name(self) -> str:

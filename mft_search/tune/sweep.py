@@ -1,5 +1,6 @@
 """The sweep's stages in order, per study, with what has finished recorded in state.json so
-that --resume skips it: probe search, refine re-runs, then selection and evaluation."""
+that --resume skips it: the fft stage (when configured), probe search, refine re-runs, then
+selection and evaluation."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from mft_search.config.schema import SweepConfig
 from mft_search.core import files
 from mft_search.experiment import layout
 from mft_search.experiment.config_record import save_config
+from mft_search.experiment.fft_record import load_fft_record
 from mft_search.experiment.results import ResultsTable
 from mft_search.experiment.storage import Storage
 from mft_search.train.spec import EvalVariant
 from mft_search.tune.evaluate import (
-    best_candidates, continued_fft, export_best, paired_gains, run_evaluation, verdict, write_summary)
+    FftCurve, best_candidates, continued_fft, export_best, paired_gains, run_evaluation, verdict, write_summary)
+from mft_search.tune.fft_stage import fine_tuned_study, run_fft_stage
 from mft_search.tune.stage import run_stage
 from mft_search.tune.study import Study
 
@@ -64,12 +67,24 @@ def _run_studies(cfg: SweepConfig, exp_dir: Path, storage: Storage, resume: bool
     results = layout.results_path(exp_dir)
     for backbone in cfg.backbones:
         for domain in cfg.domains:
-            study = Study(cfg, backbone, domain, exp_dir, storage)
+            study = _fine_tune(Study(cfg, backbone, domain, exp_dir, storage), state, log)
             _search(study, state, results, resume, log)
             if not state.finished(study, "evaluation"):
                 storage.check()
                 _evaluate(study, ResultsTable(results), log)
                 state.mark(study, "evaluation")
+
+
+def _fine_tune(study: Study, state: SweepState, log) -> Study:
+    """With stages.fft, the study masks its best FFT checkpoint; fine-tuned once, read back on --resume."""
+    if study.cfg.stages.fft is None:
+        return study
+    record = load_fft_record(study.dir) if state.finished(study, "fft") else None
+    if record is None:
+        study.storage.check()
+        record = run_fft_stage(study, log)
+        state.mark(study, "fft")
+    return fine_tuned_study(study, record)
 
 
 def _search(study: Study, state: SweepState, results: Path, resume: bool, log) -> None:
@@ -107,7 +122,8 @@ def _evaluate(study: Study, table: ResultsTable, log) -> None:
     stage = "refine" if study.cfg.stages.refine.top_k and (frame["stage"] == "refine").any() else "probe"
     winners = best_candidates(frame, study.name, stage, 1)
     if not winners:
-        write_summary(study, [], "no trial finished with a validation metric; nothing to select")
+        curve = FftCurve.of("fft stage", study.fft) if study.fft else None
+        write_summary(study, [], "no trial finished with a validation metric; nothing to select", curve)
         log(f"[{study.name}] no trial finished: nothing selected")
         return
     winner = winners[0]
@@ -119,13 +135,14 @@ def _evaluate(study: Study, table: ResultsTable, log) -> None:
     log(f"[{study.name}] validation: the best mask, the unmasked backbone and "
         f"{', '.join(v.name for v in masks) or 'no'} baselines, item by item")
     # The best mask is scored again beside the others: its search report has no per-item scores.
-    validation = run_evaluation(study, [EvalVariant(name="unmasked"), *masks, learned], study.domain.validation,
-                                "validation")
-    extra = []
-    if "continued_fft" in baselines:
-        log(f"[{study.name}] continued FFT control at the selected learning rate")
-        weights, validation["continued_fft"] = continued_fft(study, winner)
-        extra.append(EvalVariant(name="continued_fft", weights=weights))
+    extra, curve = _continued_fft(study, winner, log)
+    scored = extra if study.fft is not None else []  # the fft stage's final point: scored item by item
+    validation = run_evaluation(study, [EvalVariant(name="unmasked"), *masks, *scored, learned],
+                                study.domain.validation, "validation")
+    if study.fft is None and curve is not None:  # the control's points were scored in its own run
+        validation["continued_fft"] = curve.final.metric
+        if curve.best.report != curve.final.report:
+            validation["continued_fft_best"] = curve.best.metric
     gains, unit = paired_gains(study, "validation")  # the unit the items were scored in: points or nats
     candidates = frame[(frame["study"] == study.name) & (frame["stage"] == stage)]["trial_id"].nunique()
     selected, text = verdict(gains.get("unmasked"), study.cfg.selection.min_gain, unit, candidates)
@@ -135,10 +152,41 @@ def _evaluate(study: Study, table: ResultsTable, log) -> None:
     if study.domain.test is not None:
         log(f"[{study.name}] test: the selected mask and every baseline")
         test = run_evaluation(study, [EvalVariant(name="unmasked"), *masks, *extra, learned], study.domain.test, "test")
-    rows = [{"name": n, "validation": validation.get(n), "test": test.get(n)} for n in validation]
+    rows = [{"name": n, "label": _label(n, curve), "validation": validation.get(n), "test": test.get(n)}
+            for n in validation]
     for row in rows:
         if row["name"] == "best_mft":
             row.update(trial_id=winner.trial_id, params=winner.params, selected=selected,
                        mask=_relative_best_mask(study) if selected else None)
-    write_summary(study, rows, text)
+    write_summary(study, rows, text, curve)
     log(f"[{study.name}] {text}")
+
+
+def _continued_fft(study: Study, winner, log) -> tuple[list[EvalVariant], FftCurve | None]:
+    """The Continued FFT rows and the FFT curve behind them. After the fft stage: its final
+    point (the paper's row) and its curve. Otherwise, with the baseline: FFT continued from the
+    user's checkpoint at the selected rate, its final point and, when earlier, its best one."""
+    if study.fft is not None:
+        curve = FftCurve.of("fft stage", study.fft)
+        wanted = "continued_fft" in study.cfg.baselines
+        return ([EvalVariant(name="continued_fft", weights=curve.final.checkpoint)] if wanted else []), curve
+    if "continued_fft" not in study.cfg.baselines:
+        return [], None
+    log(f"[{study.name}] continued FFT control at the selected learning rate")
+    curve = continued_fft(study, winner)
+    variants = [EvalVariant(name="continued_fft", weights=curve.final.checkpoint)]
+    if curve.best.report != curve.final.report:
+        variants.append(EvalVariant(name="continued_fft_best", weights=curve.best.checkpoint))
+    return variants, curve
+
+
+def _label(name: str, curve: FftCurve | None) -> str | None:
+    """The leaderboard's name of a row whose meaning depends on where the backbone came from."""
+    if curve is None:
+        return None
+    best, final = f"{curve.best.epoch:g}", f"{curve.final.epoch:g}"
+    if curve.origin == "fft stage":
+        return {"unmasked": f"Best FFT (epoch {best} of {final})",
+                "continued_fft": f"Continued FFT (final, epoch {final})"}.get(name)
+    return {"continued_fft": f"More FFT from the backbone, final (epoch {final})",
+            "continued_fft_best": f"More FFT from the backbone, best epoch ({best}, picked on validation)"}.get(name)
