@@ -178,7 +178,10 @@ def test_a_sweep_writes_every_output(finished):
     assert {"param.layer_group", "param.mode", "metric", "val_loss", "status", "wall_s", "seed"} <= set(frame.columns)
     summary = json.loads((exp / "studies" / "tiny__gsm" / "summary.json").read_text())
     names = {row["name"] for row in summary["rows"]}
-    assert names == {"unmasked", "random", "l1", "wanda", "continued_fft", "best_mft"}
+    # The continued-FFT control's best epoch is a row of its own only when it is not its last
+    assert names - {"continued_fft_best"} == {"unmasked", "random", "l1", "wanda", "continued_fft", "best_mft"}
+    labels = {row["name"]: row["label"] for row in summary["rows"]}
+    assert labels["continued_fft"] == "More FFT from the backbone, final (epoch 2)" and labels["unmasked"] is None
     assert all(row["test"] is not None for row in summary["rows"])
     assert (exp / "leaderboard.md").exists()
     for plot in ("history", "heatmap", "importances"):
@@ -193,7 +196,7 @@ def test_a_sweep_writes_every_output(finished):
     items = pd.read_parquet(exp / "items.parquet")
     assert set(items["split"]) == {"validation", "test"}
     assert set(items.loc[items["split"] == "test", "variant"]) == names
-    assert set(items.loc[items["split"] == "validation", "variant"]) == names - {"continued_fft"}
+    assert set(items.loc[items["split"] == "validation", "variant"]) == names - {"continued_fft", "continued_fft_best"}
     assert set(items.loc[items["split"] == "test", "score"]) <= {0.0, 1.0}
     assert items.groupby(["split", "variant"])["item"].apply(frozenset).groupby("split").nunique().eq(1).all()
     assert "95% paired CI" in (exp / "leaderboard.md").read_text()
