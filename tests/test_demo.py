@@ -14,9 +14,8 @@ from mft_search.demo.problems import ALL_PHRASINGS, TRAIN_PHRASINGS, make_splits
 from mft_search.core.evaluation.math import GSM8KEvaluator, gsm8k_reference
 
 DEMO_YAML = Path(__file__).resolve().parents[1] / "search_spaces" / "demo.yaml"
-MICRO = DemoSize(train=16, validation=8, test=8, documents=200, vocab_size=300, hidden=32, layers=2,
-                 intermediate=64, pretrain=PretrainSettings(steps=3, batch_size=4, seq_len=64), fft_epochs=2,
-                 fft_batch=8, max_new_tokens=4)
+MICRO = DemoSize(train=16, fft_selection=8, validation=8, test=8, documents=200, vocab_size=300, hidden=32, layers=2,
+                 intermediate=64, pretrain=PretrainSettings(steps=3, batch_size=4, seq_len=64), max_new_tokens=4)
 
 
 def _pattern(template: str) -> re.Pattern:
@@ -35,13 +34,14 @@ def recompute(question: str, phrasings) -> int:
 
 
 def test_the_generator_is_seeded_and_deterministic():
-    assert make_splits(3, 20, 10, 10) == make_splits(3, 20, 10, 10)
-    assert make_splits(3, 20, 10, 10).train != make_splits(4, 20, 10, 10).train
+    assert make_splits(3, 20, 10, 10, 10) == make_splits(3, 20, 10, 10, 10)
+    assert make_splits(3, 20, 10, 10, 10).train != make_splits(4, 20, 10, 10, 10).train
 
 
 def test_every_answer_is_the_arithmetic_of_its_question_and_its_steps_are_right():
-    splits = make_splits(0, 256, 500, 500)
-    for phrasings, problems in ((TRAIN_PHRASINGS, splits.train), (ALL_PHRASINGS, splits.validation + splits.test)):
+    splits = make_splits(0, 256, 500, 500, 500)
+    held_out = splits.fft_selection + splits.validation + splits.test
+    for phrasings, problems in ((TRAIN_PHRASINGS, splits.train), (ALL_PHRASINGS, held_out)):
         for p in problems:
             assert int(gsm8k_reference(p.answer)) == recompute(p.question, phrasings) == p.value
             for a, op, d, b in re.findall(r"(\d+) ([+-]) (\d+) = (\d+)\.", p.answer):
@@ -50,10 +50,10 @@ def test_every_answer_is_the_arithmetic_of_its_question_and_its_steps_are_right(
 
 
 def test_splits_are_disjoint_and_held_out_problems_are_broader():
-    splits = make_splits(0, 256, 500, 500)
-    questions = [{p.question for p in s} for s in (splits.train, splits.validation, splits.test)]
-    assert [len(q) for q in questions] == [256, 500, 500]
-    assert not (questions[0] & questions[1] or questions[0] & questions[2] or questions[1] & questions[2])
+    splits = make_splits(0, 256, 500, 500, 500)
+    questions = [{p.question for p in s} for s in (splits.train, splits.fft_selection, splits.validation, splits.test)]
+    assert [len(q) for q in questions] == [256, 500, 500, 500]
+    assert not any(a & b for i, a in enumerate(questions) for b in questions[i + 1:])
     assert {len(p.steps) for p in splits.train} == {2}
     assert {len(p.steps) for p in splits.test} == {2, 3}
 
@@ -67,12 +67,12 @@ def micro(tmp_path_factory):
 
 def test_a_micro_build_writes_every_asset_and_its_facts(micro):
     assets, logged = micro
-    assert (assets.backbone / "model.safetensors").exists() and (assets.pretrained / "tokenizer.json").exists()
-    assert not (assets.root / "fft").exists()  # the other epochs are not kept
+    assert (assets.pretrained / "model.safetensors").exists() and (assets.pretrained / "tokenizer.json").exists()
+    assert not (assets.root / "backbone").exists()  # the sweep's fft stage fine-tunes, not the build
+    assert len(assets.fft_selection.read_text().splitlines()) == MICRO.fft_selection
     facts = assets.facts()
-    assert len(facts["fft"]["validation_accuracy_per_epoch"]) == 2
-    assert 1 <= facts["fft"]["best_epoch"] <= 2 and facts["seed"] == 0
-    assert any("FFT epoch 2" in line for line in logged)
+    assert facts["pretrain"]["steps"] == 3 and facts["seed"] == 0 and "fft" not in facts
+    assert any("Pre-training" in line for line in logged)
     problems = GSM8KEvaluator(num_fewshot=0).load(str(assets.test))  # the demo evaluates 0-shot
     assert [gsm8k_reference(p.reference) for p in problems] == [json.loads(r)["answer"].rsplit("#### ", 1)[1]
                                                 for r in assets.test.read_text().splitlines()]
@@ -80,7 +80,7 @@ def test_a_micro_build_writes_every_asset_and_its_facts(micro):
 
 def test_prompt_and_answer_tokenise_as_at_evaluation(micro):
     assets, _ = micro
-    tokenizer = AutoTokenizer.from_pretrained(assets.backbone)
+    tokenizer = AutoTokenizer.from_pretrained(assets.pretrained)
     for row in map(json.loads, assets.validation.read_text().splitlines()):
         prompt = sft_data_spec(assets.train).template.format(prompt=row["question"])
         assert tokenizer(prompt).input_ids + tokenizer(row["answer"]).input_ids == \
@@ -102,20 +102,22 @@ def test_a_complete_build_is_reused_and_an_unmarked_one_rebuilt(micro, tmp_path)
 
 
 def test_a_failed_build_leaves_nothing_that_looks_built(tmp_path):
-    def fail_at_fine_tuning(line):
-        if line.startswith("Fine-tuning"):
+    def fail_at_pre_training(line):
+        if line.startswith("Pre-training"):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        build_demo(tmp_path / "v1", size=MICRO, log=fail_at_fine_tuning)
+        build_demo(tmp_path / "v2", size=MICRO, log=fail_at_pre_training)
     assert os.listdir(tmp_path) == []
 
 
-def test_demo_yaml_validates_and_trains_on_what_fft_trained_on():
+def test_demo_yaml_fine_tunes_the_pretrained_base_and_masks_on_the_same_data():
     cfg = load_config_file(DEMO_YAML)
     cache = default_cache_dir()
     domain = cfg.domains[0]
-    assert Path(cfg.backbones[0].source) == cache / "backbone"
+    assert Path(cfg.backbones[0].source) == cache / "pretrained" and cfg.stages.fft.train.epochs == 16
+    assert Path(domain.fft_selection.source) == cache / "fft_selection.jsonl"
+    assert cfg.caveats(domain) == []
     assert domain.train == sft_data_spec(cache / "train.jsonl").model_copy(update={"source": domain.train.source})
     assert Path(domain.train.source) == cache / "train.jsonl"
     assert Path(domain.validation.source) == cache / "validation.jsonl"

@@ -102,21 +102,22 @@ def test_mft_search_is_imported_from_the_installed_wheel(venv, tmp_path):
 
 
 def _fake_demo_build(home: Path) -> None:
-    """What a dry run reads of a finished demo build: the backbone's config and tokenizer, the data."""
+    """What a dry run reads of a finished demo build: the base's config and tokenizer, the data."""
     from mft_search.demo import TEMPLATE
-    from mft_search.demo.assets import COMPLETE, DemoAssets
+    from mft_search.demo.assets import COMPLETE, VERSION, DemoAssets
     from mft_search.demo.problems import make_splits
     from mft_search.demo.tiny import tiny_llama, tiny_tokenizer
 
-    assets = DemoAssets(home / ".cache" / "mft_search" / "demo" / "v1")
-    splits = make_splits(0, 16, 8, 8)
-    assets.backbone.mkdir(parents=True)
-    tiny_llama().config.save_pretrained(assets.backbone)  # no weights: a dry run never loads them
-    tiny_tokenizer([TEMPLATE.format(prompt=p.question) + p.answer for p in splits.train]).save_pretrained(assets.backbone)
-    for path, problems in ((assets.train, splits.train), (assets.validation, splits.validation),
-                           (assets.test, splits.test)):
+    assets = DemoAssets(home / ".cache" / "mft_search" / "demo" / VERSION)
+    splits = make_splits(0, 16, 8, 8, 8)
+    assets.pretrained.mkdir(parents=True)
+    tiny_llama().config.save_pretrained(assets.pretrained)  # no weights: a dry run never loads them
+    tokenizer = tiny_tokenizer([TEMPLATE.format(prompt=p.question) + p.answer for p in splits.train])
+    tokenizer.save_pretrained(assets.pretrained)
+    for path, problems in ((assets.train, splits.train), (assets.fft_selection, splits.fft_selection),
+                           (assets.validation, splits.validation), (assets.test, splits.test)):
         path.write_text("".join(json.dumps(p.record()) + "\n" for p in problems), encoding="utf-8")
-    (assets.root / COMPLETE).write_text("v1\n", encoding="utf-8")
+    (assets.root / COMPLETE).write_text(VERSION + "\n", encoding="utf-8")
 
 
 @pytest.mark.slow

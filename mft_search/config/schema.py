@@ -384,8 +384,8 @@ def _expand_home(cfg: SweepConfig) -> SweepConfig:
         return spec.model_copy(update={"source": str(Path(spec.source).expanduser())})
 
     backbones = [home(b) for b in cfg.backbones]
-    domains = [d.model_copy(update={"train": home(d.train), "validation": home(d.validation), "test": home(d.test)})
-               for d in cfg.domains]
+    data_fields = ("train", "fft_selection", "validation", "test")
+    domains = [d.model_copy(update={f: home(getattr(d, f)) for f in data_fields}) for d in cfg.domains]
     return cfg.model_copy(update={"backbones": backbones, "domains": domains})
 
 

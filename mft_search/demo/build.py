@@ -1,11 +1,11 @@
-"""Building the demo's assets offline: data, tokenizer, pre-trained base, best-FFT backbone.
+"""Building the demo's assets offline: data splits, tokenizer, pre-trained base.
 
     assets = build_demo()            # minutes the first time, then instant (cached)
-    assets.backbone                  # ~/.cache/mft_search/demo/v1/backbone: the model MFT masks
+    assets.pretrained                # ~/.cache/mft_search/demo/v2/pretrained: what the fft stage fine-tunes
 
-The backbone is the best epoch (on validation accuracy) of an FFT with a decaying learning rate
-that runs well past that epoch, so that "MFT beats the best FFT" is measured against a real peak
-and not against an under-trained model (docs/design.md, "The embedded demo").
+The sweep's fft stage (demo.yaml) fine-tunes the base with a decaying learning rate well past its
+best epoch, picked on the FFT-selection split, so that "MFT beats the best FFT" is measured against
+a real peak and not against an under-trained model (docs/design.md, "The embedded demo").
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from mft_search.demo.assets import COMPLETE, VERSION, DemoAssets, DemoSize, default_cache_dir
-from mft_search.demo.finetune import TEMPLATE, fine_tune
+from mft_search.demo.domain import TEMPLATE
 from mft_search.demo.pretrain import pack_documents, pretrain
 from mft_search.demo.problems import Splits, WordProblem, make_splits, pretraining_corpus
 from mft_search.demo.tiny import tiny_llama, tiny_tokenizer
@@ -42,7 +42,7 @@ def build_demo(cache_dir: Path | None = None, *, size: DemoSize = DemoSize(), lo
     work = root.parent / f"{root.name}.building-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     try:
-        log(f"Building the demo backbone in {root} (once; a few minutes on 2 CPU cores)")
+        log(f"Building the demo's pre-trained base and data in {root} (once; a few minutes on 2 CPU cores)")
         _build(work, size, log)
         (work / COMPLETE).write_text(VERSION + "\n", encoding="utf-8")
         _install(work, root)
@@ -84,22 +84,20 @@ def _build(work: Path, size: DemoSize, log: Log) -> None:
     start = time.perf_counter()
     work.mkdir(parents=True)
     assets = DemoAssets(work)
-    splits = make_splits(size.seed, size.train, size.validation, size.test)
+    splits = make_splits(size.seed, size.train, size.fft_selection, size.validation, size.test)
     _write_splits(assets, splits)
     facts: dict = {"version": VERSION, "seed": size.seed, "size": asdict(size),
                    "splits": {"train": "2-step problems, 4 of 8 phrasings",
-                              "validation_and_test": "2- and 3-step problems, all 8 phrasings"}}
+                              "fft_selection_validation_and_test": "2- and 3-step problems, all 8 phrasings"}}
     facts["pretrain"] = _pretrain(assets, splits, size, log)
-    facts["fft"] = fine_tune(assets, size, log)
     facts["total_seconds"] = round(time.perf_counter() - start, 1)
     assets.facts_path.write_text(json.dumps(facts, indent=2) + "\n", encoding="utf-8")
-    log(f"Demo backbone built in {facts['total_seconds']:.0f} s: best FFT epoch {facts['fft']['best_epoch']} "
-        f"of {size.fft_epochs}, validation accuracy {facts['fft']['best_validation_accuracy']:.3f}")
+    log(f"Demo base built in {facts['total_seconds']:.0f} s: pre-training loss {facts['pretrain']['final_loss']:.3f}")
 
 
 def _write_splits(assets: DemoAssets, splits: Splits) -> None:
-    for path, problems in ((assets.train, splits.train), (assets.validation, splits.validation),
-                           (assets.test, splits.test)):
+    for path, problems in ((assets.train, splits.train), (assets.fft_selection, splits.fft_selection),
+                           (assets.validation, splits.validation), (assets.test, splits.test)):
         path.write_text("".join(json.dumps(p.record()) + "\n" for p in problems), encoding="utf-8")
 
 

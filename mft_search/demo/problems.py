@@ -102,16 +102,19 @@ def unique_problems(rng: random.Random, count: int, steps: tuple[int, ...], phra
 @dataclass(frozen=True)
 class Splits:
     train: list[WordProblem]
+    fft_selection: list[WordProblem]
     validation: list[WordProblem]
     test: list[WordProblem]
 
 
-def make_splits(seed: int, train: int, validation: int, test: int) -> Splits:
-    """Disjoint splits: narrow training problems (2 steps, half the phrasings), broad held-out ones (2-3, all)."""
+def make_splits(seed: int, train: int, fft_selection: int, validation: int, test: int) -> Splits:
+    """Disjoint splits: narrow training problems (2 steps, half the phrasings), broad held-out ones
+    (2-3, all) for each of FFT selection, mask selection and test."""
     rng = random.Random(seed)
     seen: set[str] = set()
     return Splits(
         train=unique_problems(rng, train, (2,), TRAIN_PHRASINGS, seen),
+        fft_selection=unique_problems(rng, fft_selection, (2, 3), ALL_PHRASINGS, seen),
         validation=unique_problems(rng, validation, (2, 3), ALL_PHRASINGS, seen),
         test=unique_problems(rng, test, (2, 3), ALL_PHRASINGS, seen),
     )
