@@ -136,7 +136,7 @@ BAD = [  # (YAML patch over the valid base, substring the one-line error must co
     ("train: {lr: -1}", "train.lr: Input should be greater than 0"),
     ("train: {learning_rate: 1}", "train.learning_rate: unknown key"),
     ("resources: {strategy: zero3}", "resources.strategy: 'zero3' is not one of ddp, fsdp"),
-    ("baselines: [unmasked, l2]", "baselines[1]: 'l2' is not one of unmasked, random, l1, wanda, continued_fft (did you mean 'l1'?)"),
+    ("baselines: [unmasked, l2]", "baselines[1]: 'l2' is not one of unmasked, random, l1, wanda, revert, continued_fft (did you mean 'l1'?)"),
     ("baselines: [l1, l1]", "baselines: ['l1', 'l1'] lists a baseline twice"),
     ("stages: {refine: {top_k: 9}}", "stages.refine.top_k: 9 exceeds the 8 probe trials"),
     ("stages: {probe: {data_fraction: 0}}", "stages.probe.data_fraction: Input should be greater than 0"),
@@ -157,6 +157,8 @@ BAD = [  # (YAML patch over the valid base, substring the one-line error must co
     ("stages: {fft: {train: {lr: 0}}}", "stages.fft.train.lr: Input should be greater than 0"),
     ("stages: {fft: {}}", "domains[0].fft_selection: null picks the FFT epoch on train's validation loss, but train has no"),
     ("stages: {fft: {epochs: 3}}", "stages.fft.epochs: unknown key"),
+    ("{stages: {fft: {}}, backbones: [{source: a, pretrained: b}]}",
+     "backbones[0].pretrained: with stages.fft the source is the pretrained model"),
 ]
 
 
@@ -329,6 +331,20 @@ def test_a_carve_out_is_no_caveat_when_the_sweep_fine_tuned_the_backbone(tiny_di
                                      "validation_fraction": 0.1}}]}
     cfg = parse_config(merged(base(tiny_dir), carved))
     assert cfg.caveats(cfg.domains[0]) == [] and "caveat" not in describe_plan(cfg, {})
+
+
+def test_revert_without_a_pretrained_model_is_skipped_and_said_so_and_a_wrong_one_refused(tiny_dir, tmp_path):
+    cfg = parse_config(merged(base(tiny_dir), {"baselines": ["unmasked", "revert"]}))
+    (line,) = [l for l in describe_plan(cfg, {}).splitlines() if "revert skipped" in l]
+    assert "set backbones[].pretrained, or start from the pretrained model with stages.fft" in line
+    wider = tmp_path / "wider"
+    tiny_llama(layers=4, hidden=32).config.save_pretrained(wider)
+    with_pretrained = parse_config(merged(base(tiny_dir), {"baselines": ["unmasked", "revert"],
+                                                           "backbones": [{"source": str(tiny_dir), "name": "tiny",
+                                                                          "pretrained": str(wider)}]}))
+    assert with_pretrained.pretrained_missing(with_pretrained.backbones[0]) is None
+    with pytest.raises(ConfigError, match=r"backbones\[0\]\.pretrained: a llama of 4 blocks, width 32"):
+        check_against_models(with_pretrained)
 
 
 def test_a_hub_validation_at_another_split_is_accepted():

@@ -151,6 +151,36 @@ def test_the_wanda_baseline_is_core_wanda_at_the_learned_masks_counts_calibrated
                 LocalSession(tmp_path / "refused"))
 
 
+def test_the_revert_baseline_puts_the_pretrained_weights_where_the_learned_mask_removes(
+        tmp_path, tiny_backbone, sft_data):
+    from mft_search.core.backbone import BackboneSpec, load_model, load_tokenizer
+    from mft_search.core.revert import revert_to_pretrained
+    from mft_search.demo.tiny import tiny_llama
+
+    run_job(make_job(tmp_path, tiny_backbone, sft_data, train=SETTINGS.model_copy(update={"epochs": 1})),
+            LocalSession(tmp_path / "mft"))
+    mask_file = str(next((tmp_path / "artifacts" / "t").glob("*.mask.safetensors")))
+    # "Pretrained": another tiny Llama of the same shape; the reverted model built by hand from the core function
+    pretrained_dir = tmp_path / "pretrained"
+    tiny_llama(seed=1).save_pretrained(pretrained_dir)
+    load_tokenizer(tiny_backbone).save_pretrained(pretrained_dir)
+    pretrained = BackboneSpec(source=str(pretrained_dir))
+    model = load_model(tiny_backbone, torch.float32)
+    revert_to_pretrained(model, load_model(pretrained, torch.float32), load_mask_file(mask_file).masks)
+    model.save_pretrained(tmp_path / "reverted")
+    variants = [EvalVariant(name="revert", mask="revert", mask_file=mask_file, pretrained=pretrained),
+                EvalVariant(name="direct", weights=str(tmp_path / "reverted")),
+                EvalVariant(name="learned", mask="learned", mask_file=mask_file)]
+    session = LocalSession(tmp_path / "eval")
+    run_job(make_job(tmp_path, tiny_backbone, sft_data, kind="evaluate", variants=variants), session)
+    (report,) = session.reports
+    assert report["revert/val_loss"] == report["direct/val_loss"]
+    assert report["revert/val_loss"] != report["learned/val_loss"]  # pretrained weights, not zeros
+    with pytest.raises(ValueError, match="pretrained backbone"):
+        run_job(make_job(tmp_path, tiny_backbone, sft_data, kind="evaluate",
+                         variants=[variants[0].model_copy(update={"pretrained": None})]), LocalSession(tmp_path / "no"))
+
+
 def test_one_evaluation_job_scores_several_variants_including_other_weights(
         tmp_path, tiny_backbone, sft_data, problems_dir):
     evaluation = EvalSpec(evaluator="gsm8k", source=str(problems_dir / "test.jsonl"), limit=2, max_new_tokens=4,

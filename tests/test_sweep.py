@@ -46,7 +46,7 @@ def write_config(tmp_path, backbone, data_dir, *, lean: bool = False, **override
                              "init": ["normal", "magnitude"]}},
         "stages": {"probe": {"data_fraction": 0.5}, "refine": {"top_k": 1}},
         "resources": {"workers_per_trial": 1, "cpus_per_worker": 1},
-        "baselines": ["unmasked", "random", "l1", "wanda", "continued_fft"],
+        "baselines": ["unmasked", "random", "l1", "wanda", "revert", "continued_fft"],
     }
     if lean:
         cfg["domains"][0]["test"], cfg["baselines"] = None, ["unmasked"]
@@ -203,6 +203,8 @@ def test_a_sweep_writes_every_output(finished):
     # Selected on the training source's carve-out, which the backbone may have seen: said where read
     assert "carved out of train.source" in summary["caveats"][0]
     assert "**Caveat:** selection is on 25% carved out" in (exp / "leaderboard.md").read_text()
+    # No pretrained model named: revert cannot run, and the leaderboard says so and how to fix it
+    assert "**Skipped:** revert skipped for tiny: it needs the pretrained model" in (exp / "leaderboard.md").read_text()
 
 
 def test_the_driver_tokenises_each_data_part_once_and_trials_only_read_it(finished):
@@ -353,7 +355,7 @@ def test_the_fft_stage_fine_tunes_the_pretrained_backbone_and_the_search_masks_i
     config["domains"][0]["test"]["limit"] = 2
     config["search"].update(num_trials=2, asha=None)
     config.update(stages={"fft": {"train": {"epochs": 3, "lr": 0.005}}, "probe": {"data_fraction": 0.5},
-                          "refine": {"top_k": 0}}, baselines=["unmasked", "continued_fft"])
+                          "refine": {"top_k": 0}}, baselines=["unmasked", "revert", "continued_fft"])
     path = tmp_path / "fft.yaml"
     path.write_text(yaml.safe_dump(config))
     plan = sweep("--config", str(path), "--dry-run")
@@ -378,6 +380,8 @@ def test_the_fft_stage_fine_tunes_the_pretrained_backbone_and_the_search_masks_i
     labels = {row["name"]: row["label"] for row in summary["rows"]}
     assert labels["unmasked"] == f"Best FFT (epoch {best['epoch']:g} of 3)"
     assert labels["continued_fft"] == "Continued FFT (final, epoch 3)"
+    # revert runs here: the fft stage's start is the pretrained model
+    assert next(r for r in summary["rows"] if r["name"] == "revert")["test"] is not None and not summary["skipped"]
     assert summary["fft"]["origin"] == "fft stage" and summary["caveats"] == []
     items = pd.read_parquet(exp / "items.parquet")
     assert "continued_fft" in set(items.loc[items["split"] == "validation", "variant"])  # scored item by item

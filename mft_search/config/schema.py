@@ -43,7 +43,7 @@ from mft_search.errors import ConfigError, DataError, did_you_mean
 from mft_search.train.spec import Resources
 from mft_search.train.step import TrainSettings
 
-Baseline = Literal["unmasked", "random", "l1", "wanda", "continued_fft"]
+Baseline = Literal["unmasked", "random", "l1", "wanda", "revert", "continued_fft"]
 DEFAULT_TRIALS = 16
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # becomes a directory name
 _STRICT = ConfigDict(extra="forbid")
@@ -221,6 +221,8 @@ class SweepConfig(BaseModel):
         ["unmasked", "random", "l1", "continued_fft"],
         description="reference runs per study: unmasked (always run), random and l1 masks at the same ratio, "
         "wanda (one-shot |W| x input-norm pruning, calibrated on 128 training sequences, at the mask's kept counts), "
+        "revert (the mask's removed weights set back to the pretrained model's instead of 0: needs stages.fft or "
+        "backbones[].pretrained), "
         "continued_fft (more fine-tuning at the final rate: the control that separates MFT from more training)")
     retries: int = Field(1, ge=0, description="times a failed trial is retried before it is recorded failed")
 
@@ -283,8 +285,19 @@ class SweepConfig(BaseModel):
         if self.stages.refine.top_k > self.search.trials:
             raise FieldIssue("stages.refine.top_k", f"{self.stages.refine.top_k} exceeds the {self.search.trials} "
                              "probe trials; lower it")
+        for i, backbone in enumerate(self.backbones):
+            if self.stages.fft is not None and backbone.pretrained is not None:
+                raise FieldIssue(f"backbones[{i}].pretrained", "with stages.fft the source is the pretrained model "
+                                 "the sweep fine-tunes; drop pretrained")
         self._check_fft_selection()
         return self
+
+    def pretrained_missing(self, backbone: BackboneSpec) -> str | None:
+        """Why the baselines that need the pretrained model cannot run for `backbone`; None when they can."""
+        if self.stages.fft is not None or backbone.pretrained is not None or "revert" not in self.baselines:
+            return None
+        return (f"revert skipped for {backbone.label}: it needs the pretrained model the backbone was fine-tuned "
+                "from; set backbones[].pretrained, or start from the pretrained model with stages.fft")
 
     def _check_fft_selection(self) -> None:
         for i, domain in enumerate(self.domains):
@@ -447,6 +460,7 @@ def check_against_models(cfg: SweepConfig) -> dict[str, PretrainedConfig]:
         except ConfigError as exc:
             field = "gguf_file" if str(exc).startswith("backbone.gguf_file:") else "source"
             raise ConfigError(f"backbones[{i}].{field}: {_strip_prefix(str(exc))}") from None
+        _check_pretrained(backbone, i, model_config)
         _check_groups(cfg.search.space, backbone.label, model_config)
         for j, kinds in enumerate(cfg.search.space.kinds or []):
             try:
@@ -455,6 +469,23 @@ def check_against_models(cfg: SweepConfig) -> dict[str, PretrainedConfig]:
                 raise ConfigError(f"search.space.kinds[{j}]: {_strip_prefix(str(exc))} ({backbone.label})") from None
         configs[backbone.label] = model_config
     return configs
+
+
+def _check_pretrained(backbone: BackboneSpec, i: int, model_config: PretrainedConfig) -> None:
+    """backbones[].pretrained must be the same architecture: revert swaps weights position by position."""
+    spec = backbone.pretrained_spec()
+    if spec is None:
+        return
+    try:
+        pretrained = load_config(spec)
+    except ConfigError as exc:
+        raise ConfigError(f"backbones[{i}].pretrained: {_strip_prefix(str(exc))}") from None
+    ours = (model_config.model_type, model_depth(model_config), getattr(model_config, "hidden_size", None))
+    theirs = (pretrained.model_type, model_depth(pretrained), getattr(pretrained, "hidden_size", None))
+    if ours != theirs:
+        raise ConfigError(f"backbones[{i}].pretrained: a {theirs[0]} of {theirs[1]} blocks, width {theirs[2]}, but "
+                          f"the backbone is a {ours[0]} of {ours[1]} blocks, width {ours[2]}; give the model it was "
+                          "fine-tuned from")
 
 
 def _check_groups(space: SearchSpace, label: str, model_config: PretrainedConfig) -> None:
@@ -539,6 +570,7 @@ def describe_plan(cfg: SweepConfig, model_configs: dict[str, PretrainedConfig]) 
         *[f"  domain {d.name}: train {d.train.source}; select on {_bench(d.validation) or 'validation loss'}; "
           f"report {_bench(d.test) or 'nothing (no test)'}" for d in cfg.domains],
         *[f"  caveat, domain {d.name}: {caveat}" for d in cfg.domains for caveat in cfg.caveats(d)],
+        *[f"  {why}" for b in cfg.backbones if (why := cfg.pretrained_missing(b))],
         f"search: {search.algorithm}, seed {search.seed}, {len(search.enqueue)} enqueued point(s), {asha}",
         *[f"  {line}" for line in describe_space(search.space)],
         *_fft_plan(cfg),

@@ -53,6 +53,9 @@ class BackboneSpec(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto = bfloat16 on GPU, float32 on CPU")
     trust_remote_code: bool = Field(False, description="run the model repository's own code; off unless you trust it")
+    pretrained: str | None = Field(
+        None, description="the pretrained model this backbone was fine-tuned from (local directory, hub id, .gguf "
+        "or pkg: path, same architecture): the revert baseline needs it; with stages.fft the source is that model")
 
     @field_validator("gguf_file")
     @classmethod
@@ -78,6 +81,13 @@ class BackboneSpec(BaseModel):
     @property
     def is_gguf(self) -> bool:
         return self.gguf_file is not None or self.source.endswith(GGUF)
+
+    def pretrained_spec(self) -> BackboneSpec | None:
+        """`pretrained` as a backbone of its own (same dtype and trust), or None."""
+        if self.pretrained is None:
+            return None
+        return BackboneSpec(source=self.pretrained, name=f"{self.label}-pretrained", dtype=self.dtype,
+                            trust_remote_code=self.trust_remote_code)
 
     def torch_dtype(self, on_gpu: bool) -> torch.dtype:
         if self.dtype == "auto":

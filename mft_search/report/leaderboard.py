@@ -18,6 +18,7 @@ from mft_search.report.importance import Importances
 # Default row names; the sweep writes its own where a row's meaning depends on the backbone's
 # origin (after the fft stage "unmasked" is the best FFT epoch, summary.json rows[].label).
 ROW_LABELS = {"unmasked": "Unmasked backbone", "random": "Random mask", "l1": "L1 mask", "wanda": "Wanda mask",
+              "revert": "Revert to pretrained (MFT's mask)",
               "continued_fft_best": "Continued FFT, best epoch", "continued_fft": "Continued FFT",
               "best_mft": "Best MFT"}
 # The selected configuration, in the order a reader compares trials by.
@@ -67,6 +68,7 @@ def _table1(exp_dir: Path, study: StudyRecord, percent: bool) -> list[str]:
     lines = [f"Metric: {summary.metric_name}{' (%)' if percent else ''}, higher is better. "
              f"Validation: {summary.validation_benchmark or 'n/a'}. Test: {summary.test_benchmark or 'none'}.", ""]
     lines += [f"**Caveat:** {caveat}." for caveat in summary.caveats] + ([""] if summary.caveats else [])
+    lines += [f"**Skipped:** {why}." for why in summary.skipped] + ([""] if summary.skipped else [])
     if summary.rows:  # none when no trial finished with a metric: then only the verdict speaks
         lines += _rows_table(study, percent)
         lines += _best_against_each(study)

@@ -18,6 +18,7 @@ from mft_search.core.evaluation.loss import evaluate_loss_items
 from mft_search.core.evaluation.spec import EvalSpec
 from mft_search.core.maskfile import load_mask_file, verify_for_model
 from mft_search.core.masking import multiply_masks_in, spec_module_names
+from mft_search.core.revert import revert_to_pretrained
 from mft_search.core.wanda import wanda_masks
 from mft_search.train.spec import EvalVariant, TrialJob
 
@@ -69,6 +70,9 @@ def _apply_variant_mask(job: TrialJob, variant: EvalVariant, model, tokenizer) -
     if variant.mask == "learned":
         multiply_masks_in(model, mask_file.masks)
         return
+    if variant.mask == "revert":
+        _revert(job, variant, model, mask_file)
+        return
     if variant.mask_file:  # the learned mask's modules and per-module counts (global masks too)
         kept = mask_file.kept
     else:
@@ -79,6 +83,16 @@ def _apply_variant_mask(job: TrialJob, variant: EvalVariant, model, tokenizer) -
     else:
         masks = baseline_masks(model, variant.mask, kept, variant.seed)
     multiply_masks_in(model, masks)
+
+
+def _revert(job: TrialJob, variant: EvalVariant, model, mask_file) -> None:
+    """The learned mask's removed positions take the pretrained weights (core.revert)."""
+    if variant.pretrained is None:
+        raise ValueError("a revert variant needs the pretrained backbone (EvalVariant.pretrained)")
+    weight = next(iter(model.parameters()))
+    pretrained = load_model(variant.pretrained, weight.dtype, job.cache_dir)
+    revert_to_pretrained(model, pretrained, mask_file.masks)
+    del pretrained
 
 
 def _calibration(job: TrialJob, tokenizer, seed: int) -> list[dict[str, torch.Tensor]]:

@@ -21,8 +21,9 @@ from mft_search.core.masking import MaskSpec
 from mft_search.train.step import TrainSettings
 
 Kind = Literal["mft", "fft", "evaluate"]
-# The mask an evaluated model carries: none, a baseline's (random, l1, wanda) or a learned one.
-MaskSource = Literal["none", "random", "l1", "wanda", "learned"]
+# The mask an evaluated model carries: none, a baseline's (random, l1, wanda) or a learned one;
+# revert applies the learned one by setting its removed weights to the pretrained model's.
+MaskSource = Literal["none", "random", "l1", "wanda", "learned", "revert"]
 
 
 class Resources(BaseModel):
@@ -50,6 +51,7 @@ class EvalVariant(BaseModel):
     mask_file: str | None = None  # learned: the mask; random/l1/wanda: match its modules and counts
     weights: str | None = None  # another checkpoint of the same architecture (continued FFT)
     seed: int = 0  # random: the positions' seed; wanda: the calibration sample's (the sweep's seed)
+    pretrained: BackboneSpec | None = None  # revert: the model the backbone was fine-tuned from
 
 
 class TrialJob(BaseModel):

@@ -25,7 +25,7 @@ from mft_search.train.spec import ITEMS_FILE, EvalVariant, report_artifact
 from mft_search.tune.sampling import params_to_trial
 from mft_search.tune.study import Study
 
-ROW_ORDER = ("unmasked", "random", "l1", "wanda", "continued_fft_best", "continued_fft", "best_mft")
+ROW_ORDER = ("unmasked", "random", "l1", "wanda", "revert", "continued_fft_best", "continued_fft", "best_mft")
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,8 @@ def write_summary(study: Study, rows: list[dict[str, Any]], verdict: str, curve:
                "metric_name": metric_name(study.domain.validation), "validation_benchmark": _bench(study.domain.validation),
                "test_benchmark": _bench(study.domain.test),
                "rows": sorted(rows, key=lambda r: ROW_ORDER.index(r["name"])), "verdict": verdict,
-               "caveats": study.cfg.caveats(study.domain), "fft": curve.as_json() if curve else None}
+               "caveats": study.cfg.caveats(study.domain), "fft": curve.as_json() if curve else None,
+               "skipped": [why for why in (study.cfg.pretrained_missing(study.backbone),) if why]}
     return files.write_text(study.dir / layout.SUMMARY, json.dumps(summary, indent=2))
 
 

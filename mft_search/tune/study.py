@@ -49,6 +49,11 @@ class Study:
     def resources(self) -> Resources:
         return self.cfg.resources
 
+    @property
+    def pretrained_backbone(self) -> BackboneSpec | None:
+        """What the backbone was fine-tuned from: the fft stage's start, or backbones[].pretrained."""
+        return self.pretrained or self.backbone.pretrained_spec()
+
     def job(self, kind: str, name: str, **fields: Any) -> TrialJob:
         """A TrialJob of this study with the sweep's shared settings filled in."""
         defaults = dict(backbone=self.backbone, evaluation=self.domain.validation, train=self.cfg.train,

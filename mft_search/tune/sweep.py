@@ -131,6 +131,9 @@ def _evaluate(study: Study, table: ResultsTable, log) -> None:
     baselines = study.cfg.baselines
     masks = [EvalVariant(name=b, mask=b, mask_file=winner.mask_path, seed=study.cfg.seed)
              for b in ("random", "l1", "wanda") if b in baselines]
+    if "revert" in baselines and study.pretrained_backbone is not None:  # else summary.json says why not
+        masks.append(EvalVariant(name="revert", mask="revert", mask_file=winner.mask_path,
+                                 pretrained=study.pretrained_backbone))
     learned = EvalVariant(name="best_mft", mask="learned", mask_file=winner.mask_path)
     log(f"[{study.name}] validation: the best mask, the unmasked backbone and "
         f"{', '.join(v.name for v in masks) or 'no'} baselines, item by item")
