@@ -34,6 +34,7 @@ from mft_search.config.space import (
     grid_size,
     layer_groups,
 )
+from mft_search.config.tracking import Tracking
 from mft_search.core.architectures import layout_for, model_depth, resolve_kinds
 from mft_search.core.backbone import BackboneSpec, load_config, load_tokenizer
 from mft_search.core.data import DataSpec
@@ -225,6 +226,8 @@ class SweepConfig(BaseModel):
         "backbones[].pretrained), "
         "continued_fft (more fine-tuning at the final rate: the control that separates MFT from more training)")
     retries: int = Field(1, ge=0, description="times a failed trial is retried before it is recorded failed")
+    tracking: Tracking | None = Field(
+        None, description="MLflow and/or W&B runs of every trial, and the leaderboard and best masks as artefacts")
 
     @model_validator(mode="before")
     @classmethod

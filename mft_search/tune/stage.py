@@ -137,8 +137,11 @@ def run_stage(study: Study, stage: Stage, results_path: Path, *, resume: bool, p
     # A fresh Tuner, or one after Tune's state was lost: what results.parquet records as ended is
     # never run again; trials it records as running are marked interrupted, as after a restore.
     ended = _ended_trials(results_path, study, stage) if resume else {}
+    from mft_search.tune import tracking  # here, in the driver: it imports mlflow and wandb (seconds)
+
     run_config = tune.RunConfig(name=name, storage_path=study.run_dir(),
-                                callbacks=[Recorder(results_path, study, stage, log), *callbacks],
+                                callbacks=[Recorder(results_path, study, stage, log),
+                                           *tracking.callbacks(study, stage), *callbacks],
                                 failure_config=tune.FailureConfig(max_failures=study.cfg.retries), verbose=1)
     search = study.cfg.search
     if stage == "probe":

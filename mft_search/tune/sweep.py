@@ -50,6 +50,10 @@ def run_sweep(cfg: SweepConfig, exp_dir: Path, *, resume: bool, finish: Callable
     try:
         _run_studies(cfg, exp_dir, storage, resume, log)
         finish(exp_dir)  # inside the guard: a full disk while writing the report is a storage failure too
+        if cfg.tracking is not None:
+            from mft_search.tune.tracking import log_summary  # imports mlflow and wandb: seconds, only if used
+
+            log_summary(cfg, exp_dir, log)  # the leaderboard finish wrote and the best masks, as artefacts
     except Exception as exc:  # storage that filled or vanished, however deep Ray wrapped it
         failure = storage.failure(exc)
         if failure is None:
