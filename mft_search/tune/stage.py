@@ -137,11 +137,9 @@ def run_stage(study: Study, stage: Stage, results_path: Path, *, resume: bool, p
     # A fresh Tuner, or one after Tune's state was lost: what results.parquet records as ended is
     # never run again; trials it records as running are marked interrupted, as after a restore.
     ended = _ended_trials(results_path, study, stage) if resume else {}
-    from mft_search.tune import tracking  # here, in the driver: it imports mlflow and wandb (seconds)
-
     run_config = tune.RunConfig(name=name, storage_path=study.run_dir(),
                                 callbacks=[Recorder(results_path, study, stage, log),
-                                           *tracking.callbacks(study, stage), *callbacks],
+                                           *_tracking_callbacks(study, stage), *callbacks],
                                 failure_config=tune.FailureConfig(max_failures=study.cfg.retries), verbose=1)
     search = study.cfg.search
     if stage == "probe":
@@ -174,3 +172,11 @@ def _ended_trials(results_path: Path, study: Study, stage: Stage) -> dict[str, d
     rows = frame[(frame["study"] == study.name) & (frame["stage"] == stage)
                  & ~frame["status"].isin(["running", "interrupted"])]
     return {trial_id: params_of(group.iloc[0]) for trial_id, group in rows.groupby("trial_id")}
+
+
+def _tracking_callbacks(study: Study, stage: Stage) -> list:
+    if study.cfg.tracking is None:
+        return []
+    from mft_search.tune import tracking  # only when used, in the driver: it imports mlflow and wandb (seconds)
+
+    return tracking.callbacks(study, stage)
