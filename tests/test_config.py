@@ -136,7 +136,7 @@ BAD = [  # (YAML patch over the valid base, substring the one-line error must co
     ("train: {lr: -1}", "train.lr: Input should be greater than 0"),
     ("train: {learning_rate: 1}", "train.learning_rate: unknown key"),
     ("resources: {strategy: zero3}", "resources.strategy: 'zero3' is not one of ddp, fsdp"),
-    ("baselines: [unmasked, l2]", "baselines[1]: 'l2' is not one of unmasked, random, l1, wanda, revert, continued_fft (did you mean 'l1'?)"),
+    ("baselines: [unmasked, l2]", "baselines[1]: 'l2' is not one of unmasked, random, l1, wanda, revert, lora, continued_fft (did you mean 'l1'?)"),
     ("baselines: [l1, l1]", "baselines: ['l1', 'l1'] lists a baseline twice"),
     ("stages: {refine: {top_k: 9}}", "stages.refine.top_k: 9 exceeds the 8 probe trials"),
     ("stages: {probe: {data_fraction: 0}}", "stages.probe.data_fraction: Input should be greater than 0"),
@@ -157,6 +157,8 @@ BAD = [  # (YAML patch over the valid base, substring the one-line error must co
     ("stages: {fft: {train: {lr: 0}}}", "stages.fft.train.lr: Input should be greater than 0"),
     ("stages: {fft: {}}", "domains[0].fft_selection: null picks the FFT epoch on train's validation loss, but train has no"),
     ("stages: {fft: {epochs: 3}}", "stages.fft.epochs: unknown key"),
+    ("{baselines: [unmasked, lora], resources: {strategy: fsdp}}", "baselines: lora runs under ddp only"),
+    ("lora: {rank: 0}", "lora.rank: Input should be greater than or equal to 1"),
     ("{stages: {fft: {}}, backbones: [{source: a, pretrained: b}]}",
      "backbones[0].pretrained: with stages.fft the source is the pretrained model"),
 ]
@@ -331,6 +333,16 @@ def test_a_carve_out_is_no_caveat_when_the_sweep_fine_tuned_the_backbone(tiny_di
                                      "validation_fraction": 0.1}}]}
     cfg = parse_config(merged(base(tiny_dir), carved))
     assert cfg.caveats(cfg.domains[0]) == [] and "caveat" not in describe_plan(cfg, {})
+
+
+def test_the_lora_baseline_trains_on_the_ffts_schedule_unless_it_sets_its_own(tiny_dir):
+    cfg = parse_config(merged(base(tiny_dir), {"lora": {"rank": 8, "train": {"lr": 1e-3}}, "train": {"epochs": 3}}))
+    assert (cfg.lora.rank, cfg.lora.train.lr, cfg.lora.train.epochs, cfg.lora.train.seed) == (8, 1e-3, 3, 3)
+    carved = {**base()["domains"][0], "train": {**base()["domains"][0]["train"], "validation_fraction": 0.1}}
+    staged = parse_config(merged(base(tiny_dir), {"stages": {"fft": {"train": {"epochs": 7}}}, "domains": [carved]}))
+    assert staged.lora.train.epochs == 7 and staged.lora.train.lr == 2e-5  # the fft stage's schedule
+    both = parse_config(merged(base(tiny_dir), {"baselines": ["unmasked", "revert", "lora"]}))
+    assert "revert and lora skipped for tiny: they need the pretrained model" in both.pretrained_missing(both.backbones[0])
 
 
 def test_revert_without_a_pretrained_model_is_skipped_and_said_so_and_a_wrong_one_refused(tiny_dir, tmp_path):

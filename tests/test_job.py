@@ -313,3 +313,32 @@ def test_a_directory_session_keeps_reports_and_one_whole_checkpoint_across_a_res
     unbroken = LocalSession(tmp_path / "unbroken")
     run_job(make_job(tmp_path, tiny_backbone, sft_data, name="u"), unbroken)
     assert resumed.reports[-1]["val_loss"] == unbroken.reports[-1]["val_loss"]
+
+
+def test_a_lora_job_trains_adapters_only_and_writes_a_plain_merged_checkpoint_each_epoch(
+        tmp_path, tiny_backbone, sft_data):
+    from pathlib import Path
+
+    from mft_search.core.backbone import BackboneSpec, load_model
+    from mft_search.train.spec import LoraAdapters, report_artifact
+
+    session = LocalSession(tmp_path / "lora")
+    job = make_job(tmp_path, tiny_backbone, sft_data, kind="lora", mask=None, lora=LoraAdapters(rank=4, alpha=8),
+                   train=SETTINGS.model_copy(update={"lr": 0.01}))
+    run_job(job, session)
+    assert [r["epoch"] for r in session.reports] == [1.0, 2.0]
+    assert all(r["val_loss"] > 0 for r in session.reports)
+    base = load_model(tiny_backbone, torch.float32)
+    merged = [load_model(BackboneSpec(source=str(report_artifact(Path(job.artifact_dir), r))), torch.float32)
+              for r in (1, 2)]
+    # A plain Llama (no adapter modules), its non-adapted weights (embeddings, norms) untouched,
+    # its adapted projections changed, and a different model at each epoch
+    names = {n for n, _ in merged[1].named_parameters()}
+    assert names == {n for n, _ in base.named_parameters()} and not any("lora" in n for n in names)
+    assert torch.equal(merged[1].model.embed_tokens.weight, base.model.embed_tokens.weight)
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(merged[1].get_parameter(q), base.get_parameter(q))
+    assert not torch.equal(merged[1].get_parameter(q), merged[0].get_parameter(q))
+    # Its checkpoint holds the adapters only: the frozen base is reloaded on resume
+    state = load_file(session.latest_checkpoint() / "weights.safetensors")
+    assert state and all("lora_" in n for n in state)

@@ -355,7 +355,8 @@ def test_the_fft_stage_fine_tunes_the_pretrained_backbone_and_the_search_masks_i
     config["domains"][0]["test"]["limit"] = 2
     config["search"].update(num_trials=2, asha=None)
     config.update(stages={"fft": {"train": {"epochs": 3, "lr": 0.005}}, "probe": {"data_fraction": 0.5},
-                          "refine": {"top_k": 0}}, baselines=["unmasked", "revert", "continued_fft"])
+                          "refine": {"top_k": 0}}, baselines=["unmasked", "revert", "lora", "continued_fft"],
+                  lora={"rank": 4, "train": {"lr": 0.02}})
     path = tmp_path / "fft.yaml"
     path.write_text(yaml.safe_dump(config))
     plan = sweep("--config", str(path), "--dry-run")
@@ -382,6 +383,10 @@ def test_the_fft_stage_fine_tunes_the_pretrained_backbone_and_the_search_masks_i
     assert labels["continued_fft"] == "Continued FFT (final, epoch 3)"
     # revert runs here: the fft stage's start is the pretrained model
     assert next(r for r in summary["rows"] if r["name"] == "revert")["test"] is not None and not summary["skipped"]
+    # LoRA from the pretrained model on the FFT's schedule, every point scored on fft_selection
+    assert [p["epoch"] for p in summary["lora"]["points"]] == [1, 2, 3] and summary["lora"]["origin"] == "LoRA"
+    assert labels["continued_lora"] == "Continued LoRA (final, epoch 3)"
+    assert labels["best_lora"] == f"Best LoRA (epoch {summary['lora']['best_epoch']:g} of 3)"
     assert summary["fft"]["origin"] == "fft stage" and summary["caveats"] == []
     items = pd.read_parquet(exp / "items.parquet")
     assert "continued_fft" in set(items.loc[items["split"] == "validation", "variant"])  # scored item by item

@@ -41,10 +41,11 @@ from mft_search.core.data import DataSpec
 from mft_search.core.evaluation.records import BENCHMARK_DATA, data_identity
 from mft_search.core.evaluation.spec import EvalSpec
 from mft_search.errors import ConfigError, DataError, did_you_mean
-from mft_search.train.spec import Resources
+from mft_search.train.spec import LoraAdapters, Resources
 from mft_search.train.step import TrainSettings
 
-Baseline = Literal["unmasked", "random", "l1", "wanda", "revert", "continued_fft"]
+Baseline = Literal["unmasked", "random", "l1", "wanda", "revert", "lora", "continued_fft"]
+NEEDS_PRETRAINED = ("revert", "lora")
 DEFAULT_TRIALS = 16
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # becomes a directory name
 _STRICT = ConfigDict(extra="forbid")
@@ -203,6 +204,17 @@ class Selection(BaseModel):
                             "unmasked backbone must exceed this, in points (benchmarks) or nats (validation loss)")
 
 
+class LoraBaseline(LoraAdapters):
+    """The lora baseline (paper: Best / Continued LoRA): adapters trained from the pretrained model
+    on the same SFT data, scored at every evaluation point like the FFT. Defaults: rank 16, alpha
+    32, dropout 0.05 on every block's q, k, v, o, gate, up, down (core/lora.py says why)."""
+
+    model_config = _STRICT
+    train: TrainSettings = Field(
+        default_factory=TrainSettings, description="its schedule: keys not given are the fft stage's (or, without "
+        "it, the top-level train's); LoRA usually wants a higher lr than FFT, e.g. 10x")
+
+
 class SweepConfig(BaseModel):
     """A whole sweep: which backbones and domains, what to search, with what resources."""
 
@@ -222,9 +234,10 @@ class SweepConfig(BaseModel):
         ["unmasked", "random", "l1", "continued_fft"],
         description="reference runs per study: unmasked (always run), random and l1 masks at the same ratio, "
         "wanda (one-shot |W| x input-norm pruning, calibrated on 128 training sequences, at the mask's kept counts), "
-        "revert (the mask's removed weights set back to the pretrained model's instead of 0: needs stages.fft or "
-        "backbones[].pretrained), "
+        "revert (the mask's removed weights set back to the pretrained model's instead of 0) and lora (adapters "
+        "trained from the pretrained model: Best and Continued LoRA), both needing stages.fft or backbones[].pretrained, "
         "continued_fft (more fine-tuning at the final rate: the control that separates MFT from more training)")
+    lora: LoraBaseline = Field(default_factory=LoraBaseline, description="settings of the lora baseline")
     retries: int = Field(1, ge=0, description="times a failed trial is retried before it is recorded failed")
     tracking: Tracking | None = Field(
         None, description="MLflow and/or W&B runs of every trial, and the leaderboard and best masks as artefacts")
@@ -252,6 +265,22 @@ class SweepConfig(BaseModel):
             inherited = {**seed, **train, **fft.get("train", {})}
             data = {**data, "stages": {**stages, "fft": {**fft, "train": inherited}}}
         return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lora_inherits_fft(cls, data: Any) -> Any:
+        """lora.train starts from the FFT's schedule (the fft stage's, else the top-level train)."""
+        if not isinstance(data, dict) or not isinstance(data.get("lora", {}), dict):
+            return data
+        lora = data.get("lora") or {}
+        stages = data.get("stages") if isinstance(data.get("stages"), dict) else {}
+        fft = stages.get("fft") if isinstance(stages.get("fft"), dict) else {}
+        layers = [{"seed": data["seed"]} if "seed" in data else {}, data.get("train"), fft.get("train"),
+                  lora.get("train")]
+        if not all(isinstance(layer, dict) or layer is None for layer in layers):
+            return data  # a wrong type: the field's own validation says so
+        merged = {k: v for layer in layers if layer for k, v in layer.items()}
+        return {**data, "lora": {**lora, "train": merged}}
 
     @field_validator("name")
     @classmethod
@@ -293,14 +322,19 @@ class SweepConfig(BaseModel):
                 raise FieldIssue(f"backbones[{i}].pretrained", "with stages.fft the source is the pretrained model "
                                  "the sweep fine-tunes; drop pretrained")
         self._check_fft_selection()
+        if "lora" in self.baselines and self.resources.strategy == "fsdp":
+            raise FieldIssue("baselines", "lora runs under ddp only (its checkpoints merge the adapters into a whole "
+                             "copy of the model); set resources.strategy: ddp, or drop lora")
         return self
 
     def pretrained_missing(self, backbone: BackboneSpec) -> str | None:
         """Why the baselines that need the pretrained model cannot run for `backbone`; None when they can."""
-        if self.stages.fft is not None or backbone.pretrained is not None or "revert" not in self.baselines:
+        wanted = [b for b in NEEDS_PRETRAINED if b in self.baselines]
+        if self.stages.fft is not None or backbone.pretrained is not None or not wanted:
             return None
-        return (f"revert skipped for {backbone.label}: it needs the pretrained model the backbone was fine-tuned "
-                "from; set backbones[].pretrained, or start from the pretrained model with stages.fft")
+        return (f"{' and '.join(wanted)} skipped for {backbone.label}: {'they need' if len(wanted) > 1 else 'it needs'} "
+                "the pretrained model the backbone was fine-tuned from; set backbones[].pretrained, or start from "
+                "the pretrained model with stages.fft")
 
     def _check_fft_selection(self) -> None:
         for i, domain in enumerate(self.domains):

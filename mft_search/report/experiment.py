@@ -52,6 +52,7 @@ class Summary:
     caveats: tuple[str, ...] = ()  # what biases this study's figures, said where they are read
     fft: dict[str, Any] | None = None  # the FFT curve: origin, metric_name, best/final epoch, points
     skipped: tuple[str, ...] = ()  # baselines that could not run, each with the reason
+    lora: dict[str, Any] | None = None  # the LoRA baseline's curve, as `fft`
 
     def row(self, name: str) -> SummaryRow | None:
         return next((r for r in self.rows if r.name == name), None)
@@ -183,7 +184,8 @@ def _read_summary(path: Path) -> Summary:
     return Summary(backbone=backbone, domain=domain, metric_name=data.get("metric_name", "metric"),
                    validation_benchmark=data.get("validation_benchmark"), test_benchmark=data.get("test_benchmark"),
                    rows=rows, verdict=data.get("verdict", ""), caveats=tuple(data.get("caveats", ())),
-                   fft=data.get("fft"), skipped=tuple(data.get("skipped", ())))
+                   fft=data.get("fft"), skipped=tuple(data.get("skipped", ())),
+                   lora=data.get("lora"))
 
 
 def _summary_row(row: dict[str, Any]) -> SummaryRow:

@@ -82,28 +82,36 @@ def history(study: StudyRecord, percent: bool, reference: float | None) -> Figur
 
 
 def fft_curve(study: StudyRecord) -> Figure | None:
-    """The FFT's selection metric at every evaluation point, the best starred (the backbone MFT
-    masks, after the fft stage) and the last ringed (Continued FFT): the shape of the paper's Fig. 1."""
-    curve = study.summary.fft if study.summary else None
-    if not curve or not curve.get("points"):
+    """The FFT's (and the LoRA baseline's) selection metric at every evaluation point, each best
+    starred (after the fft stage, the FFT's is the backbone MFT masks) and each last ringed
+    (Continued FFT / LoRA): the shape of the paper's Fig. 1."""
+    summary = study.summary
+    curves = [c for c in (summary.fft, summary.lora) if c and c.get("points")] if summary else []
+    if not curves:
         return None
-    percent = curve["metric_name"] != "-validation loss"
-    scale = 100.0 if percent else 1.0
-    epochs = [p["epoch"] for p in curve["points"]]
-    metric = [p["metric"] * scale for p in curve["points"]]
-    best = next(p for p in curve["points"] if p["epoch"] == curve["best_epoch"])
     figure = Figure(figsize=(7, 4))
     axes = figure.subplots()
-    axes.plot(epochs, metric, "o-", color="tab:blue", label=f"FFT ({curve['origin']})")
-    axes.plot([best["epoch"]], [best["metric"] * scale], "*", color="tab:red", markersize=16, zorder=3,
-              label=f"best, epoch {best['epoch']:g}")
-    axes.plot([epochs[-1]], [metric[-1]], "o", markersize=12, markerfacecolor="none", color="black",
-              label=f"final, epoch {epochs[-1]:g}")
+    for curve, color in zip(curves, ("tab:blue", "tab:green")):
+        _draw_curve(axes, curve, color)
+    percent = curves[0]["metric_name"] != "-validation loss"
     axes.set_xlabel("epoch")
-    axes.set_ylabel(f"{curve['metric_name']}{' (%)' if percent else ''}")
-    axes.set_title(f"{study.name}: FFT, metric per evaluation point")
+    axes.set_ylabel(f"{curves[0]['metric_name']}{' (%)' if percent else ''}")
+    axes.set_title(f"{study.name}: metric per evaluation point")
     axes.legend(fontsize=8)
     return figure
+
+
+def _draw_curve(axes, curve: dict, color: str) -> None:
+    scale = 100.0 if curve["metric_name"] != "-validation loss" else 1.0
+    epochs = [p["epoch"] for p in curve["points"]]
+    metric = [p["metric"] * scale for p in curve["points"]]
+    best = epochs.index(curve["best_epoch"])
+    name = "FFT" if curve["origin"] != "LoRA" else "LoRA"
+    axes.plot(epochs, metric, "o-", color=color, label=f"{name} ({curve['origin']})" if name == "FFT" else name)
+    axes.plot([epochs[best]], [metric[best]], "*", color=color, markersize=16, markeredgecolor="black", zorder=3,
+              label=f"best {name}, epoch {epochs[best]:g}")
+    axes.plot([epochs[-1]], [metric[-1]], "o", markersize=12, markerfacecolor="none", color=color,
+              label=f"continued {name}, epoch {epochs[-1]:g}")
 
 
 def importance_bars(study: StudyRecord, importances: dict[str, float]) -> Figure | None:

@@ -1,7 +1,8 @@
 """Resumable training state: what a restarted worker needs, never the frozen weights.
 
 MFT: the fp32 scores (safetensors), the optimiser and schedule state, and the progress
-counters. FFT trains the weights themselves, so its checkpoint holds them (safetensors).
+counters. FFT trains the weights themselves, so its checkpoint holds them (safetensors); LoRA
+holds its adapters' weights.
 Everything loads without unpickling: safetensors, JSON, and `torch.load(weights_only=True)`.
 """
 
@@ -26,7 +27,9 @@ def gather_trainable(model: nn.Module, kind: str) -> dict[str, torch.Tensor]:
     base = unwrap(model)
     if kind == "mft":
         return {n: full_tensor(m.scores.detach()).cpu() for n, m in masked_modules(base).items()}
-    return {n: full_tensor(p.detach()).cpu().contiguous() for n, p in base.named_parameters()}
+    # LoRA trains its adapters only: the frozen base is the backbone's, reloaded on resume.
+    return {n: full_tensor(p.detach()).cpu().contiguous() for n, p in base.named_parameters()
+            if kind != "lora" or p.requires_grad}
 
 
 def save_state(directory: Path, trainable: dict[str, torch.Tensor], kind: str, optimizer, scheduler,

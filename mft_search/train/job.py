@@ -13,12 +13,13 @@ from dataclasses import asdict
 import torch
 
 from mft_search.core.backbone import load_model, load_tokenizer
+from mft_search.core.lora import LoraSpec, attach_lora
 from mft_search.core.maskfile import backbone_fingerprint
 from mft_search.core.masking import attach_masks
 from mft_search.train.evaluation import evaluate_variants
 from mft_search.train.loop import TrainingLoop
 from mft_search.train.session import Session
-from mft_search.train.spec import ITEMS_FILE, TrialJob
+from mft_search.train.spec import ITEMS_FILE, WEIGHT_TRAINING, LoraAdapters, TrialJob
 
 
 def run_job(job: TrialJob, session: Session) -> None:
@@ -38,8 +39,12 @@ def run_job(job: TrialJob, session: Session) -> None:
         session.report(metrics, checkpoint)
         return
     compute_dtype = job.backbone.torch_dtype(session.device.type == "cuda")
-    # FFT trains the weights: fp32 masters, computed in the backbone's dtype (mixed_precision).
-    model = load_model(job.backbone, torch.float32 if job.kind == "fft" else compute_dtype, job.cache_dir)
+    # FFT trains the weights, LoRA adapters on them: fp32 masters, computed in the backbone's dtype
+    # (mixed_precision).
+    model = load_model(job.backbone, torch.float32 if job.kind in WEIGHT_TRAINING else compute_dtype, job.cache_dir)
+    if job.kind == "lora":
+        lora = job.lora or LoraAdapters()
+        model = attach_lora(model, LoraSpec(rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout))
     fingerprint = ""
     if job.kind == "mft":  # masked modules keep their weight, so the backbone's fingerprint holds
         fingerprint = backbone_fingerprint(model, list(attach_masks(model, job.mask)))

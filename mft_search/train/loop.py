@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch
 
 from mft_search.core import files
 from mft_search.core.distributed import is_sharded, unwrap, wrap_model
+from mft_search.core.lora import merge_lora
 from mft_search.core.maskfile import save_mask_file
 from mft_search.core.masking import MaskSpec, masks_kept_fraction
 from mft_search.core.topk import select_mask
@@ -18,7 +20,7 @@ from mft_search.train.batches import TrainingData
 from mft_search.train.checkpoint import gather_trainable, load_progress, load_trainable, save_state
 from mft_search.train.evaluation import evaluate_model
 from mft_search.train.session import Session
-from mft_search.train.spec import TrialJob, mask_artifact, report_artifact
+from mft_search.train.spec import WEIGHT_TRAINING, TrialJob, mask_artifact, report_artifact
 from mft_search.train.step import make_optimizer, mixed_precision, train_step
 
 
@@ -29,8 +31,8 @@ class TrainingLoop:
                  compute_dtype: torch.dtype) -> None:
         self.job, self.session, self.tokenizer, self.fingerprint = job, session, tokenizer, fingerprint
         self.compute_dtype = compute_dtype
-        # Only FFT holds fp32 masters under a lower compute dtype; MFT's frozen weights are loaded in it.
-        self.autocast = compute_dtype if job.kind == "fft" else None
+        # FFT and LoRA hold fp32 masters under a lower compute dtype; MFT's frozen weights are loaded in it.
+        self.autocast = compute_dtype if job.kind in WEIGHT_TRAINING else None
         self.data = TrainingData(job.data, tokenizer, Path(job.cache_dir), job.train, session.rank,
                                  session.world_size)
         self.total_steps = max(1, math.ceil(job.train.epochs * self.data.steps_per_epoch))
@@ -40,6 +42,8 @@ class TrainingLoop:
             load_trainable(resume, model, job.kind)
         if job.train.activation_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if job.kind == "lora":  # the frozen embeddings would otherwise cut the graph (core.lora)
+                model.enable_input_require_grads()
         self.model = wrap_model(model, job.strategy, session.device, self.autocast)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer, self.scheduler = make_optimizer(params, job.train, self.total_steps)
@@ -107,10 +111,13 @@ class TrainingLoop:
         self.session.report({**metrics, **self.seconds}, checkpoint)
 
     def _write_artifact(self, trainable: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> None:
-        """A mask file (MFT) or a safetensors checkpoint (FFT) for this evaluation point."""
+        """A mask file (MFT) or a safetensors checkpoint (FFT, LoRA merged) for this evaluation point."""
         out = report_artifact(Path(self.job.artifact_dir), self.progress["report"])
         model = unwrap(self.model)
-        if self.job.kind == "fft":  # in the backbone's dtype, as the user would ship it; masters stay in the state
+        if self.job.kind == "lora":  # a plain checkpoint: the adapters merged into a copy, training goes on
+            model = merge_lora(copy.deepcopy(model))
+            trainable = {n: t.detach() for n, t in model.named_parameters()}
+        if self.job.kind in WEIGHT_TRAINING:  # in the backbone's dtype, as the user would ship it; masters stay in the state
             weights = {n: t.to(self.compute_dtype) if t.is_floating_point() else t for n, t in trainable.items()}
             model.save_pretrained(out, state_dict=weights, safe_serialization=True)
             self.tokenizer.save_pretrained(out)

@@ -1,7 +1,7 @@
 """What one trial runs: a `TrialJob`, built by the sweep, read by every rank.
 
-A job is MFT (learn a mask), FFT (train the weights: builds the demo backbone and the paper's
-continued-FFT control) or evaluate (models given as `EvalVariant`s: the backbone as is, with a
+A job is MFT (learn a mask), FFT (train the weights: the fft stage and the continued-FFT
+control), LoRA (train adapters on the frozen backbone: the LoRA baseline) or evaluate (models given as `EvalVariant`s: the backbone as is, with a
 random, L1 or learned mask, or other weights). Also here: where a job writes the artefact of
 each evaluation point inside its artifact directory.
 """
@@ -20,7 +20,8 @@ from mft_search.core.evaluation.spec import EvalSpec
 from mft_search.core.masking import MaskSpec
 from mft_search.train.step import TrainSettings
 
-Kind = Literal["mft", "fft", "evaluate"]
+Kind = Literal["mft", "fft", "lora", "evaluate"]
+WEIGHT_TRAINING = ("fft", "lora")  # kinds whose checkpoints at evaluation points are models
 # The mask an evaluated model carries: none, a baseline's (random, l1, wanda) or a learned one;
 # revert applies the learned one by setting its removed weights to the pretrained model's.
 MaskSource = Literal["none", "random", "l1", "wanda", "learned", "revert"]
@@ -54,6 +55,16 @@ class EvalVariant(BaseModel):
     pretrained: BackboneSpec | None = None  # revert: the model the backbone was fine-tuned from
 
 
+class LoraAdapters(BaseModel):
+    """A lora job's adapters (core.lora.LoraSpec): rank, alpha (update scaled by alpha / rank), dropout."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rank: int = Field(16, ge=1, description="adapter rank r")
+    alpha: float = Field(32.0, gt=0, description="the update is scaled by alpha / rank")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapters' input")
+
+
 class TrialJob(BaseModel):
     """Everything one trial needs; built by the sweep from the config and the sampled point."""
 
@@ -67,6 +78,7 @@ class TrialJob(BaseModel):
     mask: MaskSpec | None = None  # mft; for random/l1 without a mask file, the modules and ratio
     variants: list[EvalVariant] = []  # evaluate: the models to score, one after another
     calibration: DataSpec | None = None  # evaluate: SFT data whose training split calibrates wanda
+    lora: LoraAdapters | None = None  # lora: the adapters trained on the frozen backbone
     train: TrainSettings = TrainSettings()
     strategy: Strategy = "ddp"
     cache_dir: str  # tokenised data, shared by all trials of a sweep

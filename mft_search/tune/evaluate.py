@@ -21,11 +21,12 @@ from mft_search.experiment.fft_record import FftPoint, FftRecord, best_of
 from mft_search.experiment.items import add_items, gains_over, items_path, read_items, split_unit
 from mft_search.experiment.results import NOT_CANDIDATES, best_reports, params_of
 from mft_search.train.ray_train import JobResult, fit_job
-from mft_search.train.spec import ITEMS_FILE, EvalVariant, report_artifact
+from mft_search.train.spec import ITEMS_FILE, EvalVariant, LoraAdapters, report_artifact
 from mft_search.tune.sampling import params_to_trial
 from mft_search.tune.study import Study
 
-ROW_ORDER = ("unmasked", "random", "l1", "wanda", "revert", "continued_fft_best", "continued_fft", "best_mft")
+ROW_ORDER = ("unmasked", "random", "l1", "wanda", "revert", "best_lora", "continued_lora", "continued_fft_best",
+             "continued_fft", "best_mft")
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,17 @@ def continued_fft(study: Study, winner: Candidate) -> FftCurve:
     return FftCurve.of("continued from the backbone", fft_record(job, fit(study, job).history))
 
 
+def lora_baseline(study: Study) -> FftCurve:
+    """LoRA from the pretrained model on the same SFT data (the paper's LoRA rows), every point
+    scored on what picks the FFT's epoch: fft_selection after the fft stage, else validation."""
+    settings = study.cfg.lora
+    selection = study.domain.fft_selection if study.fft is not None else study.domain.validation
+    job = study.job("lora", layout.run_name(study.slug, "lora"), backbone=study.pretrained_backbone,
+                    data=study.domain.train, train=settings.train, evaluation=selection,
+                    lora=LoraAdapters(**settings.model_dump(exclude={"train"})))
+    return FftCurve.of("LoRA", fft_record(job, fit(study, job).history))
+
+
 def fft_record(job, history: pd.DataFrame) -> FftRecord:
     """An FFT job's evaluation points (with a finite metric) and its best, from its reports."""
     points = [FftPoint(int(r["report"]), float(r["epoch"]), float(r["metric"]),
@@ -135,12 +147,14 @@ def export_best(study: Study, winner: Candidate) -> Path:
     return out
 
 
-def write_summary(study: Study, rows: list[dict[str, Any]], verdict: str, curve: FftCurve | None = None) -> Path:
+def write_summary(study: Study, rows: list[dict[str, Any]], verdict: str, curve: FftCurve | None = None,
+                  lora: FftCurve | None = None) -> Path:
     summary = {"study": study.name, "backbone": study.backbone.label, "domain": study.domain.name,
                "metric_name": metric_name(study.domain.validation), "validation_benchmark": _bench(study.domain.validation),
                "test_benchmark": _bench(study.domain.test),
                "rows": sorted(rows, key=lambda r: ROW_ORDER.index(r["name"])), "verdict": verdict,
                "caveats": study.cfg.caveats(study.domain), "fft": curve.as_json() if curve else None,
+               "lora": lora.as_json() if lora else None,
                "skipped": [why for why in (study.cfg.pretrained_missing(study.backbone),) if why]}
     return files.write_text(study.dir / layout.SUMMARY, json.dumps(summary, indent=2))
 

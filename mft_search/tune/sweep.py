@@ -18,7 +18,8 @@ from mft_search.experiment.results import ResultsTable
 from mft_search.experiment.storage import Storage
 from mft_search.train.spec import EvalVariant
 from mft_search.tune.evaluate import (
-    FftCurve, best_candidates, continued_fft, export_best, paired_gains, run_evaluation, verdict, write_summary)
+    FftCurve, best_candidates, continued_fft, export_best, lora_baseline, paired_gains, run_evaluation, verdict,
+    write_summary)
 from mft_search.tune.fft_stage import fine_tuned_study, run_fft_stage
 from mft_search.tune.stage import run_stage
 from mft_search.tune.study import Study
@@ -144,7 +145,8 @@ def _evaluate(study: Study, table: ResultsTable, log) -> None:
     # The best mask is scored again beside the others: its search report has no per-item scores.
     extra, curve = _continued_fft(study, winner, log)
     scored = extra if study.fft is not None else []  # the fft stage's final point: scored item by item
-    validation = run_evaluation(study, [EvalVariant(name="unmasked"), *masks, *scored, learned],
+    lora, lora_curve = _lora(study, log)
+    validation = run_evaluation(study, [EvalVariant(name="unmasked"), *masks, *lora, *scored, learned],
                                 study.domain.validation, "validation")
     if study.fft is None and curve is not None:  # the control's points were scored in its own run
         validation["continued_fft"] = curve.final.metric
@@ -158,14 +160,15 @@ def _evaluate(study: Study, table: ResultsTable, log) -> None:
     test: dict[str, float] = {}
     if study.domain.test is not None:
         log(f"[{study.name}] test: the selected mask and every baseline")
-        test = run_evaluation(study, [EvalVariant(name="unmasked"), *masks, *extra, learned], study.domain.test, "test")
-    rows = [{"name": n, "label": _label(n, curve), "validation": validation.get(n), "test": test.get(n)}
-            for n in validation]
+        test = run_evaluation(study, [EvalVariant(name="unmasked"), *masks, *lora, *extra, learned], study.domain.test,
+                              "test")
+    rows = [{"name": n, "label": _label(n, curve) or _label(n, lora_curve), "validation": validation.get(n),
+             "test": test.get(n)} for n in validation]
     for row in rows:
         if row["name"] == "best_mft":
             row.update(trial_id=winner.trial_id, params=winner.params, selected=selected,
                        mask=_relative_best_mask(study) if selected else None)
-    write_summary(study, rows, text, curve)
+    write_summary(study, rows, text, curve, lora_curve)
     log(f"[{study.name}] {text}")
 
 
@@ -187,11 +190,24 @@ def _continued_fft(study: Study, winner, log) -> tuple[list[EvalVariant], FftCur
     return variants, curve
 
 
+def _lora(study: Study, log) -> tuple[list[EvalVariant], FftCurve | None]:
+    """Best and Continued LoRA, trained from the pretrained model; none without one (summary.json says why)."""
+    if "lora" not in study.cfg.baselines or study.pretrained_backbone is None:
+        return [], None
+    log(f"[{study.name}] LoRA baseline from the pretrained model, rank {study.cfg.lora.rank}")
+    curve = lora_baseline(study)
+    return [EvalVariant(name="best_lora", weights=curve.best.checkpoint),
+            EvalVariant(name="continued_lora", weights=curve.final.checkpoint)], curve
+
+
 def _label(name: str, curve: FftCurve | None) -> str | None:
     """The leaderboard's name of a row whose meaning depends on where the backbone came from."""
     if curve is None:
         return None
     best, final = f"{curve.best.epoch:g}", f"{curve.final.epoch:g}"
+    if curve.origin == "LoRA":
+        return {"best_lora": f"Best LoRA (epoch {best} of {final})",
+                "continued_lora": f"Continued LoRA (final, epoch {final})"}.get(name)
     if curve.origin == "fft stage":
         return {"unmasked": f"Best FFT (epoch {best} of {final})",
                 "continued_fft": f"Continued FFT (final, epoch {final})"}.get(name)
