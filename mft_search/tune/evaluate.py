@@ -103,12 +103,13 @@ def export_best(study: Study, winner: Candidate) -> Path:
     return out
 
 
-def write_summary(study: Study, rows: list[dict[str, Any]], verdict: str) -> Path:
+def write_summary(study: Study, rows: list[dict[str, Any]], verdict: str, budget: str | None = None) -> Path:
+    """`budget`: what stopped the probe search early, if anything; a caveat, since fewer trials ran."""
     summary = {"study": study.name, "backbone": study.backbone.label, "domain": study.domain.name,
                "metric_name": _metric_name(study), "validation_benchmark": _bench(study.domain.validation),
                "test_benchmark": _bench(study.domain.test),
                "rows": sorted(rows, key=lambda r: ROW_ORDER.index(r["name"])), "verdict": verdict,
-               "caveats": [c for c in (study.domain.carve_out_caveat(),) if c]}
+               "caveats": [c for c in (study.domain.carve_out_caveat(), budget) if c], "budget_stop": budget}
     return files.write_text(study.dir / layout.SUMMARY, json.dumps(summary, indent=2))
 
 

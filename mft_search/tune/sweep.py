@@ -17,6 +17,7 @@ from mft_search.experiment.storage import Storage
 from mft_search.train.spec import EvalVariant
 from mft_search.tune.evaluate import (
     best_candidates, continued_fft, export_best, paired_gains, run_evaluation, verdict, write_summary)
+from mft_search.tune.budget import budget_stop
 from mft_search.tune.stage import run_stage
 from mft_search.tune.study import Study
 
@@ -80,6 +81,9 @@ def _search(study: Study, state: SweepState, results: Path, resume: bool, log) -
             f"{study.cfg.stages.probe.data_fraction:.0%} of the training data")
         run_stage(study, "probe", results, resume=resume, log=log)
         _close_stage(study, "probe", results, log)
+        stopped = budget_message(study, ResultsTable(results))
+        if stopped:
+            log(f"[{study.name}] {stopped}")
         state.mark(study, "probe")
     k = study.cfg.stages.refine.top_k
     if k and not state.finished(study, "refine"):
@@ -90,6 +94,17 @@ def _search(study: Study, state: SweepState, results: Path, resume: bool, log) -
             run_stage(study, "refine", results, resume=resume, points=points, log=log)
             _close_stage(study, "refine", results, log)
         state.mark(study, "refine")
+
+
+def budget_message(study: Study, table: ResultsTable) -> str | None:
+    """'the probe search stopped early: <budget> spent, after N of M trials', or None."""
+    stop = budget_stop(study.dir)
+    if stop is None:
+        return None
+    frame = table.frame()
+    ran = 0 if frame.empty else frame[(frame["study"] == study.name) & (frame["stage"] == "probe")]["trial_id"].nunique()
+    return (f"the probe search stopped early: {stop['reason']}, after {ran} of {study.cfg.search.trials} trials; "
+            "refine and selection used those")
 
 
 def _close_stage(study: Study, stage: str, results: Path, log) -> None:
@@ -106,8 +121,9 @@ def _evaluate(study: Study, table: ResultsTable, log) -> None:
     frame = table.frame()
     stage = "refine" if study.cfg.stages.refine.top_k and (frame["stage"] == "refine").any() else "probe"
     winners = best_candidates(frame, study.name, stage, 1)
+    budget = budget_message(study, table)
     if not winners:
-        write_summary(study, [], "no trial finished with a validation metric; nothing to select")
+        write_summary(study, [], "no trial finished with a validation metric; nothing to select", budget)
         log(f"[{study.name}] no trial finished: nothing selected")
         return
     winner = winners[0]
@@ -140,5 +156,5 @@ def _evaluate(study: Study, table: ResultsTable, log) -> None:
         if row["name"] == "best_mft":
             row.update(trial_id=winner.trial_id, params=winner.params, selected=selected,
                        mask=_relative_best_mask(study) if selected else None)
-    write_summary(study, rows, text)
+    write_summary(study, rows, text, budget)
     log(f"[{study.name}] {text}")
