@@ -38,8 +38,9 @@ class Accelerator:
     note: str
 
 
-# CPU_CORE_FLOPS: FLOP/s of one core, measured by `python -m mft_search.bench cost` (README).
-CPU_CORE_FLOPS = 25e9
+# FLOP/s one core reached in MFT steps of `bench core` (fp32, idle 2-core machine: 44-46 GFLOP/s
+# per core for MFT, 54 for FFT; README, Benchmarks, cost). Another CPU differs: rerun bench cost.
+CPU_CORE_FLOPS = 45e9
 ACCELERATORS = {a.name: a for a in (
     Accelerator("h100", 989e12, 80, "H100 SXM 80 GB"),
     Accelerator("h200", 989e12, 141, "H200 SXM 141 GB"),
