@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import sys
 import time
@@ -26,6 +27,7 @@ from importlib.resources import as_file, files
 from pathlib import Path
 
 from mft_search import cli
+from mft_search.config.cost import ACCELERATORS, DEFAULT_GPU, DEFAULT_UTILISATION, Plan, cost_plan
 from mft_search.config.disjoint import check_splits_disjoint
 from mft_search.config.schema import (
     SweepConfig,
@@ -35,7 +37,8 @@ from mft_search.config.schema import (
     load_config_file,
     resolve_storage,
 )
-from mft_search.errors import ConfigError
+from mft_search.config.sizes import data_sizes
+from mft_search.errors import ConfigError, did_you_mean
 from mft_search.experiment import layout
 
 # Package data, so that an installed wheel (which has no search_spaces/) still finds it.
@@ -45,6 +48,7 @@ DEMO_CONFIG = files("mft_search.demo") / "demo.yaml"
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _check_cost_options(args)
     started = time.perf_counter()
     demo = args.config is None
     if demo and not args.dry_run:
@@ -64,7 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     _check_experiment_dir(exp_dir, args.resume, args.dry_run)
     if args.resume:
         _check_same_config(cfg, exp_dir)
+    cost = _cost_plan(args, cfg, model_configs, demo_pending)
+    if args.json:
+        print(json.dumps({"plan": describe_plan(cfg, model_configs).splitlines(),
+                          "cost": cost.to_dict() if cost else None}, indent=2))
+        return 0
     print(describe_plan(cfg, model_configs), flush=True)
+    print("\n".join(cost.lines()) if cost else "cost: not estimated (the demo backbone is not built yet)", flush=True)
     if args.dry_run:
         if demo_pending:
             print("note: the demo backbone and its data are not built yet, so neither was checked; "
@@ -89,10 +99,37 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="finish an interrupted sweep of the same name")
     parser.add_argument("--dry-run", action="store_true", help="validate everything and print the plan; run nothing")
     parser.add_argument("--storage", help="override the config's storage (local dir; every node must reach it)")
+    parser.add_argument("--gpu", help=f"accelerator the cost plan assumes: {', '.join(ACCELERATORS)} "
+                        f"(default {DEFAULT_GPU}; cpu when resources.gpus_per_worker is 0)")
+    parser.add_argument("--utilisation", type=float, default=DEFAULT_UTILISATION,
+                        help=f"fraction of the accelerator's peak dense bf16 FLOP/s reached (default {DEFAULT_UTILISATION})")
+    parser.add_argument("--train-examples", type=int, metavar="N",
+                        help="rows of a hub train.source's split, which the plan cannot count")
+    parser.add_argument("--json", action="store_true", help="with --dry-run: print the plan and its cost as JSON")
     parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override one config field before validation, the value read as YAML "
                              "(repeatable; list indices allowed: --set domains.0.train.limit=200)")
     return parser
+
+
+def _check_cost_options(args) -> None:
+    """The cost options' own mistakes, before anything is loaded."""
+    if args.json and not args.dry_run:
+        raise ConfigError("--json: prints the dry run's plan; add --dry-run")
+    if args.gpu is not None and args.gpu not in ACCELERATORS:
+        raise ConfigError(f"--gpu: unknown accelerator '{args.gpu}'{did_you_mean(args.gpu, ACCELERATORS)}; "
+                          f"choose one of {', '.join(ACCELERATORS)}")
+    if not 0 < args.utilisation <= 1:
+        raise ConfigError(f"--utilisation: {args.utilisation:g} is outside (0, 1]; e.g. 0.4 for 40% of peak")
+    if args.train_examples is not None and args.train_examples < 1:
+        raise ConfigError(f"--train-examples: {args.train_examples} is not a row count; give N >= 1")
+
+
+def _cost_plan(args, cfg: SweepConfig, model_configs: dict, demo_pending: bool) -> Plan | None:
+    """The plan's cost, None for an unbuilt demo (no backbone to size, no data to count)."""
+    if demo_pending:
+        return None
+    return cost_plan(cfg, model_configs, data_sizes(cfg, args.train_examples), args.gpu, args.utilisation)
 
 
 def load_demo_config(overrides: dict | None = None, sets: list[str] = ()) -> SweepConfig:

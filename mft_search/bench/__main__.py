@@ -9,6 +9,7 @@ import sys
 # suite name -> module of this package (imported only when chosen: suites pull in Ray, evaluators)
 SUITES = {
     "core": "core",          # MFT step vs FFT step, peak memory, mask-file bytes
+    "cost": "cost",          # the cost model's predicted FLOPs against measured CPU steps
     "trial": "trial",        # a trial's fixed cost against its training time
     "jobs": "jobs",          # a one-worker job outside Tune: Ray Train run vs Ray task
     "search": "search",      # TPE + ASHA vs grid vs random: compute to reach the grid's best

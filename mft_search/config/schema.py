@@ -139,6 +139,12 @@ class SearchSettings(BaseModel):
     enqueue: list[dict[str, Any]] = Field(
         [], description="points tried first, e.g. the paper's {layer_group: [20,21,22,23], mode: local, ratio: 0.1}")
     space: SearchSpace = Field(description="the dimensions searched")
+    time_budget_s: float | None = Field(
+        None, gt=0, description="wall seconds of a study's probe search; when spent, no new trial starts "
+        "(running ones finish), refine and evaluation still run; null = no limit")
+    max_gpu_hours: float | None = Field(
+        None, gt=0, description="GPU-hours of a study's probe trials (wall time x GPUs of each trial); when "
+        "spent, no new trial starts; never binds with resources.gpus_per_worker 0; null = no limit")
 
     @property
     def trials(self) -> int:

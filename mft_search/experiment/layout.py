@@ -6,7 +6,8 @@
     <experiment>/config.yaml                         the validated config it runs, --set overrides applied
     <experiment>/leaderboard.md                      the report (python -m mft_search.report)
     <experiment>/plots/<study>/*.png                 the report's figures
-    <experiment>/studies/<backbone>__<domain>/       a study: optuna.journal, summary.json, fft.json, artifacts/
+    <experiment>/studies/<backbone>__<domain>/       a study: optuna.journal, summary.json, fft.json, artifacts/,
+                                                     budget_stop.json when a budget stopped its probe
     <experiment>/studies/<study>/artifacts/<trial>/  report_NNN.mask.safetensors (MFT) or report_NNN/ (FFT)
     <experiment>/best/<backbone>/<domain>/           mask.safetensors, mask.json, config.yaml of the selection
     <experiment>/cache/                              tokenised data shared by every trial, builds.jsonl
@@ -28,6 +29,7 @@ PLOTS = "plots"
 STUDIES = "studies"
 SUMMARY = "summary.json"
 FFT = "fft.json"  # what the fft stage produced (experiment.fft_record)
+BUDGET_STOP = "budget_stop.json"
 JOURNAL = "optuna.journal"
 ARTIFACTS = "artifacts"
 CACHE = "cache"

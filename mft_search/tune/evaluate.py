@@ -147,14 +147,16 @@ def export_best(study: Study, winner: Candidate) -> Path:
     return out
 
 
-def write_summary(study: Study, rows: list[dict[str, Any]], verdict: str, curve: FftCurve | None = None,
-                  lora: FftCurve | None = None) -> Path:
+def write_summary(study: Study, rows: list[dict[str, Any]], verdict: str, *, curve: FftCurve | None = None,
+                  lora: FftCurve | None = None, budget: str | None = None) -> Path:
+    """`curve`, `lora`: the FFT's and the LoRA baseline's points; `budget`: what stopped the probe
+    search early, if anything (a caveat, since fewer trials ran)."""
     summary = {"study": study.name, "backbone": study.backbone.label, "domain": study.domain.name,
                "metric_name": metric_name(study.domain.validation), "validation_benchmark": _bench(study.domain.validation),
                "test_benchmark": _bench(study.domain.test),
                "rows": sorted(rows, key=lambda r: ROW_ORDER.index(r["name"])), "verdict": verdict,
-               "caveats": study.cfg.caveats(study.domain), "fft": curve.as_json() if curve else None,
-               "lora": lora.as_json() if lora else None,
+               "caveats": [*study.cfg.caveats(study.domain), *([budget] if budget else [])], "budget_stop": budget,
+               "fft": curve.as_json() if curve else None, "lora": lora.as_json() if lora else None,
                "skipped": [why for why in (study.cfg.pretrained_missing(study.backbone),) if why]}
     return files.write_text(study.dir / layout.SUMMARY, json.dumps(summary, indent=2))
 

@@ -10,10 +10,13 @@ import math
 import optuna
 from optuna.trial import TrialState
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from mft_search.config.space import enqueue_points
+from mft_search.experiment import layout
 from mft_search.experiment.results import trial_status, trial_value
+from mft_search.tune.budget import Budget
 from mft_search.tune.sampling import define_by_run, make_sampler
 from mft_search.tune.study import Study, journal_storage
 
@@ -29,8 +32,21 @@ class PrunedAwareOptunaSearch(OptunaSearch):
     the console line and the leaderboard.
     """
 
+    def suggest(self, trial_id: str) -> dict | str | None:
+        """The next point, or FINISHED once a budget is spent: Tune then starts no new trial and
+        ends the stage when the running ones finish (none is stopped, none thrown away)."""
+        budget = self.__dict__.get("_budget")
+        if budget is not None:
+            budget.start()
+            reason = budget.spent()
+            if reason is not None:
+                budget.record_stop(reason)
+                return Searcher.FINISHED
+        return super().suggest(trial_id)
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._note_best(trial_id, result)
+        self._note_time(trial_id, result)
         try:
             super().on_trial_result(trial_id, result)
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -41,7 +57,13 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         best = self.__dict__.setdefault("_best_metric", {})
         best[trial_id] = trial_value([best.get(trial_id), (result or {}).get("metric")])
 
+    def _note_time(self, trial_id: str, result: dict | None) -> None:
+        budget = self.__dict__.get("_budget")
+        if budget is not None:
+            budget.note(trial_id, result)
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self._note_time(trial_id, result)
         status = trial_status(result, error)
         if status == "completed" and trial_id not in self._completed_trials:
             self._note_best(trial_id, result)
@@ -61,11 +83,22 @@ def make_searcher(study: Study, *, enqueue: bool = True) -> PrunedAwareOptunaSea
     search = study.cfg.search
     storage = journal_storage(study)
     _fail_abandoned(storage, study.name)
-    return PrunedAwareOptunaSearch(
+    searcher = PrunedAwareOptunaSearch(
         space=define_by_run(search.space), metric="metric", mode="max",
         points_to_evaluate=(enqueue_points(search.space, search.enqueue) if enqueue else None) or None,
         sampler=make_sampler(search.algorithm, search.seed, search.space),
         study_name=study.name, storage=storage)
+    budget = make_budget(study)
+    if budget.active:
+        searcher._budget = budget  # in __dict__: saved with the searcher, so a restored stage keeps its spending
+    return searcher
+
+
+def make_budget(study: Study) -> Budget:
+    """The probe's budgets; GPU-hours count every GPU of a trial's workers."""
+    search, res = study.cfg.search, study.resources
+    return Budget(search.time_budget_s, search.max_gpu_hours, res.workers_per_trial * res.gpus_per_worker,
+                  note_path=study.dir / layout.BUDGET_STOP)
 
 
 def _fail_abandoned(storage: optuna.storages.BaseStorage, name: str) -> None:

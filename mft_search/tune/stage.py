@@ -26,6 +26,7 @@ from mft_search.train import faults
 from mft_search.train.job import run_job
 from mft_search.train.ray_train import RaySession, build_trainer
 from mft_search.train.spec import Resources
+from mft_search.tune.budget import budget_stop
 from mft_search.tune.recorder import Recorder, trial_params
 from mft_search.tune.searcher import make_scheduler, make_searcher
 from mft_search.tune.study import Stage, Study
@@ -144,7 +145,8 @@ def run_stage(study: Study, stage: Stage, results_path: Path, *, resume: bool, p
     search = study.cfg.search
     if stage == "probe":
         remaining = search.trials - len(ended)
-        if remaining <= 0:
+        # A budget that stopped the search before the driver died stays spent: no new Tuner.
+        if remaining <= 0 or budget_stop(study.dir) is not None:
             return None
         # reuse_actors: a new trial actor starts a Python with torch, transformers and Ray imported,
         # a large share of a short trial (bench trial measures it); a finished trial's actor takes the next one.

@@ -20,6 +20,7 @@ from mft_search.train.spec import EvalVariant
 from mft_search.tune.evaluate import (
     FftCurve, best_candidates, continued_fft, export_best, lora_baseline, paired_gains, run_evaluation, verdict,
     write_summary)
+from mft_search.tune.budget import budget_stop
 from mft_search.tune.fft_stage import fine_tuned_study, run_fft_stage
 from mft_search.tune.stage import run_stage
 from mft_search.tune.study import Study
@@ -100,6 +101,9 @@ def _search(study: Study, state: SweepState, results: Path, resume: bool, log) -
             f"{study.cfg.stages.probe.data_fraction:.0%} of the training data")
         run_stage(study, "probe", results, resume=resume, log=log)
         _close_stage(study, "probe", results, log)
+        stopped = budget_message(study, ResultsTable(results))
+        if stopped:
+            log(f"[{study.name}] {stopped}")
         state.mark(study, "probe")
     k = study.cfg.stages.refine.top_k
     if k and not state.finished(study, "refine"):
@@ -110,6 +114,17 @@ def _search(study: Study, state: SweepState, results: Path, resume: bool, log) -
             run_stage(study, "refine", results, resume=resume, points=points, log=log)
             _close_stage(study, "refine", results, log)
         state.mark(study, "refine")
+
+
+def budget_message(study: Study, table: ResultsTable) -> str | None:
+    """'the probe search stopped early: <budget> spent, after N of M trials', or None."""
+    stop = budget_stop(study.dir)
+    if stop is None:
+        return None
+    frame = table.frame()
+    ran = 0 if frame.empty else frame[(frame["study"] == study.name) & (frame["stage"] == "probe")]["trial_id"].nunique()
+    return (f"the probe search stopped early: {stop['reason']}, after {ran} of {study.cfg.search.trials} trials; "
+            "refine and selection used those")
 
 
 def _close_stage(study: Study, stage: str, results: Path, log) -> None:
@@ -126,9 +141,11 @@ def _evaluate(study: Study, table: ResultsTable, log) -> None:
     frame = table.frame()
     stage = "refine" if study.cfg.stages.refine.top_k and (frame["stage"] == "refine").any() else "probe"
     winners = best_candidates(frame, study.name, stage, 1)
+    budget = budget_message(study, table)
     if not winners:
         curve = FftCurve.of("fft stage", study.fft) if study.fft else None
-        write_summary(study, [], "no trial finished with a validation metric; nothing to select", curve)
+        write_summary(study, [], "no trial finished with a validation metric; nothing to select", curve=curve,
+                      budget=budget)
         log(f"[{study.name}] no trial finished: nothing selected")
         return
     winner = winners[0]
@@ -168,7 +185,7 @@ def _evaluate(study: Study, table: ResultsTable, log) -> None:
         if row["name"] == "best_mft":
             row.update(trial_id=winner.trial_id, params=winner.params, selected=selected,
                        mask=_relative_best_mask(study) if selected else None)
-    write_summary(study, rows, text, curve, lora_curve)
+    write_summary(study, rows, text, curve=curve, lora=lora_curve, budget=budget)
     log(f"[{study.name}] {text}")
 
 
