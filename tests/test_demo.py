@@ -123,4 +123,5 @@ def test_demo_yaml_fine_tunes_the_pretrained_base_and_masks_on_the_same_data():
     assert Path(domain.validation.source) == cache / "validation.jsonl"
     assert Path(domain.test.source) == cache / "test.jsonl"
     assert domain.validation.max_new_tokens == MICRO.__class__().max_new_tokens
-    assert set(cfg.baselines) == {"unmasked", "random", "l1", "continued_fft"}
+    assert set(cfg.baselines) == {"unmasked", "random", "l1", "wanda", "revert", "lora", "continued_fft"}
+    assert cfg.lora.train.epochs == 16 and cfg.pretrained_missing(cfg.backbones[0]) is None
