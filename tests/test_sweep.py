@@ -381,6 +381,7 @@ def test_the_fft_stage_fine_tunes_the_pretrained_backbone_and_the_search_masks_i
     labels = {row["name"]: row["label"] for row in summary["rows"]}
     assert labels["unmasked"] == f"Best FFT (epoch {best['epoch']:g} of 3)"
     assert labels["continued_fft"] == "Continued FFT (final, epoch 3)"
+    assert summary["rows"][0]["name"] == "pretrained" and summary["rows"][0]["test"] is not None
     # revert runs here: the fft stage's start is the pretrained model
     assert next(r for r in summary["rows"] if r["name"] == "revert")["test"] is not None and not summary["skipped"]
     # LoRA from the pretrained model on the FFT's schedule, every point scored on fft_selection

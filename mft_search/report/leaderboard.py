@@ -17,7 +17,7 @@ from mft_search.report.importance import Importances
 
 # Default row names; the sweep writes its own where a row's meaning depends on the backbone's
 # origin (after the fft stage "unmasked" is the best FFT epoch, summary.json rows[].label).
-ROW_LABELS = {"unmasked": "Unmasked backbone", "random": "Random mask", "l1": "L1 mask", "wanda": "Wanda mask",
+ROW_LABELS = {"pretrained": "Pretrained (before FFT)", "unmasked": "Unmasked backbone", "random": "Random mask", "l1": "L1 mask", "wanda": "Wanda mask",
               "revert": "Revert to pretrained (MFT's mask)", "best_lora": "Best LoRA", "continued_lora": "Continued LoRA",
               "continued_fft_best": "Continued FFT, best epoch", "continued_fft": "Continued FFT",
               "best_mft": "Best MFT"}

@@ -53,6 +53,8 @@ def evaluate_variants(job: TrialJob, tokenizer, device: torch.device) -> tuple[d
         spec = job.backbone
         if variant.weights:  # a safetensors checkpoint, whatever format the backbone came in
             spec = spec.model_copy(update={"source": variant.weights, "gguf_file": None})
+        elif variant.mask == "none" and variant.pretrained is not None:  # the pretrained model itself
+            spec = variant.pretrained
         model = load_model(spec, job.backbone.torch_dtype(device.type == "cuda"), job.cache_dir).to(device)
         _apply_variant_mask(job, variant, model, tokenizer)  # on the device: wanda calibrates there
         scores, items[variant.name] = evaluate_model_items(job, model, tokenizer, val_batches)

@@ -52,7 +52,8 @@ class EvalVariant(BaseModel):
     mask_file: str | None = None  # learned: the mask; random/l1/wanda: match its modules and counts
     weights: str | None = None  # another checkpoint of the same architecture (continued FFT)
     seed: int = 0  # random: the positions' seed; wanda: the calibration sample's (the sweep's seed)
-    pretrained: BackboneSpec | None = None  # revert: the model the backbone was fine-tuned from
+    pretrained: BackboneSpec | None = None  # revert: the model the backbone was fine-tuned from; with
+    # mask none: that model is the one scored (the fft stage's "pretrained" row)
 
 
 class LoraAdapters(BaseModel):

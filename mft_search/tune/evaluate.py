@@ -25,7 +25,7 @@ from mft_search.train.spec import ITEMS_FILE, EvalVariant, LoraAdapters, report_
 from mft_search.tune.sampling import params_to_trial
 from mft_search.tune.study import Study
 
-ROW_ORDER = ("unmasked", "random", "l1", "wanda", "revert", "best_lora", "continued_lora", "continued_fft_best",
+ROW_ORDER = ("pretrained", "unmasked", "random", "l1", "wanda", "revert", "best_lora", "continued_lora", "continued_fft_best",
              "continued_fft", "best_mft")
 
 

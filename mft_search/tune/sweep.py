@@ -150,20 +150,15 @@ def _evaluate(study: Study, table: ResultsTable, log) -> None:
         return
     winner = winners[0]
     study.prepare_data("refine")  # the baselines train and score on all the data: tokenised here, once
-    baselines = study.cfg.baselines
-    masks = [EvalVariant(name=b, mask=b, mask_file=winner.mask_path, seed=study.cfg.seed)
-             for b in ("random", "l1", "wanda") if b in baselines]
-    if "revert" in baselines and study.pretrained_backbone is not None:  # else summary.json says why not
-        masks.append(EvalVariant(name="revert", mask="revert", mask_file=winner.mask_path,
-                                 pretrained=study.pretrained_backbone))
+    references = _references(study, winner)
     learned = EvalVariant(name="best_mft", mask="learned", mask_file=winner.mask_path)
     log(f"[{study.name}] validation: the best mask, the unmasked backbone and "
-        f"{', '.join(v.name for v in masks) or 'no'} baselines, item by item")
+        f"{', '.join(v.name for v in references) or 'no'} baselines, item by item")
     # The best mask is scored again beside the others: its search report has no per-item scores.
     extra, curve = _continued_fft(study, winner, log)
     scored = extra if study.fft is not None else []  # the fft stage's final point: scored item by item
     lora, lora_curve = _lora(study, log)
-    validation = run_evaluation(study, [EvalVariant(name="unmasked"), *masks, *lora, *scored, learned],
+    validation = run_evaluation(study, [EvalVariant(name="unmasked"), *references, *lora, *scored, learned],
                                 study.domain.validation, "validation")
     if study.fft is None and curve is not None:  # the control's points were scored in its own run
         validation["continued_fft"] = curve.final.metric
@@ -177,7 +172,7 @@ def _evaluate(study: Study, table: ResultsTable, log) -> None:
     test: dict[str, float] = {}
     if study.domain.test is not None:
         log(f"[{study.name}] test: the selected mask and every baseline")
-        test = run_evaluation(study, [EvalVariant(name="unmasked"), *masks, *lora, *extra, learned], study.domain.test,
+        test = run_evaluation(study, [EvalVariant(name="unmasked"), *references, *lora, *extra, learned], study.domain.test,
                               "test")
     rows = [{"name": n, "label": _label(n, curve) or _label(n, lora_curve), "validation": validation.get(n),
              "test": test.get(n)} for n in validation]
@@ -187,6 +182,18 @@ def _evaluate(study: Study, table: ResultsTable, log) -> None:
                        mask=_relative_best_mask(study) if selected else None)
     write_summary(study, rows, text, curve=curve, lora=lora_curve, budget=budget)
     log(f"[{study.name}] {text}")
+
+
+def _references(study: Study, winner) -> list[EvalVariant]:
+    """The rows scored beside the best mask that need no training: the pretrained model (after the
+    fft stage), and the baseline masks at the winner's modules and kept counts."""
+    baselines, mask_file = study.cfg.baselines, winner.mask_path
+    rows = [EvalVariant(name="pretrained", pretrained=study.pretrained)] if study.fft is not None else []
+    rows += [EvalVariant(name=b, mask=b, mask_file=mask_file, seed=study.cfg.seed)
+             for b in ("random", "l1", "wanda") if b in baselines]
+    if "revert" in baselines and study.pretrained_backbone is not None:  # else summary.json says why not
+        rows.append(EvalVariant(name="revert", mask="revert", mask_file=mask_file, pretrained=study.pretrained_backbone))
+    return rows
 
 
 def _continued_fft(study: Study, winner, log) -> tuple[list[EvalVariant], FftCurve | None]:
