@@ -1,5 +1,8 @@
 """The package top's public API: what the README's example uses, importable as `from mft_search import X`."""
 
+import subprocess
+import sys
+
 import torch
 
 import mft_search
@@ -11,6 +14,16 @@ def test_every_public_name_is_importable_from_the_top():
     assert sorted(mft_search.__all__) == sorted(set(mft_search.__all__))
     for name in mft_search.__all__:
         assert getattr(mft_search, name) is not None
+
+
+def test_importing_the_package_top_loads_none_of_the_heavy_libraries():
+    # Every Ray worker and command line imports mft_search first: its public names load on first use.
+    code = ("import sys, mft_search; print([m for m in ('torch', 'transformers', 'datasets', 'pydantic', 'ray') "
+            "if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["[]"]
+    assert set(dir(mft_search)) >= set(mft_search.__all__)
 
 
 def test_the_readme_example_trains_a_mask_and_leaves_a_plain_model():
