@@ -1,5 +1,10 @@
-"""The package top's public API: what the README's example uses, importable as `from mft_search import X`."""
+"""The package top's public API: what the README's example uses, importable as `from mft_search import X`,
+and what importing it costs."""
 
+import subprocess
+import sys
+
+import pytest
 import torch
 
 import mft_search
@@ -11,6 +16,23 @@ def test_every_public_name_is_importable_from_the_top():
     assert sorted(mft_search.__all__) == sorted(set(mft_search.__all__))
     for name in mft_search.__all__:
         assert getattr(mft_search, name) is not None
+
+
+HEAVY = ("torch", "transformers", "datasets", "pydantic", "ray")
+
+
+# Every Ray worker and command line imports mft_search first: its public names load on first
+# use. The storage check's task runs on every node, in a worker that imports tune.cluster.
+@pytest.mark.parametrize("module, needs", [("mft_search", ()), ("mft_search.tune.cluster", ("ray",))])
+def test_these_modules_load_none_of_the_heavy_libraries_they_do_not_use(module, needs):
+    code = f"import sys, {module}; print([m for m in {HEAVY!r} if m in sys.modules])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split("\n")[0] == repr([m for m in HEAVY if m in needs])
+
+
+def test_dir_lists_the_public_names():
+    assert set(dir(mft_search)) >= set(mft_search.__all__)
 
 
 def test_the_readme_example_trains_a_mask_and_leaves_a_plain_model():

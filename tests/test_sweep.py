@@ -322,7 +322,9 @@ def test_a_killed_trial_process_is_retried_or_recorded_and_the_sweep_finishes(tm
             if actors:
                 killed = next(iter(actors))
                 os.kill(killed, signal.SIGKILL)
-            time.sleep(0.05)
+            # A `ps` of every process each time (tens of ms): every 0.05 s it took ~40% of a core from
+            # the sweep it waits on; a trial runs for seconds, so 0.25 s still finds it running.
+            time.sleep(0.25)
         out, _ = driver.communicate(timeout=900)
     finally:
         if driver.poll() is None:

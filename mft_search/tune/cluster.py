@@ -1,18 +1,26 @@
 """Checks of the cluster a sweep joined, before any trial: can a trial be placed, does every
-node see the experiment's storage, and can Ray Train clean up after a trial that dies."""
+node see the experiment's storage, and can Ray Train clean up after a trial that dies.
+
+This module imports only Ray: its storage check is a task on every node, and a task's worker
+imports the module that defines it (before, that was torch, transformers and the config schema,
+some 4,700 modules and ~10 s of CPU per node, to read one file).
+"""
 
 from __future__ import annotations
 
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from mft_search.config.schema import SweepConfig
 from mft_search.errors import ConfigError
-from mft_search.tune.stage import DRIVER_CPU, HEAD_RESOURCE
+from mft_search.tune.placement import DRIVER_CPU, HEAD_RESOURCE
+
+if TYPE_CHECKING:
+    from mft_search.config.schema import SweepConfig
 
 ANSWER_TIMEOUT_S = 120  # a node's check task waits for a worker process to start there
 STATE_API_TIMEOUT_S = 10

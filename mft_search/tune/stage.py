@@ -27,14 +27,10 @@ from mft_search.train.job import run_job
 from mft_search.train.ray_train import RaySession, build_trainer
 from mft_search.train.spec import Resources
 from mft_search.tune.budget import budget_stop
+from mft_search.tune.placement import DRIVER_CPU, HEAD_RESOURCE, HEAD_SLIVER
 from mft_search.tune.recorder import Recorder, trial_params
 from mft_search.tune.searcher import make_scheduler, make_searcher
 from mft_search.tune.study import Stage, Study
-
-DRIVER_CPU = 0.01
-# Ray's resource of the head node alone (ray._common.constants.HEAD_NODE_RESOURCE_NAME), one unit.
-HEAD_RESOURCE = "node:__internal_head__"
-HEAD_SLIVER = 0.001  # of it per multi-worker trial driver: up to 1000 at once
 
 
 def _trial_driver(config: dict[str, Any], study: Study, stage: Stage, planned_faults: list[dict]) -> None:
