@@ -67,7 +67,7 @@ class DomainSpec(BaseModel):
     @model_validator(mode="after")
     def _held_apart(self) -> DomainSpec:
         _check_name(self.name, "name")
-        if self.validation is None and self.train.validation_fraction == 0 and self.train.validation_split is None:
+        if self.validation is None and not _has_carve_out(self.train):
             raise FieldIssue("validation", "null needs validation data from train: set train.validation_fraction "
                              "or train.validation_split, or give a validation benchmark")
         for name in ("validation", "fft_selection"):
@@ -97,6 +97,11 @@ class DomainSpec(BaseModel):
                 "have trained on these rows: its scores there flatter the unmasked model against every mask. "
                 "To avoid it, give domains[].validation a benchmark on problems the backbone never saw, or "
                 "fine-tune the backbone yourself without the carved-out rows")
+
+
+def _has_carve_out(train: DataSpec) -> bool:
+    """Whether train sets validation rows aside (a fraction or a split): what a loss selects on."""
+    return train.validation_fraction > 0 or train.validation_split is not None
 
 
 def _eval_data(spec: EvalSpec) -> tuple[str, ...]:
@@ -260,33 +265,24 @@ class SweepConfig(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _fft_inherits_train(cls, data: Any) -> Any:
-        """stages.fft.train starts from the top-level train: batch sizes, clipping and seed are
-        shared unless the FFT sets its own."""
-        stages = data.get("stages") if isinstance(data, dict) else None
-        fft = stages.get("fft") if isinstance(stages, dict) else None
-        train = data.get("train", {}) if isinstance(data, dict) else {}
-        if isinstance(fft, dict) and isinstance(fft.get("train", {}), dict) and isinstance(train, dict):
-            seed = {"seed": data["seed"]} if "seed" in data else {}
-            inherited = {**seed, **train, **fft.get("train", {})}
-            data = {**data, "stages": {**stages, "fft": {**fft, "train": inherited}}}
-        return data
-
-    @model_validator(mode="before")
-    @classmethod
-    def _lora_inherits_fft(cls, data: Any) -> Any:
-        """lora.train starts from the FFT's schedule (the fft stage's, else the top-level train)."""
-        if not isinstance(data, dict) or not isinstance(data.get("lora", {}), dict):
+    def _schedules_inherit(cls, data: Any) -> Any:
+        """stages.fft.train starts from the top-level train, and lora.train from the FFT's (the
+        stage's, else the top-level train): batch sizes, clipping and seed are shared unless set."""
+        if not isinstance(data, dict):
             return data
-        lora = data.get("lora") or {}
         stages = data.get("stages") if isinstance(data.get("stages"), dict) else {}
-        fft = stages.get("fft") if isinstance(stages.get("fft"), dict) else {}
-        layers = [{"seed": data["seed"]} if "seed" in data else {}, data.get("train"), fft.get("train"),
-                  lora.get("train")]
-        if not all(isinstance(layer, dict) or layer is None for layer in layers):
-            return data  # a wrong type: the field's own validation says so
-        merged = {k: v for layer in layers if layer for k, v in layer.items()}
-        return {**data, "lora": {**lora, "train": merged}}
+        fft, lora = stages.get("fft"), data.get("lora", {})
+        layers = [{"seed": data["seed"]} if "seed" in data else {}, data.get("train")]
+        if isinstance(fft, dict):
+            layers.append(fft.get("train"))
+            merged = _merged(layers)
+            if merged is not None:
+                data = {**data, "stages": {**stages, "fft": {**fft, "train": merged}}}
+        if isinstance(lora, dict):
+            merged = _merged([*layers, lora.get("train")])
+            if merged is not None:
+                data = {**data, "lora": {**lora, "train": merged}}
+        return data
 
     @field_validator("name")
     @classmethod
@@ -353,7 +349,7 @@ class SweepConfig(BaseModel):
                 raise FieldIssue(f"domains[{i}].fft_selection", "null picks the FFT epoch on train's validation "
                                  "carve-out, which validation: null also selects masks on; give fft_selection or "
                                  "validation a benchmark of other problems")
-            if domain.train.validation_fraction == 0 and domain.train.validation_split is None:
+            if not _has_carve_out(domain.train):
                 raise FieldIssue(f"domains[{i}].fft_selection", "null picks the FFT epoch on train's validation "
                                  "loss, but train has no validation data: set train.validation_fraction or "
                                  "train.validation_split, or give fft_selection a benchmark")
@@ -361,6 +357,14 @@ class SweepConfig(BaseModel):
     def caveats(self, domain: DomainSpec) -> list[str]:
         """What biases a domain's figures, said wherever they are read (plan, summary, leaderboard)."""
         return [c for c in (domain.carve_out_caveat(fine_tuned_here=self.stages.fft is not None),) if c]
+
+
+def _merged(layers: list[Any]) -> dict[str, Any] | None:
+    """Mappings merged in order, later keys winning; None when one is not a mapping (its own
+    field's validation then says so)."""
+    if not all(isinstance(layer, dict) or layer is None for layer in layers):
+        return None
+    return {k: v for layer in layers if layer for k, v in layer.items()}
 
 
 def _check_name(name: str, field: str | None) -> None:
