@@ -32,10 +32,14 @@ def run(quick: bool = False) -> None:
 
 
 def _generation(prompts: int) -> None:
+    import yaml
+
+    from mft_search.bench.demo_backbone import fine_tuned_demo
     from mft_search.demo import default_cache_dir
+    from mft_search.sweep import DEMO_CONFIG
 
     demo = default_cache_dir()
-    spec = BackboneSpec(source=str(demo / "backbone"))
+    spec = BackboneSpec(source=str(fine_tuned_demo(yaml.safe_load(DEMO_CONFIG.read_text()))))
     model, tokenizer = load_model(spec, torch.float32).eval(), load_tokenizer(spec)
     problems = GSM8KEvaluator(num_fewshot=0).load(str(demo / "validation.jsonl"), prompts)
     settings = GenerationSettings(max_new_tokens=48, stop=GSM8K_STOP, use_chat_template=False,

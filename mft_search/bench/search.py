@@ -125,9 +125,10 @@ def run(quick: bool = False) -> None:
     from mft_search.config.schema import parse_config
     from mft_search.config.space import encode_blocks, layer_groups
     from mft_search.sweep import DEMO_CONFIG
+    from mft_search.bench.demo_backbone import with_fine_tuned_backbone
     from mft_search.tune.sampling import define_by_run, make_sampler
 
-    raw = yaml.safe_load(DEMO_CONFIG.read_text())
+    raw = with_fine_tuned_backbone(yaml.safe_load(DEMO_CONFIG.read_text()))
     if quick:  # a smoke run: a tenth of the validation problems, one seed
         raw["domains"][0]["validation"]["limit"] = 50
     seeds = SEEDS[:1] if quick else SEEDS

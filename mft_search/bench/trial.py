@@ -98,7 +98,9 @@ class _TrialClock(tune.Callback):
 
 
 def _config(tmp: Path, quick: bool) -> dict:
-    raw = yaml.safe_load(DEMO_CONFIG.read_text())
+    from mft_search.bench.demo_backbone import with_fine_tuned_backbone
+
+    raw = with_fine_tuned_backbone(yaml.safe_load(DEMO_CONFIG.read_text()))
     raw.update(name="bench-trial", storage=str(tmp))
     raw["search"].update(num_trials=max(TRIALS), max_concurrent_trials=1, asha=None, enqueue=[])
     raw["stages"]["refine"]["top_k"] = 0
