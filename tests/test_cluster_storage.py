@@ -125,7 +125,7 @@ def sweep_config(storage: Path, tiny_backbone, problems_dir, **overrides) -> dic
                                "response_field": "answer", "limit": 48, "validation_fraction": 0.25}}],
         "search": {"num_trials": 1, "space": {"layer_group": [[1, 2]], "ratio": 0.1}},
         "stages": {"refine": {"top_k": 0}},
-        "baselines": ["unmasked"],
+        "baselines": ["unmasked"], "seeds": 1,
         **overrides,
     }
 

@@ -159,6 +159,7 @@ BAD = [  # (YAML patch over the valid base, substring the one-line error must co
     ("stages: {fft: {epochs: 3}}", "stages.fft.epochs: unknown key"),
     ("{baselines: [unmasked, lora], resources: {strategy: fsdp}}", "baselines: lora runs under ddp only"),
     ("lora: {rank: 0}", "lora.rank: Input should be greater than or equal to 1"),
+    ("seeds: 0", "seeds: Input should be greater than or equal to 1"),
     ("{stages: {fft: {}}, backbones: [{source: a, pretrained: b}]}",
      "backbones[0].pretrained: with stages.fft the source is the pretrained model"),
 ]
@@ -323,6 +324,15 @@ def test_the_fft_stage_starts_from_the_top_level_train_and_says_what_it_selects_
     plan = describe_plan(cfg, {})
     assert "fft stage per study: full fine-tuning of the pretrained backbone, 8 epoch(s) at lr 0.001" in plan
     assert "math on validation loss" in plan
+
+
+def test_the_plan_says_which_rows_run_again_with_more_seeds(tiny_dir):
+    cfg = parse_config(merged(base(tiny_dir), {"baselines": ["unmasked", "random", "continued_fft"]}))
+    assert cfg.seeds == 3  # the default, as the paper's mean ± std over runs
+    assert ("seeds: 3 (3..5) for the selected configuration, the random mask, the continued-FFT control: 2 more "
+            "run(s) of each after selection") in describe_plan(cfg, {})
+    once = parse_config(merged(base(tiny_dir), {"seeds": 1}))
+    assert "seeds: 1 (no re-runs" in describe_plan(once, {})
 
 
 def test_a_carve_out_is_no_caveat_when_the_sweep_fine_tuned_the_backbone(tiny_dir):

@@ -112,13 +112,17 @@ def test_dry_run_json_holds_the_cost_per_run_and_in_total(tmp_path, tiny_backbon
     cost = plan["cost"]
     assert cost["accelerator"]["name"] == "a100-40gb" and "studies (backbone x domain): 1 x 1 = 1" in plan["plan"]
     runs = {r["kind"]: r for r in cost["studies"][0]["runs"]}
-    assert set(runs) == {"probe trial", "refine trial", "evaluations", "continued_fft"}
+    assert set(runs) == {"probe trial", "refine trial", "seed re-run", "evaluations", "continued_fft"}
+    # seeds: 3 by default: the selected point twice more, the continued FFT three times in all
+    assert runs["seed re-run"]["runs_per_study"] == 2 and runs["continued_fft"]["runs_per_study"] == 3
     for run in runs.values():
         assert {"memory_per_worker_gb", "gpu_hours", "tokens_trained", "tokens_generated", "flops"} <= set(run)
     # 320 rows: 80 carved out for validation, 240 train; the probe's 10% is 24 rows, one global batch of 16
     assert cost["studies"][0]["train_examples"] == 240
     assert runs["probe trial"]["tokens_trained"] == 2 * 16 * 128 and runs["probe trial"]["fits"]
-    assert runs["evaluations"]["tokens_generated"] == 8 * 5 * 256  # 8 problems x 5 models x lm-eval's budget
+    # 8 problems x lm-eval's budget x 11 models: unmasked, random, l1, MFT, continued FFT, and for
+    # each of the 2 extra seeds MFT, random and continued FFT again
+    assert runs["evaluations"]["tokens_generated"] == 8 * 11 * 256
     totals = cost["totals"]
     assert totals["gpu_hours"] == pytest.approx(sum(r["gpu_hours"] * r["runs_per_study"] for r in runs.values()))
     assert {"memory_per_worker_gb", "tokens_trained", "tokens_generated", "flops", "wall_s"} <= set(totals)

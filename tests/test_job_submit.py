@@ -74,7 +74,7 @@ def test_a_sweep_submitted_as_a_ray_job_runs_on_the_cluster(cluster, tmp_path, t
         "train": {"lr": 0.01, "epochs": 1, "global_batch_size": 16, "micro_batch_size": 8},
         "search": {"num_trials": 1, "max_concurrent_trials": 1, "space": {"layer_group": [[1, 2]], "ratio": 0.1}},
         "stages": {"probe": {"data_fraction": 1.0}, "refine": {"top_k": 0}},
-        "baselines": ["unmasked"],
+        "baselines": ["unmasked"], "seeds": 1,
     }
     path = tmp_path / "submitted.yaml"
     path.write_text(yaml.safe_dump(config))

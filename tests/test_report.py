@@ -131,17 +131,32 @@ def finished(tmp_path: Path) -> Path:
     return _experiment(tmp_path / "exp", {("tiny", "arithmetic"): (TRIALS, _summary("tiny", "arithmetic"))})
 
 
+def test_rows_run_with_several_seeds_show_mean_and_std_beside_the_first_seeds_paired_gain(tmp_path: Path) -> None:
+    summary = _summary("tiny", "arithmetic")
+    best = summary["rows"][-1]
+    best.update(seeds=[0, 1, 2], validation_seeds=[0.64, 0.62, 0.60], test_seeds=[0.61, 0.57, None])
+    summary["rows"][1].update(seeds=[0, 1], validation_seeds=[0.40, 0.44], test_seeds=[0.41, 0.45])
+    exp = _experiment(tmp_path / "exp", {("tiny", "arithmetic"): (TRIALS, summary)})
+    text = write_report(exp).leaderboard.read_text()
+    # mean ± sample std (ddof 1) over the seeds that have the figure; the gain pairs the first seed's items
+    assert "| Best MFT | 3 | 62.0 ± 2.0 | 59.0 ± 2.8 | +1.0 [" in text
+    assert "| Random mask | 2 | 42.0 ± 2.8 | 43.0 ± 2.8 | -19.0 [" in text
+    assert "| Unmasked backbone | 1 | 61.0 | 60.0 | — |" in text
+    assert "mean ± sample std over them; the paired gains and intervals are of their first seed's run (0)" in text
+
+
 def test_finished_experiment_leaderboard(finished: Path) -> None:
     files = write_report(finished)
     text = files.leaderboard.read_text()
     assert files.leaderboard == finished / "leaderboard.md"
     # Gains are paired over items.parquet's items: p is McNemar's (19 discordant, all one way: 2 * 0.5^19)
-    for line in ("| Unmasked backbone | 61.0 | 60.0 | — |",
-                 "| Random mask | 40.0 | 41.0 | -19.0 [",
-                 "| L1 mask | 60.0 | 59.0 | -1.0 [",
-                 "| Continued FFT | 62.0 | 60.0 | +0.0 [+0.0, +0.0] pts, p=1, n=100 |",
-                 "| Best MFT | 64.0 | 61.0 | +1.0 ["):
+    for line in ("| Unmasked backbone | 1 | 61.0 | 60.0 | — |",
+                 "| Random mask | 1 | 40.0 | 41.0 | -19.0 [",
+                 "| L1 mask | 1 | 60.0 | 59.0 | -1.0 [",
+                 "| Continued FFT | 1 | 62.0 | 60.0 | +0.0 [+0.0, +0.0] pts, p=1, n=100 |",
+                 "| Best MFT | 1 | 64.0 | 61.0 | +1.0 ["):
         assert line in text, line
+    assert "mean ± sample std" not in text  # every row ran once
     random_row = next(line for line in text.splitlines() if line.startswith("| Random mask"))
     assert "pts, p<0.001, n=100 |" in random_row
     assert "Scored as: test: GSM8K test, 0-shot, strict." in text
@@ -204,7 +219,7 @@ def test_no_winner_is_said_plainly(tmp_path: Path) -> None:
     text = write_report(exp).leaderboard.read_text()
     assert "**No mask's validation gain over the unmasked model was distinguishable from noise**, so no mask " \
            "was selected or exported." in text
-    assert "| Best MFT (not selected) | 60.0 | 58.0 | -2.0 [" in text
+    assert "| Best MFT (not selected) | 1 | 60.0 | 58.0 | -2.0 [" in text
     assert "Selected configuration" not in text
 
 
@@ -257,8 +272,8 @@ def test_loss_metric_is_shown_raw_without_test(tmp_path: Path) -> None:
     summary.update(metric_name="-val_loss", test_benchmark=None)
     trials = [(*t[:7], [-1.5 - m for m in t[7]]) for t in TRIALS]
     text = write_report(_experiment(tmp_path / "exp", {("tiny", "chat"): (trials, summary)})).leaderboard.read_text()
-    assert "| Unmasked backbone | -1.610 | n/a | — |" in text
-    assert "| Best MFT | -1.640 | n/a | n/a (no per-item scores) |" in text
+    assert "| Unmasked backbone | 1 | -1.610 | n/a | — |" in text
+    assert "| Best MFT | 1 | -1.640 | n/a | n/a (no per-item scores) |" in text
     assert "Test: none." in text
     assert "Caveat" not in text
     summary["caveats"] = ["selection is on 10% carved out of train.source"]

@@ -47,6 +47,7 @@ def write_config(tmp_path, backbone, data_dir, *, lean: bool = False, **override
         "stages": {"probe": {"data_fraction": 0.5}, "refine": {"top_k": 1}},
         "resources": {"workers_per_trial": 1, "cpus_per_worker": 1},
         "baselines": ["unmasked", "random", "l1", "wanda", "revert", "continued_fft"],
+        "seeds": 1,  # re-runs over seeds cost a training each: the shared sweep alone tests them
     }
     if lean:
         cfg["domains"][0]["test"], cfg["baselines"] = None, ["unmasked"]
@@ -164,7 +165,7 @@ def finished(tmp_path_factory, tiny_backbone, problems_dir):
     # importance figure). In order, trials 1 and 2 finish and 3 and 4 are pruned, every run.
     config = yaml.safe_load(write_config(tmp_path, tiny_backbone, problems_dir).read_text())
     search = {**config["search"], "max_concurrent_trials": 1}
-    result = sweep("--config", str(write_config(tmp_path, tiny_backbone, problems_dir, search=search)))
+    result = sweep("--config", str(write_config(tmp_path, tiny_backbone, problems_dir, search=search, seeds=2)))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return tmp_path / "runs" / "e2e", result
 
@@ -205,6 +206,30 @@ def test_a_sweep_writes_every_output(finished):
     assert "**Caveat:** selection is on 25% carved out" in (exp / "leaderboard.md").read_text()
     # No pretrained model named: revert cannot run, and the leaderboard says so and how to fix it
     assert "**Skipped:** revert skipped for tiny: it needs the pretrained model" in (exp / "leaderboard.md").read_text()
+
+
+def test_the_selected_point_the_random_mask_and_the_control_run_again_with_every_seed(finished):
+    exp, result = finished
+    items = pd.read_parquet(exp / "items.parquet")
+    seeds = items.groupby(["split", "variant"])["seed"].apply(lambda s: sorted(set(s))).to_dict()
+    for variant in ("best_mft", "random"):
+        assert seeds["validation", variant] == seeds["test", variant] == [0, 1]
+    assert seeds["test", "continued_fft"] == [0, 1]  # its validation figure comes from its own run
+    assert seeds["test", "unmasked"] == seeds["test", "l1"] == [0]  # deterministic: run once
+    # The replicate is a training of its own at the selected point, with its own mask
+    study = exp / "studies" / "tiny__gsm"
+    summary = json.loads((study / "summary.json").read_text())
+    best = next(row for row in summary["rows"] if row["name"] == "best_mft")
+    assert best["seeds"] == [0, 1] and len(best["validation_seeds"]) == len(best["test_seeds"]) == 2
+    assert best["validation"] == best["validation_seeds"][0]  # the first seed is the searched run
+    replicate = list(study.glob(f"artifacts/*-{best['trial_id']}-seed1/report_*.mask.safetensors"))
+    assert replicate and "seed 1: the selected configuration trained again" in result.stdout
+    control = next(row for row in summary["rows"] if row["name"] == "continued_fft")
+    assert control["seeds"] == [0, 1] and None not in control["test_seeds"]
+    board = (exp / "leaderboard.md").read_text()
+    assert "| Best MFT" in board and "mean ± sample std over them" in board
+    row = next(line for line in board.splitlines() if line.startswith("| Best MFT"))
+    assert row.split("|")[2].strip() == "2" and "±" in row.split("|")[3]
 
 
 def test_the_driver_tokenises_each_data_part_once_and_trials_only_read_it(finished):

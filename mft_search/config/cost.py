@@ -5,8 +5,8 @@
     json.dumps(plan.to_dict())              # --dry-run --json
 
 The arithmetic is in core.cost_model (its docstring states the model); here it is applied to
-each run a study makes: probe trials, refine trials, the evaluations, and the continued-FFT
-baseline. Token counts are upper bounds (every sequence max_length long, every answer
+each run a study makes: probe trials, refine trials, the seed re-runs of the selected point, the
+evaluations, and the continued-FFT baseline (or the fft stage, whose last point stands for it). Token counts are upper bounds (every sequence max_length long, every answer
 max_new_tokens); a run's time is its FLOPs over the accelerator's peak dense bf16 rate times
 a stated utilisation, on all the GPUs of the trial. Pure: the caller counts the data (sizes).
 """
@@ -252,9 +252,15 @@ class _Context:
         if self.cfg.stages.refine.top_k:
             runs.append(self.mft("refine trial", self.cfg.stages.refine.top_k, shape, dtype, domain, train,
                                  sizes.train, sizes, groups[0], kinds))
+        if self.cfg.seeds > 1:  # the selected point again with each extra seed, on the data it was selected on
+            rows = sizes.train if self.cfg.stages.refine.top_k else probe_rows
+            runs.append(self.mft("seed re-run", self.cfg.seeds - 1, shape, dtype, domain, train, rows, sizes,
+                                 groups[0], kinds))
         runs.append(self.evaluations(shape, dtype, domain, sizes))
-        if "continued_fft" in self.cfg.baselines:
-            runs.append(self.fft(shape, dtype, domain, train, sizes))
+        if self.cfg.stages.fft is not None:  # its final point is Continued FFT: one run, not re-seeded
+            runs.append(self.fft("fft stage", 1, shape, dtype, domain, self.cfg.stages.fft.train, sizes))
+        elif "continued_fft" in self.cfg.baselines:
+            runs.append(self.fft("continued_fft", self.cfg.seeds, shape, dtype, domain, train, sizes))
         study = StudyCost(f"{label}/{domain.name}", sizes, runs)
         if runs[0].seconds is not None:
             waves = math.ceil(self.cfg.search.trials / self.cfg.search.max_concurrent_trials)
@@ -282,13 +288,13 @@ class _Context:
         run.fixes = self.fixes(run, lambda t, s: self.train_memory(shape, masked, backward, t, seq, dtype, s), train)
         return run
 
-    def fft(self, shape: ModelShape, dtype: int, domain, train, sizes: DataSizes) -> RunCost:
+    def fft(self, kind: str, count: int, shape: ModelShape, dtype: int, domain, train, sizes: DataSizes) -> RunCost:
         seq = domain.train.max_length
         memory = self.train_memory(shape, None, shape.layers, train, seq, dtype)
         other = self.train_memory(shape, None, shape.layers, replace_ckpt(train), seq, dtype)
         tokens = _tokens(sizes.train, train, seq)
         per_token = cm.train_flops_per_token(shape, None, None, train.activation_checkpointing, seq)
-        run = RunCost("continued_fft", 1, "every weight trained, fp32 masters", memory, other,
+        run = RunCost(kind, count, "every weight trained, fp32 masters", memory, other,
                       train.activation_checkpointing)
         evals = self.report_evaluations(shape, domain, sizes, _reports(sizes.train, train))
         self.finish(run, tokens, tokens and tokens * per_token, evals)
@@ -299,15 +305,19 @@ class _Context:
         """Selection on validation (the best mask, unmasked and the mask baselines), then test
         (those and continued FFT), and wanda's calibration forward."""
         masks = [b for b in ("random", "l1", "wanda") if b in self.cfg.baselines]
-        validation = self.report_evaluations(shape, domain, sizes, 2 + len(masks))
-        test_variants = 2 + len(masks) + ("continued_fft" in self.cfg.baselines)
+        # Each extra seed adds a learned mask and a random one to both splits, and a continued FFT to test.
+        replicates = (self.cfg.seeds - 1) * (1 + ("random" in masks))
+        fft_replicates = 0 if self.cfg.stages.fft else (self.cfg.seeds - 1) * ("continued_fft" in self.cfg.baselines)
+        validation_variants = 2 + len(masks) + replicates
+        validation = self.report_evaluations(shape, domain, sizes, validation_variants)
+        test_variants = 2 + len(masks) + ("continued_fft" in self.cfg.baselines) + replicates + fft_replicates
         test = self.benchmark(shape, domain.test, sizes.test_problems, test_variants)
         seq = domain.train.max_length
         wanda = WANDA_SEQUENCES * seq * cm.forward_flops_per_token(shape, seq) if "wanda" in masks else 0.0
         memory = max((self.eval_memory(shape, s, dtype, domain) for s in (domain.validation, domain.test)),
                      key=Memory.total)
-        run = RunCost("evaluations", 1, f"validation x{2 + len(masks)} models, test x{test_variants}"
-                      if domain.test else f"validation x{2 + len(masks)} models, no test", memory)
+        run = RunCost("evaluations", 1, f"validation x{validation_variants} models, test x{test_variants}"
+                      if domain.test else f"validation x{validation_variants} models, no test", memory)
         flops = _total((validation[0], test[0]))
         self.finish(run, 0, flops and flops + wanda, (0.0, _total((validation[1], test[1]))))
         if run.fits is False:

@@ -233,6 +233,9 @@ class SweepConfig(BaseModel):
     name: str = Field(description="experiment name; outputs go to <storage>/<name>/")
     storage: str = Field("~/mft_runs", description="a directory; on a cluster one every node mounts (NFS, mounted bucket)")
     seed: int = Field(0, description="score-init and baseline seed; the default of train.seed and search.seed")
+    seeds: int = Field(
+        3, ge=1, description="runs of the selected configuration, the random mask and the continued-FFT control, "
+        "with seeds seed, seed+1, ...: the leaderboard shows their mean ± std; 1 runs each once")
     backbones: list[BackboneSpec] = Field(
         min_length=1, description="fully fine-tuned models to mask; with stages.fft, the pretrained models it fine-tunes")
     domains: list[DomainSpec] = Field(min_length=1, description="training data and benchmarks, one per domain")
@@ -625,6 +628,7 @@ def describe_plan(cfg: SweepConfig, model_configs: dict[str, PretrainedConfig]) 
         + (f", refine the top {refine} on all of it" if refine else ", no refine stage"),
         f"trials: {per_study} per study, {per_study * studies} in all, plus {len(cfg.baselines)} baseline run(s) per study "
         f"({', '.join(cfg.baselines)}); failed trials retried {cfg.retries} time(s)",
+        _seeds_plan(cfg),
         f"resources per trial: {res.workers_per_trial} worker(s) x ({res.cpus_per_worker:g} CPU, {res.gpus_per_worker:g} GPU), "
         f"{res.strategy}",
         f"concurrency: at most {search.max_concurrent_trials} trial(s) per study, needing "
@@ -632,6 +636,16 @@ def describe_plan(cfg: SweepConfig, model_configs: dict[str, PretrainedConfig]) 
         f"{search.max_concurrent_trials * res.workers_per_trial * res.gpus_per_worker:g} GPU",
     ]
     return "\n".join(lines)
+
+
+def _seeds_plan(cfg: SweepConfig) -> str:
+    if cfg.seeds == 1:
+        return "seeds: 1 (no re-runs; the leaderboard shows no spread over seeds)"
+    rows = ["the selected configuration"] + [name for b, name in (
+        ("random", "the random mask"), ("continued_fft", "the continued-FFT control")) if b in cfg.baselines]
+    single = " (after the fft stage, Continued FFT is that stage's one run)" if cfg.stages.fft else ""
+    return (f"seeds: {cfg.seeds} ({cfg.seed}..{cfg.seed + cfg.seeds - 1}) for {', '.join(rows)}{single}: "
+            f"{cfg.seeds - 1} more run(s) of each after selection; the leaderboard shows mean ± std over them")
 
 
 def _fft_plan(cfg: SweepConfig) -> list[str]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from mft_search.core.statistics import seed_summary
 from mft_search.errors import ConfigError
 from mft_search.experiment.items import COLUMNS as ITEM_COLUMNS
 from mft_search.experiment.items import items_path, read_items
@@ -36,6 +37,17 @@ class SummaryRow:
     params: dict[str, Any] = field(default_factory=dict)
     mask: str | None = None
     selected: bool = True
+    seeds: tuple[int, ...] = ()  # every seed this row ran with, the first being validation's and test's
+    validation_seeds: tuple[float | None, ...] = ()  # each seed's figure, in `seeds` order
+    test_seeds: tuple[float | None, ...] = ()
+
+    def spread(self, split: str) -> tuple[float, float, int] | None:
+        """(mean, sample std, seeds) of `split`'s figure over the row's seeds; None unless two or more have one."""
+        values = [v for v in getattr(self, f"{split}_seeds") if _finite(v)]
+        if len(values) < 2:
+            return None
+        mean, std = seed_summary(values)
+        return mean, std, len(values)
 
 
 @dataclass(frozen=True)
@@ -191,7 +203,8 @@ def _read_summary(path: Path) -> Summary:
 def _summary_row(row: dict[str, Any]) -> SummaryRow:
     return SummaryRow(name=row["name"], validation=row.get("validation"), test=row.get("test"),
                       label=row.get("label"), trial_id=row.get("trial_id"), params=row.get("params") or {}, mask=row.get("mask"),
-                      selected=row.get("selected", True))
+                      selected=row.get("selected", True), seeds=tuple(row.get("seeds", ())),
+                      validation_seeds=tuple(row.get("validation_seeds", ())), test_seeds=tuple(row.get("test_seeds", ())))
 
 
 def _finite(value: Any) -> bool:

@@ -80,12 +80,31 @@ def _table1(exp_dir: Path, study: StudyRecord, percent: bool) -> list[str]:
 
 def _rows_table(study: StudyRecord, percent: bool) -> list[str]:
     """Table 1, each row's test gain over the unmasked backbone paired over items.parquet's items."""
-    lines = ["| Model | Validation | Test | Test gain over unmasked, 95% paired CI |", "|---|---:|---:|---|"]
+    lines = ["| Model | Seeds | Validation | Test | Test gain over unmasked, 95% paired CI |", "|---|---:|---:|---:|---|"]
     for row in _ordered(study.summary.rows):
         gain = "—" if row.name == "unmasked" else _paired(study, "test", row.name, "unmasked")
         label = _label(study, row.name) + ("" if row.selected else " (not selected)")
-        lines.append(f"| {label} | {_metric(row.validation, percent)} | {_metric(row.test, percent)} | {gain} |")
-    return lines + [""] + _settings_note(study)
+        figures = " | ".join(_over_seeds(row, split, percent) for split in ("validation", "test"))
+        lines.append(f"| {label} | {len(row.seeds) or 1} | {figures} | {gain} |")
+    return lines + [""] + _seeds_note(study) + _settings_note(study)
+
+
+def _over_seeds(row: SummaryRow, split: str, percent: bool) -> str:
+    """mean ± std over the row's seeds, or its one run's figure."""
+    spread = row.spread(split)
+    if spread is None:
+        return _metric(getattr(row, split), percent)
+    mean, std, _ = spread
+    return f"{_metric(mean, percent)} ± {_metric(std, percent)}"
+
+
+def _seeds_note(study: StudyRecord) -> list[str]:
+    rows = [r for r in study.summary.rows if r.spread("validation") or r.spread("test")]
+    if not rows:
+        return []
+    first = min(r.seeds[0] for r in rows)
+    return [f"Rows run with several seeds show mean ± sample std over them; the paired gains and intervals are "
+            f"of their first seed's run ({first}), scored item by item beside the others.", ""]
 
 
 def _best_against_each(study: StudyRecord) -> list[str]:

@@ -60,10 +60,27 @@ def run_evaluation(study: Study, variants: list[EvalVariant], benchmark, split: 
     result = fit(study, job)
     with result.checkpoint.as_directory() as checkpoint:
         scored = json.loads((Path(checkpoint) / ITEMS_FILE).read_text())
-    for variant, scores in scored.items():
-        add_items(items_path(study.exp_dir), study.name, split, variant, study.cfg.seed, scores["kind"],
-                  scores["settings"], scores["items"])
+    for name, scores in scored.items():
+        variant, seed = row_and_seed(name, study.cfg.seed)
+        add_items(items_path(study.exp_dir), study.name, split, variant, seed, scores["kind"], scores["settings"],
+                  scores["items"])
     return {v.name: float(result.metrics.get(f"{v.name}/metric", math.nan)) for v in variants}
+
+
+# A seed replicate of a row is scored in the same job as the row, under its own name: the
+# evaluate job keys metrics and items by variant name; items.parquet by (row, seed).
+REPLICATE = "@seed"
+
+
+def replicate_name(row: str, seed: int) -> str:
+    """The evaluated variant's name of `row` run with `seed` (tune.replicates)."""
+    return f"{row}{REPLICATE}{seed}"
+
+
+def row_and_seed(name: str, base_seed: int) -> tuple[str, int]:
+    """(row, seed) of an evaluated variant's name: a replicate's own, else the sweep's seed."""
+    row, marked, seed = name.partition(REPLICATE)
+    return (row, int(seed)) if marked else (name, base_seed)
 
 
 def paired_gains(study: Study, split: str, of: str = "best_mft") -> tuple[dict[str, Gain], Unit | None]:
@@ -94,12 +111,16 @@ class FftCurve:
                 "points": [{"epoch": p.epoch, "metric": p.metric} for p in self.points]}
 
 
-def continued_fft(study: Study, winner: Candidate) -> FftCurve:
+def continued_fft(study: Study, winner: Candidate, seed: int | None = None) -> FftCurve:
     """FFT continued from the user's backbone at the winner's own (low) learning rate and epochs:
     the control that tells MFT's effect from more training. Its final and best points are both
-    reported (the best picked on validation, so it carries the winner's curse as MFT does)."""
+    reported (the best picked on validation, so it carries the winner's curse as MFT does).
+    `seed`: a replicate's (data order), run under its own name; None is the sweep's own run."""
     _, train = params_to_trial(winner.params, study.cfg)
-    job = study.job("fft", layout.run_name(study.slug, "continued_fft"), data=study.domain.train, train=train)
+    name = "continued_fft"
+    if seed is not None:
+        train, name = train.model_copy(update={"seed": train.seed + seed - study.cfg.seed}), f"{name}-seed{seed}"
+    job = study.job("fft", layout.run_name(study.slug, name), data=study.domain.train, train=train)
     return FftCurve.of("continued from the backbone", fft_record(job, fit(study, job).history))
 
 

@@ -18,10 +18,11 @@ from mft_search.experiment.results import ResultsTable
 from mft_search.experiment.storage import Storage
 from mft_search.train.spec import EvalVariant
 from mft_search.tune.evaluate import (
-    FftCurve, best_candidates, continued_fft, export_best, lora_baseline, paired_gains, run_evaluation, verdict,
-    write_summary)
+    FftCurve, best_candidates, continued_fft, export_best, lora_baseline, paired_gains, row_and_seed, run_evaluation,
+    verdict, write_summary)
 from mft_search.tune.budget import budget_stop
 from mft_search.tune.fft_stage import fine_tuned_study, run_fft_stage
+from mft_search.tune.replicates import fft_replicates, mft_replicates, random_replicates
 from mft_search.tune.stage import run_stage
 from mft_search.tune.study import Study
 
@@ -158,12 +159,15 @@ def _evaluate(study: Study, table: ResultsTable, log) -> None:
     extra, curve = _continued_fft(study, winner, log)
     scored = extra if study.fft is not None else []  # the fft stage's final point: scored item by item
     lora, lora_curve = _lora(study, log)
-    validation = run_evaluation(study, [EvalVariant(name="unmasked"), *references, *lora, *scored, learned],
+    seeded = [*mft_replicates(study, winner, log), *random_replicates(study, winner)]
+    fft_seeded, fft_seeded_validation = fft_replicates(study, winner, log)
+    validation = run_evaluation(study, [EvalVariant(name="unmasked"), *references, *lora, *scored, learned, *seeded],
                                 study.domain.validation, "validation")
     if study.fft is None and curve is not None:  # the control's points were scored in its own run
         validation["continued_fft"] = curve.final.metric
         if curve.best.report != curve.final.report:
             validation["continued_fft_best"] = curve.best.metric
+        validation.update(fft_seeded_validation)
     gains, unit = paired_gains(study, "validation")  # the unit the items were scored in: points or nats
     candidates = frame[(frame["study"] == study.name) & (frame["stage"] == stage)]["trial_id"].nunique()
     selected, text = verdict(gains.get("unmasked"), study.cfg.selection.min_gain, unit, candidates)
@@ -172,16 +176,32 @@ def _evaluate(study: Study, table: ResultsTable, log) -> None:
     test: dict[str, float] = {}
     if study.domain.test is not None:
         log(f"[{study.name}] test: the selected mask and every baseline")
-        test = run_evaluation(study, [EvalVariant(name="unmasked"), *references, *lora, *extra, learned], study.domain.test,
-                              "test")
-    rows = [{"name": n, "label": _label(n, curve) or _label(n, lora_curve), "validation": validation.get(n),
-             "test": test.get(n)} for n in validation]
+        test = run_evaluation(study, [EvalVariant(name="unmasked"), *references, *lora, *extra, learned, *seeded,
+                                      *fft_seeded], study.domain.test, "test")
+    rows = _rows(study, validation, test)
     for row in rows:
+        row["label"] = _label(row["name"], curve) or _label(row["name"], lora_curve)
         if row["name"] == "best_mft":
             row.update(trial_id=winner.trial_id, params=winner.params, selected=selected,
                        mask=_relative_best_mask(study) if selected else None)
     write_summary(study, rows, text, curve=curve, lora=lora_curve, budget=budget)
     log(f"[{study.name}] {text}")
+
+
+def _rows(study: Study, validation: dict[str, float], test: dict[str, float]) -> list[dict]:
+    """Table 1's rows from the evaluated variants' metrics: a row's `validation` and `test` are
+    its first seed's (the run the search and the paired intervals use); `seeds`,
+    `validation_seeds` and `test_seeds` list every seed's, replicates included."""
+    rows: dict[str, dict] = {}
+    for name in validation:
+        row, seed = row_and_seed(name, study.cfg.seed)
+        entry = rows.setdefault(row, {"name": row, "seeds": [], "validation_seeds": [], "test_seeds": []})
+        entry["seeds"].append(seed)
+        entry["validation_seeds"].append(validation[name])
+        entry["test_seeds"].append(test.get(name))
+    for entry in rows.values():
+        entry["validation"], entry["test"] = entry["validation_seeds"][0], entry["test_seeds"][0]
+    return list(rows.values())
 
 
 def _references(study: Study, winner) -> list[EvalVariant]:
