@@ -49,7 +49,7 @@ def _study_report(exp_dir: Path, study: StudyRecord) -> StudyReport:
          plots.history(study, percent, unmasked.validation if unmasked else None), "no trials yet"),
         ("best metric by layer group x mask ratio", "heatmap.png",
          plots.ratio_heatmap(study, percent), "no scored local-mode trial yet"),
-        ("parameter importances", "importances.png", plots.importance_bars(study, importances.values), None),
+        ("parameter importances", "importances.png", plots.importance_bars(study, importances), None),
         ("FFT curve", "fft.png", plots.fft_curve(study), None),  # only where an FFT ran
     )
     figures, notes = {}, []

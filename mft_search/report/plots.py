@@ -16,6 +16,7 @@ from matplotlib.ticker import MaxNLocator
 
 from mft_search.experiment.results import NOT_CANDIDATES
 from mft_search.report.experiment import StudyRecord
+from mft_search.report.importance import FLAGGED_BELOW, Importances
 
 MAX_RATIO_COLUMNS = 8  # beyond this many distinct ratios (a continuous range), bin them
 STATUS_STYLES = {"completed": ("o", "tab:blue"), "pruned": ("v", "tab:orange"), "running": ("s", "tab:gray"),
@@ -114,15 +115,18 @@ def _draw_curve(axes, curve: dict, color: str) -> None:
               label=f"continued {name}, epoch {epochs[-1]:g}")
 
 
-def importance_bars(study: StudyRecord, importances: dict[str, float]) -> Figure | None:
-    if not importances:
+def importance_bars(study: StudyRecord, importances: Importances) -> Figure | None:
+    """The importances as bars, titled with the trials they rest on; grey and flagged when too few."""
+    if not importances.values:
         return None
-    names = list(importances)[::-1]  # largest on top
+    names = list(importances.values)[::-1]  # largest on top
     figure = Figure(figsize=(6, 1.0 + 0.4 * len(names)))
     axes = figure.subplots()
-    axes.barh(names, [importances[n] for n in names], color="tab:blue")
+    axes.barh(names, [importances.values[n] for n in names], color="tab:gray" if importances.flag else "tab:blue")
     axes.set_xlabel("importance (normalised)")
-    axes.set_title(f"{study.name}: parameter importances (completed trials)")
+    title = f"{study.name}: parameter importances\nfrom {importances.trials} completed trials"
+    flag = f"\nflagged: fewer than {FLAGGED_BELOW}, read as noise (leaderboard.md says why)"
+    axes.set_title(title + (flag if importances.flag else ""), fontsize=9)
     return figure
 
 
