@@ -1,13 +1,16 @@
-"""The figures' account of noise, read from the Figure objects' artists, never pixels:
-importances that say how many trials they rest on."""
+"""The figures' account of noise, read from the Figure objects' artists and norms, never pixels:
+the heatmap centred on the unmasked model with cells within noise marked, and importances that
+say how many trials they rest on."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import optuna
 import pandas as pd
 import pytest
+from matplotlib.colors import TwoSlopeNorm
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
@@ -17,6 +20,20 @@ from mft_search.experiment.items import COLUMNS
 from mft_search.report import plots
 from mft_search.report.experiment import StudyRecord, Summary, SummaryRow, per_trial
 from mft_search.report.importance import FLAGGED_BELOW, WITHHELD_BELOW, param_importances
+from mft_search.report.noise import noise_half_width, unmasked_reference
+
+# 400 validation items, 240 of them correct: p = 0.6, so std**2 = p(1 - p) = 0.24 and the band's
+# half-width is 1.96 * sqrt(2) * sqrt(0.24) / sqrt(400) = 0.0679, 6.8 points.
+CORRECT, ITEMS = 240, 400
+HALF_WIDTH = 1.96 * math.sqrt(2) * math.sqrt(0.24) / math.sqrt(ITEMS)
+
+
+def _items(variant_scores: dict[tuple[str, int], list[float]], kind: str = "fraction") -> pd.DataFrame:
+    """Validation rows of items.parquet: {(variant, seed): scores}."""
+    return pd.DataFrame([{"study": "tiny/arith", "split": "validation", "variant": variant, "seed": seed,
+                          "item": f"p{i}", "score": score, "kind": kind, "settings": "validation"}
+                         for (variant, seed), scores in variant_scores.items() for i, score in enumerate(scores)],
+                        columns=COLUMNS)
 
 
 def _study(cells: list[tuple[str, str, float, float]], unmasked: float | None = None,
@@ -31,7 +48,52 @@ def _study(cells: list[tuple[str, str, float, float]], unmasked: float | None = 
                        items if items is not None else pd.DataFrame(columns=COLUMNS))
 
 
+# 0.62 is 2 points above the unmasked 0.60, within the 6.8-point band; 0.75 and 0.40 are far outside.
 CELLS = [("probe", "0-3", 0.05, 0.62), ("probe", "0-3", 0.10, 0.75), ("probe", "8-11", 0.05, 0.40)]
+UNMASKED_ITEMS = {("unmasked", 0): [1.0] * CORRECT + [0.0] * (ITEMS - CORRECT)}
+
+
+def test_noise_half_width_is_the_95_percent_band_of_two_independent_means() -> None:
+    assert noise_half_width([1.0] * CORRECT + [0.0] * (ITEMS - CORRECT)) == pytest.approx(HALF_WIDTH)
+    assert noise_half_width([1.0, 1.0, 1.0, 0.0]) == pytest.approx(1.96 * math.sqrt(2) * math.sqrt(0.75 * 0.25) / 2)
+
+
+def test_loss_reference_is_the_lowest_seeds_nll_spread_around_the_negated_metric() -> None:
+    nll = [1.2, 1.5, 1.8, 2.1]  # std = sqrt((0.45**2 + 0.15**2) / 2)
+    items = _items({("unmasked", 0): nll, ("unmasked", 1): [5.0, 0.0, 5.0, 0.0], ("best_mft", 0): [9.0] * 4}, "loss")
+    reference = unmasked_reference(_study(CELLS, unmasked=-1.65, items=items))
+    assert reference.value == -1.65 and reference.items == 4
+    assert reference.half_width == pytest.approx(1.96 * math.sqrt(2) * math.sqrt((0.45**2 + 0.15**2) / 2) / 2)
+
+
+def test_heatmap_diverges_from_the_unmasked_model_and_marks_cells_within_noise() -> None:
+    study = _study(CELLS, unmasked=0.60, items=_items(UNMASKED_ITEMS))
+    figure = plots.ratio_heatmap(study, percent=True, reference=unmasked_reference(study))
+    axes = figure.axes[0]
+    norm = axes.images[0].norm
+    assert isinstance(norm, TwoSlopeNorm) and norm.vcenter == pytest.approx(60.0)
+    assert norm.vmin + norm.vmax == pytest.approx(120.0)  # symmetric: a shade means one distance either side
+    assert sorted(t.get_text() for t in axes.texts) == ["40.0", "75.0", "≈62.0"]
+    title = axes.get_title()
+    assert "centred on the unmasked model (60.0)" in title and "≈: within ±6.8 pts of it" in title
+    assert f"{ITEMS} validation items" in title and "paired test would be narrower" in title
+
+
+def test_heatmap_without_per_item_scores_is_centred_but_marks_nothing() -> None:
+    study = _study(CELLS, unmasked=0.60)
+    axes = plots.ratio_heatmap(study, percent=True, reference=unmasked_reference(study)).axes[0]
+    assert axes.images[0].norm.vcenter == pytest.approx(60.0)
+    assert not any("≈" in t.get_text() for t in axes.texts)
+    assert "no per-item validation scores yet, so no noise band" in axes.get_title()
+
+
+def test_heatmap_before_evaluation_keeps_a_sequential_map() -> None:
+    study = _study(CELLS)
+    assert unmasked_reference(study) is None
+    axes = plots.ratio_heatmap(study, percent=True, reference=None).axes[0]
+    assert not isinstance(axes.images[0].norm, TwoSlopeNorm)
+    assert sorted(t.get_text() for t in axes.texts) == ["40.0", "62.0", "75.0"]
+    assert "unmasked reference not yet available (evaluation pending)" in axes.get_title()
 
 
 def _journal(path: Path, completed: int) -> Path:
