@@ -1,6 +1,6 @@
 """The figures' account of noise, read from the Figure objects' artists and norms, never pixels:
-the heatmap centred on the unmasked model with cells within noise marked, and importances that
-say how many trials they rest on."""
+the heatmap centred on the unmasked model with cells within noise marked, importances that say
+how many trials they rest on, and the history's stages."""
 
 from __future__ import annotations
 
@@ -94,6 +94,16 @@ def test_heatmap_before_evaluation_keeps_a_sequential_map() -> None:
     assert not isinstance(axes.images[0].norm, TwoSlopeNorm)
     assert sorted(t.get_text() for t in axes.texts) == ["40.0", "62.0", "75.0"]
     assert "unmasked reference not yet available (evaluation pending)" in axes.get_title()
+
+
+@pytest.mark.parametrize("stages", [("probe",), ("probe", "refine")])
+def test_history_names_each_stage_over_its_span(stages: tuple[str, ...]) -> None:
+    cells = [(stage, "0-3", 0.05, 0.5 + k / 10) for stage in stages for k in range(3)]
+    axes = plots.history(_study(cells), percent=True, reference=None).axes[0]
+    names = axes.child_axes[0]  # the axis above the plot
+    assert [label.get_text() for label in names.get_xticklabels()] == list(stages)
+    assert list(names.get_xticks()) == [2.0, 5.0][:len(stages)]  # the middle of trials 1-3 and 4-6
+    assert [line.get_xdata()[0] for line in axes.lines if line.get_linestyle() == ":"] == [3.5][:len(stages) - 1]
 
 
 def _journal(path: Path, completed: int) -> Path:

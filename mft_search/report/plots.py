@@ -102,7 +102,8 @@ def _mark_reference(colorbar_axes, reference: Reference, scale: float) -> None:
 
 def history(study: StudyRecord, percent: bool, reference: Reference | None) -> Figure | None:
     """Each trial's best metric in results.parquet's order (stage, then trial id: creation order
-    for Ray Tune's ids), the running best of the trials selection may pick, pruned/failed marked."""
+    for Ray Tune's ids), the running best of the trials selection may pick, pruned/failed marked,
+    each stage named and set apart, the unmasked model's metric and noise band behind."""
     trials = study.trials
     if trials.empty:
         return None
@@ -110,6 +111,7 @@ def history(study: StudyRecord, percent: bool, reference: Reference | None) -> F
     metric = trials["metric"].astype(float) * scale
     figure = Figure(figsize=(7, 4))
     axes = figure.subplots()
+    _mark_stages(axes, trials)
     for status, (marker, color) in STATUS_STYLES.items():
         mine = trials["status"] == status
         if mine.any():
@@ -122,12 +124,31 @@ def history(study: StudyRecord, percent: bool, reference: Reference | None) -> F
     axes.step(trials["order"], selectable.cummax().ffill(), where="post", color="black", label="running best")
     if reference is not None:
         axes.axhline(reference.value * scale, color="gray", linestyle="--", label="unmasked")
+        if reference.half_width:
+            band = reference.half_width * scale
+            axes.axhspan(reference.value * scale - band, reference.value * scale + band, color="tab:gray", alpha=0.2,
+                         linewidth=0, label="unmasked ± noise (95%, unpaired)")
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("trial")
     axes.set_ylabel(f"validation {_unit(percent)}")
     axes.set_title(f"{study.name}: optimisation history")
-    axes.legend(fontsize=8)
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the plot: hides no trial
     return figure
+
+
+def _mark_stages(axes, trials: pd.DataFrame) -> None:
+    """Each stage named above its span of trials, every other span shaded and a line where one
+    starts: refine re-runs the best probe points on all the training data, so a jump there is the
+    stage's doing, not the search's."""
+    spans = trials.groupby("stage", sort=False)["order"].agg(["min", "max"])
+    for k, (_, span) in enumerate(spans.iterrows()):
+        if k % 2:
+            axes.axvspan(span["min"] - 0.5, span["max"] + 0.5, color="wheat", alpha=0.4, linewidth=0, zorder=0)
+        if k:
+            axes.axvline(span["min"] - 0.5, color="0.4", linestyle=":", linewidth=1, zorder=1)
+    names = axes.secondary_xaxis("top")  # above the plot, where no point or legend can hide a name
+    names.set_xticks(((spans["min"] + spans["max"]) / 2).tolist(), [str(s) for s in spans.index], fontsize=8)
+    names.tick_params(length=0)
 
 
 def fft_curve(study: StudyRecord) -> Figure | None:
