@@ -12,6 +12,7 @@ from mft_search.report import plots
 from mft_search.report.experiment import StudyRecord, load_experiment
 from mft_search.report.importance import param_importances
 from mft_search.report.leaderboard import StudyReport, render
+from mft_search.report.noise import unmasked_reference
 
 
 @dataclass(frozen=True)
@@ -43,13 +44,12 @@ def _study_report(exp_dir: Path, study: StudyRecord) -> StudyReport:
     """Draw and write the study's figures; a figure with nothing to show yet becomes a note."""
     importances = param_importances(study.journal, study.name)
     percent = study.metric_is_fraction()
-    unmasked = study.summary.row("unmasked") if study.summary else None
+    reference = unmasked_reference(study)
     drawn = (  # title, file, figure, why it is missing (None: the importances line says why)
-        ("optimisation history", "history.png",
-         plots.history(study, percent, unmasked.validation if unmasked else None), "no trials yet"),
+        ("optimisation history", "history.png", plots.history(study, percent, reference), "no trials yet"),
         ("best metric by layer group x mask ratio", "heatmap.png",
-         plots.ratio_heatmap(study, percent), "no scored local-mode trial yet"),
-        ("parameter importances", "importances.png", plots.importance_bars(study, importances.values), None),
+         plots.ratio_heatmap(study, percent, reference), "no scored local-mode trial yet"),
+        ("parameter importances", "importances.png", plots.importance_bars(study, importances), None),
         ("FFT curve", "fft.png", plots.fft_curve(study), None),  # only where an FFT ran
     )
     figures, notes = {}, []

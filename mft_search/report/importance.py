@@ -8,22 +8,46 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+from optuna.importance import PedAnovaImportanceEvaluator
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from mft_search.report.experiment import first_line
 
+# PED-ANOVA (named here, not left to Optuna's default, because the thresholds below rest on it)
+# contrasts the parameter distribution of the best TARGET_QUANTILE of the completed trials with
+# that of all of them.
+TARGET_QUANTILE = 0.1  # Optuna's default
+# Below 2 completed trials there is nothing to contrast (PED-ANOVA warns and returns zeros): withheld.
+WITHHELD_BELOW = 2
+# Up to 10 trials the best 10% is one trial (ceil(0.1 n) = 1), so the importances only say where
+# that single trial lies: noise. From 11 it holds 2, the fewest PED-ANOVA fits a density on within
+# a regime; still few, which the count beside the values says. Between the two thresholds the
+# values are shown but flagged: a small sweep's probe ends there, and a flagged ranking with its
+# count says more than none.
+FLAGGED_BELOW = 11
+
 
 @dataclass(frozen=True)
 class Importances:
-    """Normalised importances, largest first; empty with a `note` saying why when skipped.
+    """Normalised importances, largest first; empty with a `note` saying why when withheld.
 
-    With values, `note` carries Optuna's caveats (too few trials in some regime), if any.
+    With values, `note` carries Optuna's caveats (too few trials in some regime), if any, and
+    `flag` says when they rest on too few trials to be read as a ranking.
     """
 
     values: dict[str, float]
     note: str | None = None
+    trials: int = 0  # the completed trials they rest on
+
+    @property
+    def flag(self) -> str | None:
+        """Why the values are no ranking yet, where shown on fewer than FLAGGED_BELOW trials."""
+        if not self.values or self.trials >= FLAGGED_BELOW:
+            return None
+        return (f"rests on only {self.trials} completed trials; the best {TARGET_QUANTILE:.0%} that PED-ANOVA "
+                f"contrasts with the rest is a single trial until there are {FLAGGED_BELOW}, so read it as noise")
 
 
 def param_importances(journal: Path, study_name: str) -> Importances:
@@ -39,17 +63,19 @@ def param_importances(journal: Path, study_name: str) -> Importances:
     except ValueError as exc:  # a corrupt journal costs the figure, not the whole report
         return Importances({}, f"{journal.name} is unreadable ({first_line(exc)})")
     completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if len(completed) < 2:
-        return Importances({}, f"needs at least 2 completed trials, the study has {len(completed)}")
+    n = len(completed)
+    if n < WITHHELD_BELOW:
+        return Importances({}, f"needs at least {WITHHELD_BELOW} completed trials, the study has {n}", n)
     varying = _varying_params(completed)
     if len(varying) < 2:
         return Importances({}, f"needs at least 2 varying parameters, only {len(varying)} varied "
-                               f"({', '.join(varying) or 'none'})")
+                               f"({', '.join(varying) or 'none'})", n)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         # Constant parameters are left out: PED-ANOVA can give them spurious weight.
-        values = optuna.importance.get_param_importances(study, params=varying)
-    return Importances(values, _caveat([str(w.message) for w in caught]))
+        values = optuna.importance.get_param_importances(
+            study, params=varying, evaluator=PedAnovaImportanceEvaluator(target_quantile=TARGET_QUANTILE))
+    return Importances(values, _caveat([str(w.message) for w in caught]), n)
 
 
 def _caveat(messages: list[str]) -> str | None:

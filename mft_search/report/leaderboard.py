@@ -160,7 +160,8 @@ def _figures(report: StudyReport) -> list[str]:
     if imp.values:
         ranked = ", ".join(f"{name} {value:.2f}" for name, value in imp.values.items())
         caveat = f" ({imp.note})" if imp.note else ""
-        lines = [f"- Parameter importances (completed trials): {ranked}{caveat}"]
+        flag = f" **Flagged:** {imp.flag}." if imp.flag else ""
+        lines = [f"- Parameter importances from {imp.trials} completed trials: {ranked}{caveat}{flag}"]
     else:
         lines = [f"- Parameter importances skipped: {imp.note}"]
     lines += [f"- {note}" for note in report.notes]

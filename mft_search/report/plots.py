@@ -11,11 +11,14 @@ import re
 
 import numpy as np
 import pandas as pd
+from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from mft_search.experiment.results import NOT_CANDIDATES
 from mft_search.report.experiment import StudyRecord
+from mft_search.report.importance import FLAGGED_BELOW, Importances
+from mft_search.report.noise import Reference
 
 MAX_RATIO_COLUMNS = 8  # beyond this many distinct ratios (a continuous range), bin them
 STATUS_STYLES = {"completed": ("o", "tab:blue"), "pruned": ("v", "tab:orange"), "running": ("s", "tab:gray"),
@@ -28,39 +31,87 @@ def png_bytes(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def ratio_heatmap(study: StudyRecord, percent: bool) -> Figure | None:
-    """Best metric by layer group (rows, shallow to deep) x mask ratio: the paper's Fig. 3."""
+def ratio_heatmap(study: StudyRecord, percent: bool, reference: Reference | None) -> Figure | None:
+    """Best metric by layer group (rows, shallow to deep) x mask ratio: the paper's Fig. 3.
+
+    With the unmasked model's validation metric, the colours diverge from it (blue above, red
+    below) and a cell within noise of it reads "≈"; without it, a sequential map as before."""
     grid = _ratio_grid(study.trials)
     if grid is None:
         return None
-    scale = 100.0 if percent else 1.0
+    scale = _scale(percent)
     figure = Figure(figsize=(1.2 + 0.9 * grid.shape[1], 1.0 + 0.45 * grid.shape[0]))
     axes = figure.subplots()
-    values = np.ma.masked_invalid(grid.to_numpy(dtype=float) * scale)  # masked cells stay blank
-    image = axes.imshow(values, cmap="viridis", aspect="auto")
-    for (i, j), value in np.ndenumerate(values.filled(np.nan)):
+    axes.set_facecolor("0.8")  # where no trial ran: grey, not the white of the diverging map's centre
+    raw = grid.to_numpy(dtype=float)
+    values = np.ma.masked_invalid(raw * scale)  # masked cells show the axes' grey
+    norm = _centred_norm(values, reference, scale) if reference is not None else None
+    image = axes.imshow(values, cmap="RdBu" if norm else "viridis", norm=norm, aspect="auto")
+    for (i, j), value in np.ndenumerate(raw):
         if np.isfinite(value):
-            axes.text(j, i, f"{value:.1f}" if percent else f"{value:.3g}", ha="center", va="center",
-                      color="black" if image.norm(value) > 0.6 else "white", fontsize=8)
+            near = "≈" if reference is not None and reference.within(value) else ""
+            axes.text(j, i, near + _number(value * scale, percent), ha="center", va="center",
+                      color=_text_colour(image.norm(value * scale), diverging=norm is not None), fontsize=8)
     axes.set_xticks(range(grid.shape[1]), grid.columns, rotation=45, ha="right")
     axes.set_yticks(range(grid.shape[0]), grid.index)
     axes.set_xlabel("mask ratio (local mode)")
     axes.set_ylabel("layer group")
-    axes.set_title(f"{study.name}: best validation {_unit(percent)}")
-    figure.colorbar(image, ax=axes)
+    axes.set_title(f"{study.name}: best validation {_unit(percent)}\n{_reference_caption(reference, percent)}",
+                   fontsize=9)
+    colorbar = figure.colorbar(image, ax=axes)
+    if reference is not None:
+        _mark_reference(colorbar.ax, reference, scale)
     return figure
 
 
-def history(study: StudyRecord, percent: bool, reference: float | None) -> Figure | None:
+def _centred_norm(values: np.ma.MaskedArray, reference: Reference, scale: float) -> TwoSlopeNorm:
+    # Symmetric limits: a shade then means the same distance from the unmasked model on either
+    # side, and the centre stays inside them when every cell lies on one side of it. Reaching
+    # past the noise band keeps the band's cells pale.
+    centre = reference.value * scale
+    reach = max(float(np.nanmax(np.abs(values.filled(np.nan) - centre))), (reference.half_width or 0.0) * scale)
+    reach = reach if reach > 0 else 1.0  # every cell on the centre: any positive reach shows it
+    return TwoSlopeNorm(vcenter=centre, vmin=centre - reach, vmax=centre + reach)
+
+
+def _text_colour(shade: float, diverging: bool) -> str:
+    """White on the map's dark ends, black elsewhere."""
+    dark = abs(shade - 0.5) > 0.3 if diverging else shade <= 0.6
+    return "white" if dark else "black"
+
+
+def _reference_caption(reference: Reference | None, percent: bool) -> str:
+    if reference is None:
+        return "unmasked reference not yet available (evaluation pending)"
+    scale = _scale(percent)
+    centred = f"colours centred on the unmasked model ({_number(reference.value * scale, percent)})"
+    if reference.half_width is None:
+        return f"{centred}; no per-item validation scores yet, so no noise band"
+    band = _number(reference.half_width * scale, percent) + (" pts" if percent else "")
+    return (f"{centred}; ≈: within ±{band} of it\n(95% band of a difference of two independent means over its "
+            f"{reference.items} validation items;\nconservative: a paired test would be narrower)")
+
+
+def _mark_reference(colorbar_axes, reference: Reference, scale: float) -> None:
+    """The unmasked model's value (solid) and the noise band's edges (dashed) on the colour bar."""
+    colorbar_axes.axhline(reference.value * scale, color="black", linewidth=1)
+    if reference.half_width:
+        for edge in (-reference.half_width, reference.half_width):
+            colorbar_axes.axhline((reference.value + edge) * scale, color="black", linewidth=1, linestyle="--")
+
+
+def history(study: StudyRecord, percent: bool, reference: Reference | None) -> Figure | None:
     """Each trial's best metric in results.parquet's order (stage, then trial id: creation order
-    for Ray Tune's ids), the running best of the trials selection may pick, pruned/failed marked."""
+    for Ray Tune's ids), the running best of the trials selection may pick, pruned/failed marked,
+    each stage named and set apart, the unmasked model's metric and noise band behind."""
     trials = study.trials
     if trials.empty:
         return None
-    scale = 100.0 if percent else 1.0
+    scale = _scale(percent)
     metric = trials["metric"].astype(float) * scale
     figure = Figure(figsize=(7, 4))
     axes = figure.subplots()
+    _mark_stages(axes, trials)
     for status, (marker, color) in STATUS_STYLES.items():
         mine = trials["status"] == status
         if mine.any():
@@ -72,13 +123,32 @@ def history(study: StudyRecord, percent: bool, reference: float | None) -> Figur
     selectable = metric.where(~trials["status"].isin(NOT_CANDIDATES))  # the sweep never selects these
     axes.step(trials["order"], selectable.cummax().ffill(), where="post", color="black", label="running best")
     if reference is not None:
-        axes.axhline(reference * scale, color="gray", linestyle="--", label="unmasked")
+        axes.axhline(reference.value * scale, color="gray", linestyle="--", label="unmasked")
+        if reference.half_width:
+            band = reference.half_width * scale
+            axes.axhspan(reference.value * scale - band, reference.value * scale + band, color="tab:gray", alpha=0.2,
+                         linewidth=0, label="unmasked ± noise (95%, unpaired)")
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("trial")
     axes.set_ylabel(f"validation {_unit(percent)}")
     axes.set_title(f"{study.name}: optimisation history")
-    axes.legend(fontsize=8)
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the plot: hides no trial
     return figure
+
+
+def _mark_stages(axes, trials: pd.DataFrame) -> None:
+    """Each stage named above its span of trials, every other span shaded and a line where one
+    starts: refine re-runs the best probe points on all the training data, so a jump there is the
+    stage's doing, not the search's."""
+    spans = trials.groupby("stage", sort=False)["order"].agg(["min", "max"])
+    for k, (_, span) in enumerate(spans.iterrows()):
+        if k % 2:
+            axes.axvspan(span["min"] - 0.5, span["max"] + 0.5, color="wheat", alpha=0.4, linewidth=0, zorder=0)
+        if k:
+            axes.axvline(span["min"] - 0.5, color="0.4", linestyle=":", linewidth=1, zorder=1)
+    names = axes.secondary_xaxis("top")  # above the plot, where no point or legend can hide a name
+    names.set_xticks(((spans["min"] + spans["max"]) / 2).tolist(), [str(s) for s in spans.index], fontsize=8)
+    names.tick_params(length=0)
 
 
 def fft_curve(study: StudyRecord) -> Figure | None:
@@ -114,15 +184,18 @@ def _draw_curve(axes, curve: dict, color: str) -> None:
               label=f"continued {name}, epoch {epochs[-1]:g}")
 
 
-def importance_bars(study: StudyRecord, importances: dict[str, float]) -> Figure | None:
-    if not importances:
+def importance_bars(study: StudyRecord, importances: Importances) -> Figure | None:
+    """The importances as bars, titled with the trials they rest on; grey and flagged when too few."""
+    if not importances.values:
         return None
-    names = list(importances)[::-1]  # largest on top
+    names = list(importances.values)[::-1]  # largest on top
     figure = Figure(figsize=(6, 1.0 + 0.4 * len(names)))
     axes = figure.subplots()
-    axes.barh(names, [importances[n] for n in names], color="tab:blue")
+    axes.barh(names, [importances.values[n] for n in names], color="tab:gray" if importances.flag else "tab:blue")
     axes.set_xlabel("importance (normalised)")
-    axes.set_title(f"{study.name}: parameter importances (completed trials)")
+    title = f"{study.name}: parameter importances\nfrom {importances.trials} completed trials"
+    flag = f"\nflagged: fewer than {FLAGGED_BELOW}, read as noise (leaderboard.md says why)"
+    axes.set_title(title + (flag if importances.flag else ""), fontsize=9)
     return figure
 
 
@@ -156,6 +229,15 @@ def _ratio_bins(ratios: pd.Series) -> pd.Series:
 
 def _first_block(group: str) -> tuple[int, ...]:
     return tuple(int(b) for b in re.findall(r"\d+", str(group)))
+
+
+def _scale(percent: bool) -> float:
+    return 100.0 if percent else 1.0
+
+
+def _number(value: float, percent: bool) -> str:
+    """A metric as the figures print it: points to one decimal, a raw metric to 3 digits."""
+    return f"{value:.1f}" if percent else f"{value:.3g}"
 
 
 def _unit(percent: bool) -> str:
