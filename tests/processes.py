@@ -31,3 +31,21 @@ def stop_own(markers: list[str]) -> None:
         while own() and time.time() < deadline:
             time.sleep(0.2)
     assert not own(), "processes this test started survived it"
+
+
+def kill_session(sid: int) -> None:
+    """SIGKILL every process of session `sid` at once, and wait until none runs: a command started
+    with start_new_session=True and the local Ray it started, whose workers each run in a process
+    group of their own (so `os.killpg` of the command's group leaves them running a while)."""
+    def alive() -> list[int]:
+        out = subprocess.run(["ps", "-eo", "pid=,sid=,stat="], capture_output=True, text=True, check=True).stdout
+        return [int(pid) for pid, session, stat in (line.split() for line in out.splitlines())
+                if int(session) == sid and not stat.startswith("Z")]
+
+    deadline = time.time() + 10
+    while (pids := alive()) and time.time() < deadline:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+    assert not alive(), f"processes of session {sid} survived SIGKILL"

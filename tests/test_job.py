@@ -1,5 +1,9 @@
 """A trial's work on one process, without Ray: MFT, FFT, baselines, checkpoints and resume."""
 
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -313,6 +317,69 @@ def test_a_directory_session_keeps_reports_and_one_whole_checkpoint_across_a_res
     unbroken = LocalSession(tmp_path / "unbroken")
     run_job(make_job(tmp_path, tiny_backbone, sft_data, name="u"), unbroken)
     assert resumed.reports[-1]["val_loss"] == unbroken.reports[-1]["val_loss"]
+
+
+@pytest.mark.parametrize("kill", ["removing the older checkpoint", "publishing the checkpoint", "writing the report"])
+def test_a_directory_session_killed_inside_a_report_loses_no_point(tmp_path, monkeypatch, kill):
+    # A job resumes from the latest checkpoint and goes on from its report number: a kill inside
+    # report() must never leave that checkpoint ahead of the reports on record (a point, an FFT
+    # epoch, would be lost), nor a point recorded twice when the job reports it again.
+    directory = tmp_path / "run"
+    session = DirectorySession(directory)
+    _point(session, 1)
+    with monkeypatch.context() as patch, pytest.raises(_Killed):
+        _kill_while(patch, kill)
+        _point(session, 2)
+    resumed = DirectorySession(directory)
+    done = json.loads((resumed.latest_checkpoint() / "progress.json").read_text())["report"]
+    for number in range(done + 1, 4):
+        _point(resumed, number)
+    assert [r["report"] for r in resumed.reports] == [1, 2, 3]
+    assert [r["report"] for r in DirectorySession(directory).history()] == [1, 2, 3]
+
+
+def _point(session: DirectorySession, number: int) -> None:
+    """An evaluation point as a job writes it: a checkpoint that knows its report number, then the report."""
+    checkpoint = session.new_checkpoint_dir()
+    checkpoint.mkdir()
+    (checkpoint / "progress.json").write_text(json.dumps({"report": number}))
+    session.report({"report": number, "metric": float(number)}, checkpoint)
+
+
+def _kill_while(patch: pytest.MonkeyPatch, step: str) -> None:
+    """Make `step` of DirectorySession.report raise _Killed, as a SIGKILL there would stop it."""
+    def killed(*args, **kwargs):
+        raise _Killed
+
+    if step == "removing the older checkpoint":
+        patch.setattr(shutil, "rmtree", killed)
+    elif step == "publishing the checkpoint":
+        patch.setattr(Path, "rename", killed)
+    else:  # half the report's line reaches the file
+        opened = Path.open
+
+        def torn(path: Path, *args, **kwargs):
+            out = opened(path, *args, **kwargs)
+            return _TornWrite(out) if path.name == DirectorySession.REPORTS else out
+
+        patch.setattr(Path, "open", torn)
+
+
+class _TornWrite:
+    """An open file whose first write stops halfway."""
+
+    def __init__(self, out) -> None:
+        self.out = out
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.out.close()
+
+    def write(self, text: str) -> None:
+        self.out.write(text[:len(text) // 2])
+        raise _Killed
 
 
 def test_a_lora_job_trains_adapters_only_and_writes_a_plain_merged_checkpoint_each_epoch(

@@ -16,7 +16,7 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
-from processes import processes
+from processes import kill_session, processes
 
 from mft_search.config.schema import load_config_file
 from mft_search.errors import ConfigError
@@ -424,3 +424,81 @@ def test_the_fft_stage_fine_tunes_the_pretrained_backbone_and_the_search_masks_i
     again = sweep("--config", str(path), "--resume")
     assert again.returncode == 0 and "fft:" not in again.stdout, again.stdout[-2000:]
     assert json.loads((study / "fft.json").read_text()) == record
+
+
+def test_a_driver_killed_during_the_fft_stage_resumes_the_job_from_its_checkpoint(tmp_path, tiny_backbone,
+                                                                                   problems_dir):
+    import torch
+
+    from mft_search.core.backbone import BackboneSpec, load_model
+    from mft_search.core.maskfile import load_mask_file, verify_for_model
+
+    path = _four_point_fft_config(tmp_path, tiny_backbone, problems_dir)
+    exp, study = tmp_path / "runs" / "e2e", tmp_path / "runs" / "e2e" / "studies" / "tiny__gsm"
+    run = exp / "ray" / "tiny__gsm-fft"  # the job's DirectorySession: reports.jsonl and its latest checkpoint
+    artifacts = study / "artifacts" / "tiny__gsm-fft"  # report_NNN/: every point's checkpoint
+    driver = subprocess.Popen([sys.executable, "-m", "mft_search.sweep", "--config", str(path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and driver.poll() is None and not _report_lines(run):
+        time.sleep(0.1)
+    # The driver's process group alone would leave the FFT's Ray worker (a process group of its own)
+    # training on for a second or two, reporting more points: every process of its session goes at once.
+    kill_session(driver.pid)
+    driver.wait()
+    before = _report_lines(run)
+    assert before, "the FFT reported no point before the deadline"
+    assert len(before) < 4, "the FFT had ended before the kill: nothing was left to resume"
+    assert not (study / "fft.json").exists()
+    written = {line: _identity(artifacts / f"report_{json.loads(line)['report']:03d}") for line in before}
+
+    result = sweep("--config", str(path), "--resume")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    after = _report_lines(run)
+    # Resumed, not restarted: the reports on record before the kill stay as they were (timings
+    # included, which a re-run would change), no point is reported twice, and the checkpoints of
+    # the points before the kill were not written again.
+    assert after[:len(before)] == before
+    assert [json.loads(line)["report"] for line in after] == [1, 2, 3, 4]
+    assert {line: _identity(artifacts / f"report_{json.loads(line)['report']:03d}") for line in before} == written
+    record = json.loads((study / "fft.json").read_text())
+    reports = [json.loads(line) for line in after]
+    assert [(p["report"], p["metric"]) for p in record["points"]] == [(r["report"], r["metric"]) for r in reports]
+    best = min(record["points"], key=lambda p: (-p["metric"], p["report"]))  # the earliest of ties
+    assert record["best"] == best["report"]
+    summary = json.loads((study / "summary.json").read_text())
+    labels = {row["name"]: row["label"] for row in summary["rows"]}
+    assert labels["continued_fft"] == "Continued FFT (final, epoch 4)"
+    assert labels["unmasked"] == f"Best FFT (epoch {best['epoch']:g} of 4)"
+    mask = min(study.glob("artifacts/*probe*/report_*.mask.safetensors"))
+    verify_for_model(load_mask_file(mask), load_model(BackboneSpec(source=best["checkpoint"]), torch.float32))
+    assert (exp / "leaderboard.md").exists()
+
+
+def _four_point_fft_config(tmp_path, backbone, problems_dir) -> Path:
+    """A lean sweep whose fft stage trains 4 epochs, each point scored on 8 held-out problems (about
+    a second a point here); one probe trial of one epoch after it."""
+    rows = (problems_dir / "train.jsonl").read_text().splitlines()[200:208]  # disjoint from train's 96
+    (tmp_path / "fft_selection.jsonl").write_text("\n".join(rows) + "\n")
+    config = yaml.safe_load(write_config(tmp_path, backbone, problems_dir, lean=True).read_text())
+    config["domains"][0]["fft_selection"] = {"evaluator": "gsm8k", "source": str(tmp_path / "fft_selection.jsonl"),
+                                             "max_new_tokens": 4}
+    config["train"]["epochs"] = 1
+    config["search"].update(num_trials=1, asha=None)
+    config.update(stages={"fft": {"train": {"epochs": 4, "lr": 0.005}}, "probe": {"data_fraction": 0.5},
+                          "refine": {"top_k": 0}}, baselines=["unmasked", "continued_fft"])
+    path = tmp_path / "fft.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _report_lines(run: Path) -> list[str]:
+    """The job's reports on record, whole lines only (the last may be mid-write)."""
+    path = run / "reports.jsonl"
+    return [line for line in path.read_text().splitlines(keepends=True) if line.endswith("\n")] if path.exists() else []
+
+
+def _identity(directory: Path) -> tuple[int, int]:
+    """An FFT checkpoint's weights file as the file system knows it: rewriting it changes both."""
+    stat = (directory / "model.safetensors").stat()
+    return stat.st_ino, stat.st_mtime_ns

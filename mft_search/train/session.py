@@ -56,7 +56,10 @@ class DirectorySession(LocalSession):
 
     A checkpoint is written under a staging name and renamed on report, so a process killed
     mid-write never leaves a half checkpoint to resume from; older ones are removed (one kept,
-    as the Ray Train path keeps).
+    as the Ray Train path keeps). The report's line is written before that rename: a job resumes
+    after its latest checkpoint's report, so a checkpoint ahead of the reports on record would
+    lose a point, where a report ahead of its checkpoint only has the resumed job report it again
+    (the last of each number is kept).
     """
 
     REPORTS = "reports.jsonl"
@@ -64,6 +67,7 @@ class DirectorySession(LocalSession):
     def __init__(self, directory: Path, device: torch.device | None = None) -> None:
         super().__init__(directory, device)
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._end_torn_line()
         self.reports = self.history()
 
     def history(self) -> list[dict[str, float]]:
@@ -81,15 +85,16 @@ class DirectorySession(LocalSession):
         return list(by_number.values())
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        with (self.directory / self.REPORTS).open("a") as out:
+            out.write(json.dumps(metrics) + "\n")
+        number = metrics.get("report")
+        self.reports = [r for r in self.reports if number is None or r.get("report") != number] + [dict(metrics)]
         if checkpoint_dir is not None:
             final = checkpoint_dir.with_name(checkpoint_dir.name.removeprefix(_STAGING))
             checkpoint_dir.rename(final)
             for old in self._checkpoints():
                 if old != final:
                     shutil.rmtree(old, ignore_errors=True)
-        with (self.directory / self.REPORTS).open("a") as out:
-            out.write(json.dumps(metrics) + "\n")
-        self.reports.append(dict(metrics))
 
     def latest_checkpoint(self) -> Path | None:
         found = self._checkpoints()
@@ -104,6 +109,17 @@ class DirectorySession(LocalSession):
 
     def _checkpoints(self) -> list[Path]:
         return sorted(self.directory.glob("checkpoint_*"))
+
+    def _end_torn_line(self) -> None:
+        """End a line a kill cut short, so the next report starts a line of its own (history()
+        skips the torn one; appended to it, the next report would be unreadable too)."""
+        path = self.directory / self.REPORTS
+        if not path.exists() or path.stat().st_size == 0:
+            return
+        with path.open("rb+") as out:
+            out.seek(-1, 2)
+            if out.read(1) != b"\n":
+                out.write(b"\n")
 
 
 _STAGING = ".staging-"
