@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -151,23 +152,11 @@ def _evaluate(study: Study, table: ResultsTable, log) -> None:
         return
     winner = winners[0]
     study.prepare_data("refine")  # the baselines train and score on all the data: tokenised here, once
-    references = _references(study, winner)
-    learned = EvalVariant(name="best_mft", mask="learned", mask_file=winner.mask_path)
-    log(f"[{study.name}] validation: the best mask, the unmasked backbone and "
-        f"{', '.join(v.name for v in references) or 'no'} baselines, item by item")
+    compared = _compared(study, winner, log)
+    log(f"[{study.name}] validation: the best mask, the unmasked backbone and the baselines, item by item")
     # The best mask is scored again beside the others: its search report has no per-item scores.
-    extra, curve = _continued_fft(study, winner, log)
-    scored = extra if study.fft is not None else []  # the fft stage's final point: scored item by item
-    lora, lora_curve = _lora(study, log)
-    seeded = [*mft_replicates(study, winner, log), *random_replicates(study, winner)]
-    fft_seeded, fft_seeded_validation = fft_replicates(study, winner, log)
-    validation = run_evaluation(study, [EvalVariant(name="unmasked"), *references, *lora, *scored, learned, *seeded],
-                                study.domain.validation, "validation")
-    if study.fft is None and curve is not None:  # the control's points were scored in its own run
-        validation["continued_fft"] = curve.final.metric
-        if curve.best.report != curve.final.report:
-            validation["continued_fft_best"] = curve.best.metric
-        validation.update(fft_seeded_validation)
+    validation = {**run_evaluation(study, compared.scored, study.domain.validation, "validation"),
+                  **compared.own_validation}
     gains, unit = paired_gains(study, "validation")  # the unit the items were scored in: points or nats
     candidates = frame[(frame["study"] == study.name) & (frame["stage"] == stage)]["trial_id"].nunique()
     selected, text = verdict(gains.get("unmasked"), study.cfg.selection.min_gain, unit, candidates)
@@ -176,16 +165,44 @@ def _evaluate(study: Study, table: ResultsTable, log) -> None:
     test: dict[str, float] = {}
     if study.domain.test is not None:
         log(f"[{study.name}] test: the selected mask and every baseline")
-        test = run_evaluation(study, [EvalVariant(name="unmasked"), *references, *lora, *extra, learned, *seeded,
-                                      *fft_seeded], study.domain.test, "test")
+        test = run_evaluation(study, compared.scored + compared.test_only, study.domain.test, "test")
     rows = _rows(study, validation, test)
     for row in rows:
-        row["label"] = _label(row["name"], curve) or _label(row["name"], lora_curve)
+        row["label"] = _label(row["name"], compared.fft) or _label(row["name"], compared.lora)
         if row["name"] == "best_mft":
             row.update(trial_id=winner.trial_id, params=winner.params, selected=selected,
                        mask=_relative_best_mask(study) if selected else None)
-    write_summary(study, rows, text, curve=curve, lora=lora_curve, budget=budget)
+    write_summary(study, rows, text, curve=compared.fft, lora=compared.lora, budget=budget)
     log(f"[{study.name}] {text}")
+
+
+@dataclass(frozen=True)
+class Compared:
+    """The models a study's Table 1 compares, those that need training trained."""
+
+    scored: list[EvalVariant]  # scored item by item on validation and test
+    test_only: list[EvalVariant]  # the continued-FFT control from the user's backbone: scored on test ...
+    own_validation: dict[str, float]  # ... its validation figures taken from its own runs
+    fft: FftCurve | None  # the fft stage's or the control's curve
+    lora: FftCurve | None
+
+
+def _compared(study: Study, winner, log) -> Compared:
+    references = _references(study, winner)
+    learned = EvalVariant(name="best_mft", mask="learned", mask_file=winner.mask_path)
+    extra, curve = _continued_fft(study, winner, log)
+    lora, lora_curve = _lora(study, log)
+    seeded = [*mft_replicates(study, winner, log), *random_replicates(study, winner)]  # after their first seed
+    fft_seeded, fft_seeded_validation = fft_replicates(study, winner, log)
+    scored = [EvalVariant(name="unmasked"), *references, *lora, learned, *seeded]
+    if study.fft is not None:  # the fft stage's final point is Continued FFT: scored like the others
+        return Compared(scored + extra, [], {}, curve, lora_curve)
+    own = {}
+    if curve is not None:
+        own["continued_fft"] = curve.final.metric
+        if curve.best.report != curve.final.report:
+            own["continued_fft_best"] = curve.best.metric
+    return Compared(scored, extra + fft_seeded, {**own, **fft_seeded_validation}, curve, lora_curve)
 
 
 def _rows(study: Study, validation: dict[str, float], test: dict[str, float]) -> list[dict]:
