@@ -41,13 +41,10 @@ class SummaryRow:
     validation_seeds: tuple[float | None, ...] = ()  # each seed's figure, in `seeds` order
     test_seeds: tuple[float | None, ...] = ()
 
-    def spread(self, split: str) -> tuple[float, float, int] | None:
-        """(mean, sample std, seeds) of `split`'s figure over the row's seeds; None unless two or more have one."""
+    def spread(self, split: str) -> tuple[float, float] | None:
+        """(mean, sample std) of `split`'s figure over the row's seeds; None unless two or more have one."""
         values = [v for v in getattr(self, f"{split}_seeds") if _finite(v)]
-        if len(values) < 2:
-            return None
-        mean, std = seed_summary(values)
-        return mean, std, len(values)
+        return seed_summary(values) if len(values) > 1 else None
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,7 @@ def _over_seeds(row: SummaryRow, split: str, percent: bool) -> str:
     spread = row.spread(split)
     if spread is None:
         return _metric(getattr(row, split), percent)
-    mean, std, _ = spread
+    mean, std = spread
     return f"{_metric(mean, percent)} ± {_metric(std, percent)}"
 
 
