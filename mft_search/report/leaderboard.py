@@ -64,6 +64,18 @@ def _study_section(exp_dir: Path, report: StudyReport) -> list[str]:
 
 
 def _table1(exp_dir: Path, study: StudyRecord, percent: bool) -> list[str]:
+    lines = table1(study, percent)
+    best = study.summary.row("best_mft")
+    if best is not None:
+        lines += _selection(exp_dir, best)
+    return lines + [f"**Verdict:** {study.summary.verdict or 'none recorded'}", ""]
+
+
+def table1(study: StudyRecord, percent: bool) -> list[str]:
+    """A finished study's Table 1 as Markdown lines: the metric and benchmarks, caveats and skipped
+    baselines, every row (mean ± std over seeds) with its paired test gain and interval, the settings
+    each split was scored with, and best MFT against each row. The model card (mft_search.export)
+    prints the same block, so that the two never disagree."""
     summary = study.summary
     lines = [f"Metric: {summary.metric_name}{' (%)' if percent else ''}, higher is better. "
              f"Validation: {summary.validation_benchmark or 'n/a'}. Test: {summary.test_benchmark or 'none'}.", ""]
@@ -72,10 +84,7 @@ def _table1(exp_dir: Path, study: StudyRecord, percent: bool) -> list[str]:
     if summary.rows:  # none when no trial finished with a metric: then only the verdict speaks
         lines += _rows_table(study, percent)
         lines += _best_against_each(study)
-    best = summary.row("best_mft")
-    if best is not None:
-        lines += _selection(exp_dir, best)
-    return lines + [f"**Verdict:** {summary.verdict or 'none recorded'}", ""]
+    return lines
 
 
 def _rows_table(study: StudyRecord, percent: bool) -> list[str]:
@@ -140,8 +149,7 @@ def _settings_note(study: StudyRecord) -> list[str]:
 
 
 def _selection(exp_dir: Path, best: SummaryRow) -> list[str]:
-    config = ", ".join(f"{label} {_value(best.params[name])}" for name, label in CONFIG_PARAMS.items()
-                       if _present(best.params.get(name)))
+    config = selected_config(best)
     trial = f" (trial {best.trial_id})" if best.trial_id else ""
     if not best.selected:
         # Said here in plain words whatever the verdict's wording: nothing was exported.
@@ -153,6 +161,12 @@ def _selection(exp_dir: Path, best: SummaryRow) -> list[str]:
         missing = "" if (exp_dir / best.mask).is_file() else " (missing on disk)"
         lines += ["", f"Mask: `{best.mask}`{missing}"]
     return lines + [""]
+
+
+def selected_config(best: SummaryRow) -> str:
+    """The searched values of the best trial, e.g. 'layer group 20-23, mode local, ratio 0.1', or ''."""
+    return ", ".join(f"{label} {_value(best.params[name])}" for name, label in CONFIG_PARAMS.items()
+                     if _present(best.params.get(name)))
 
 
 def _figures(report: StudyReport) -> list[str]:
