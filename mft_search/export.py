@@ -2,7 +2,7 @@
 
     python -m mft_search.export ~/mft_runs/NAME --out hub/                   # every study with a selected mask
     python -m mft_search.export ~/mft_runs/NAME --out hub/ --backbone B --domain D --license apache-2.0
-    hf upload USER/REPO hub/ .                                                # older huggingface_hub: huggingface-cli upload
+    hf upload USER/REPO hub/ .            # older huggingface_hub: huggingface-cli upload USER/REPO hub/ .
 
 The folder holds one study's files, or <backbone>/<domain>/ of each when several are exported. It
 is filled as a staging directory beside it and renamed into place, so an error leaves no folder.
