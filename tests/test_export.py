@@ -127,7 +127,7 @@ def test_seeds_caveats_and_a_given_license(tmp_path: Path) -> None:
     card = ModelCard(text)
     assert card.data.license == "apache-2.0" and "- License: `apache-2.0`." in text
     assert card.data.eval_results[0].metric_value == 59.0
-    assert card.data.eval_results[0].metric_name == "accuracy (%), mean of 3 seeds"
+    assert card.data.eval_results[0].metric_name == "accuracy (%), mean over seeds"
     assert "| Best MFT | 3 | 62.0 ± 2.0 | 59.0 ± 2.0 | +1.0 [" in text
     assert "**Caveat:** selection is on 10% carved out of train.source." in text
     assert "**Skipped:** revert: no pretrained model." in text

@@ -69,7 +69,7 @@ def _eval_results(study: StudyRecord, selected: SelectedMask) -> list[EvalResult
         return []
     # The summary names validation's metric, which is a loss where validation is; test's is the benchmark's.
     metric, percent = get_evaluator(test["evaluator"]).metric, study.metric_is_fraction()
-    name = metric + (" (%)" if percent else "") + (f", mean of {spread[2]} seeds" if spread else "")
+    name = metric + (" (%)" if percent else "") + (", mean over seeds" if spread else "")
     return [EvalResult(task_type=TASK, metric_type=metric, metric_name=name,
                        metric_value=round(100 * value if percent else value, 4),
                        dataset_name=study.summary.test_benchmark or test["evaluator"], **_test_dataset(test))]
