@@ -364,6 +364,41 @@ def test_a_killed_trial_process_is_retried_or_recorded_and_the_sweep_finishes(tm
     assert failed["error"].notna().all()  # a trial whose retry failed too says why
 
 
+def test_a_guard_is_scored_by_every_trial_constrains_optuna_and_is_checked_for_the_selected_mask(
+        tmp_path, tiny_backbone, problems_dir):
+    # A lean sweep (no test benchmark), so the test file's problems can be the guard: 4 of them, 4 tokens.
+    guard = {"name": "gsm_test", "max_drop": 5.0,
+             "benchmark": {"evaluator": "gsm8k", "source": str(problems_dir / "test.jsonl"), "limit": 4,
+                           "max_new_tokens": 4}}
+    config = yaml.safe_load(write_config(tmp_path, tiny_backbone, problems_dir, lean=True).read_text())
+    config["domains"][0]["guard"] = [guard]
+    config["search"].update(num_trials=2)
+    config["stages"]["refine"]["top_k"] = 0
+    path = tmp_path / "guard.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = sweep("--config", str(path))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    exp = tmp_path / "runs" / "e2e"
+    items = pd.read_parquet(exp / "items.parquet")
+    split = items[items["split"] == "guard:gsm_test"]
+    assert sorted(split["variant"].unique()) == ["best_mft", "unmasked"] and len(split) == 8
+    reference = split[split["variant"] == "unmasked"]["score"].mean()
+    frame = pd.read_parquet(exp / "results.parquet")
+    assert frame["guard/gsm_test/metric"].notna().all()  # every report of every trial scored the guard
+    best = frame.sort_values(["metric", "report"], ascending=[False, True]).groupby("trial_id").head(1)
+    expected = {r.trial_id: round(reference - r["guard/gsm_test/metric"] - 0.05, 9) for _, r in best.iterrows()}
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(exp / "studies" / "tiny__gsm" / "optuna.journal")))
+    trials = optuna.load_study(study_name="tiny/gsm", storage=storage).trials
+    assert len(trials) == 2 and all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
+    assert sorted(t.constraints["gsm_test"] for t in trials) == pytest.approx(sorted(expected.values()))
+    summary = json.loads((exp / "studies" / "tiny__gsm" / "summary.json").read_text())
+    assert [g["name"] for g in summary["guards"]] == ["gsm_test"]
+    line = next(l for l in (exp / "leaderboard.md").read_text().splitlines() if l.startswith("- Guard gsm_test"))
+    assert f"(gsm8k ({problems_dir / 'test.jsonl'}, first 4)): Best MFT vs unmasked " in line
+    assert line.endswith(f"tolerated drop 5 pts: {'kept' if summary['guards'][0]['kept'] else 'broken'}")
+
+
 def test_the_fft_stage_fine_tunes_the_pretrained_backbone_and_the_search_masks_its_best_point(
         tmp_path, tiny_backbone, problems_dir):
     import torch

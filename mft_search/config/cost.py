@@ -62,6 +62,7 @@ class DataSizes:
     validation: int | None  # rows of the validation loss (carve-out or validation_split)
     validation_problems: int | None = None
     test_problems: int | None = None
+    guard_problems: tuple[int | None, ...] = ()  # each of domains[].guard, in order
 
 
 @dataclass
@@ -255,7 +256,7 @@ class _Context:
         if self.cfg.seeds > 1:  # the selected point again with each extra seed, on the data it was selected on
             rows = sizes.train if self.cfg.stages.refine.top_k else probe_rows
             runs.append(self.mft("seed re-run", self.cfg.seeds - 1, shape, dtype, domain, train, rows, sizes,
-                                 groups[0], kinds))
+                                 groups[0], kinds, guarded=False))
         runs.append(self.evaluations(shape, dtype, domain, sizes))
         if self.cfg.stages.fft is not None:  # its final point is Continued FFT: one run, not re-seeded
             runs.append(self.fft("fft stage", 1, shape, dtype, domain, self.cfg.stages.fft.train, sizes))
@@ -270,7 +271,8 @@ class _Context:
     # ------------------------------------------------------------ runs
 
     def mft(self, kind: str, count: int, shape: ModelShape, dtype: int, domain, train, rows, sizes, group, kinds,
-            cheapest=None) -> RunCost:
+            cheapest=None, guarded: bool = True) -> RunCost:
+        """`guarded`: it scores the domain's guards at every report (the search's trials do)."""
         seq = domain.train.max_length
         masked = shape.masked_params(group, kinds)
         backward = shape.layers - min(group)
@@ -284,6 +286,8 @@ class _Context:
             detail += f"; the deepest group ({cheapest[0]}-{cheapest[-1]}) trains at {low / per_token:.0%} of its FLOPs"
         run = RunCost(kind, count, detail, memory, other, train.activation_checkpointing)
         evals = self.report_evaluations(shape, domain, sizes, _reports(rows, train))
+        if guarded:
+            evals = _pairs_total(evals, self.guards(shape, domain, sizes, _reports(rows, train)))
         self.finish(run, tokens, tokens and tokens * per_token, evals)
         run.fixes = self.fixes(run, lambda t, s: self.train_memory(shape, masked, backward, t, seq, dtype, s), train)
         return run
@@ -303,7 +307,8 @@ class _Context:
 
     def evaluations(self, shape: ModelShape, dtype: int, domain, sizes: DataSizes) -> RunCost:
         """Selection on validation (the best mask, unmasked and the mask baselines), then test
-        (those and continued FFT), and wanda's calibration forward."""
+        (those and continued FFT), wanda's calibration forward, and each guard scored on the
+        unmasked backbone (before the probe) and the best mask."""
         masks = [b for b in ("random", "l1", "wanda") if b in self.cfg.baselines]
         # Each extra seed adds a learned mask and a random one to both splits, and a continued FFT to test.
         replicates = (self.cfg.seeds - 1) * (1 + ("random" in masks))
@@ -314,12 +319,16 @@ class _Context:
         test = self.benchmark(shape, domain.test, sizes.test_problems, test_variants)
         seq = domain.train.max_length
         wanda = WANDA_SEQUENCES * seq * cm.forward_flops_per_token(shape, seq) if "wanda" in masks else 0.0
-        memory = max((self.eval_memory(shape, s, dtype, domain) for s in (domain.validation, domain.test)),
-                     key=Memory.total)
-        run = RunCost("evaluations", 1, f"validation x{validation_variants} models, test x{test_variants}"
-                      if domain.test else f"validation x{validation_variants} models, no test", memory)
-        flops = _total((validation[0], test[0]))
-        self.finish(run, 0, flops and flops + wanda, (0.0, _total((validation[1], test[1]))))
+        guards = self.guards(shape, domain, sizes, 2)
+        specs = (domain.validation, domain.test, *(g.benchmark for g in domain.guard))
+        memory = max((self.eval_memory(shape, s, dtype, domain) for s in specs), key=Memory.total)
+        detail = (f"validation x{validation_variants} models, test x{test_variants}" if domain.test
+                  else f"validation x{validation_variants} models, no test")
+        if domain.guard:
+            detail += f", {len(domain.guard)} guard(s) x2 models"
+        run = RunCost("evaluations", 1, detail, memory)
+        flops = _total((validation[0], test[0], guards[0]))
+        self.finish(run, 0, flops and flops + wanda, (0.0, _total((validation[1], test[1], guards[1]))))
         if run.fits is False:
             # Evaluations hold the whole model on each worker: only their batches can shrink.
             loss = cm.loss_memory(shape, self.cfg.train.micro_batch_size, seq, dtype).total() >= memory.total()
@@ -336,6 +345,13 @@ class _Context:
         loss = _times(sizes.validation, seq * cm.forward_flops_per_token(shape, seq))
         bench, generated = self.benchmark(shape, domain.validation, sizes.validation_problems, 1)
         return _times(times, _total((loss, bench))), _times(times, generated)
+
+    def guards(self, shape: ModelShape, domain, sizes: DataSizes, times: int | None):
+        """(FLOPs, generated tokens) of `times` scorings of every guard benchmark of the domain."""
+        if times is None:
+            return None, None
+        costs = [self.benchmark(shape, g.benchmark, n, times) for g, n in zip(domain.guard, sizes.guard_problems)]
+        return _total(c[0] for c in costs), _total(c[1] for c in costs)
 
     def benchmark(self, shape: ModelShape, spec, problems: int | None, variants: int):
         if spec is None:
@@ -402,6 +418,11 @@ def replace_ckpt(train):
 
 def _gb(memory: Memory) -> str:
     return f"-> {memory.total() / GB:.1f} GB"
+
+
+def _pairs_total(a: tuple, b: tuple) -> tuple:
+    """(FLOPs, tokens) pairs added, None where either is unknown."""
+    return tuple(_total(pair) for pair in zip(a, b))
 
 
 def _times(n, value):

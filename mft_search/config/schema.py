@@ -51,6 +51,21 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # becomes a directory name
 _STRICT = ConfigDict(extra="forbid")
 
 
+class GuardSpec(BaseModel):
+    """A benchmark outside the domain that a mask may not hurt by more than `max_drop` (IFEval
+    while searching math, say): every trial scores it at each evaluation point, the search steers
+    away from masks that break it, and selection refuses one whose paired drop may exceed it."""
+
+    model_config = _STRICT
+    benchmark: EvalSpec = Field(description="the guarded benchmark, on problems of none of the domain's held-out sets")
+    max_drop: float = Field(ge=0, description="tolerated drop below the unmasked backbone's score, in points")
+    name: str | None = Field(None, description="its name in outputs (guard/<name>/metric); null = the evaluator's")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.benchmark.evaluator
+
+
 class DomainSpec(BaseModel):
     """One fine-tuning domain: the SFT data MFT trains on and the benchmarks that judge it."""
 
@@ -63,6 +78,9 @@ class DomainSpec(BaseModel):
     fft_selection: EvalSpec | None = Field(
         None, description="with stages.fft: benchmark that picks the best FFT epoch (the backbone MFT masks), on "
         "problems neither validation nor test holds; null = lowest loss on train's validation carve-out")
+    guard: list[GuardSpec] = Field(
+        [], description="other benchmarks the mask must not hurt by more than their max_drop (points); each trial "
+        "scores them at every evaluation point")
 
     @model_validator(mode="after")
     def _held_apart(self) -> DomainSpec:
@@ -81,7 +99,24 @@ class DomainSpec(BaseModel):
             if self.fft_selection and spec and _eval_data(self.fft_selection) == _eval_data(spec):
                 raise FieldIssue("fft_selection", f"reads the same problems as {other}; the FFT epoch, the mask and "
                                  "the report each need their own held-out problems: point it at other data")
+        self._check_guards()
         return self
+
+    def _check_guards(self) -> None:
+        """Guards select too (they refuse masks), so none may read test's problems; one reading
+        validation's would only score the metric again."""
+        labels = [g.label for g in self.guard]
+        for i, guard in enumerate(self.guard):
+            if guard.name is not None:
+                _check_name(guard.name, f"guard[{i}].name")
+            if guard.label in labels[:i]:
+                raise FieldIssue(f"guard[{i}].name", f"'{guard.label}' repeats guard[{labels.index(guard.label)}]; "
+                                 "outputs are named by it, give each guard a distinct name")
+            for other in ("validation", "test"):
+                spec = getattr(self, other)
+                if spec is not None and _eval_data(guard.benchmark) == _eval_data(spec):
+                    raise FieldIssue(f"guard[{i}].benchmark", f"reads the same problems as {other}; a guard must "
+                                     "judge other data: point its source at another benchmark or file")
 
     def carve_out_caveat(self, fine_tuned_here: bool = False) -> str | None:
         """Why selection on a carve-out of `train` is biased, and how to avoid it; None when a
@@ -448,7 +483,9 @@ def _expand_home(cfg: SweepConfig) -> SweepConfig:
 
     backbones = [home(b) for b in cfg.backbones]
     data_fields = ("train", "fft_selection", "validation", "test")
-    domains = [d.model_copy(update={f: home(getattr(d, f)) for f in data_fields}) for d in cfg.domains]
+    domains = [d.model_copy(update={**{f: home(getattr(d, f)) for f in data_fields},
+                                    "guard": [g.model_copy(update={"benchmark": home(g.benchmark)}) for g in d.guard]})
+               for d in cfg.domains]
     return cfg.model_copy(update={"backbones": backbones, "domains": domains})
 
 
@@ -570,6 +607,9 @@ def check_data(cfg: SweepConfig) -> None:
             spec = getattr(domain, name)
             if spec is not None and spec.source is not None:
                 _check_benchmark(spec, f"{at}.{name}")
+        for j, guard in enumerate(domain.guard):
+            if guard.benchmark.source is not None:
+                _check_benchmark(guard.benchmark, f"{at}.guard[{j}].benchmark")
 
 
 def _check_benchmark(spec: EvalSpec, at: str) -> None:
@@ -620,6 +660,7 @@ def describe_plan(cfg: SweepConfig, model_configs: dict[str, PretrainedConfig]) 
         *[f"  domain {d.name}: train {d.train.source}; select on {_bench(d.validation) or 'validation loss'}; "
           f"report {_bench(d.test) or 'nothing (no test)'}" for d in cfg.domains],
         *[f"  caveat, domain {d.name}: {caveat}" for d in cfg.domains for caveat in cfg.caveats(d)],
+        *_guard_plan(cfg),
         *[f"  {why}" for b in cfg.backbones if (why := cfg.pretrained_missing(b))],
         f"search: {search.algorithm}, seed {search.seed}, {len(search.enqueue)} enqueued point(s), {asha}",
         *[f"  {line}" for line in describe_space(search.space)],
@@ -636,6 +677,19 @@ def describe_plan(cfg: SweepConfig, model_configs: dict[str, PretrainedConfig]) 
         f"{search.max_concurrent_trials * res.workers_per_trial * res.gpus_per_worker:g} GPU",
     ]
     return "\n".join(lines)
+
+
+def _guard_plan(cfg: SweepConfig) -> list[str]:
+    lines = [f"  guard {g.label}, domain {d.name}: {_bench(g.benchmark)}, tolerated drop {g.max_drop:g} pts"
+             for d in cfg.domains for g in d.guard]
+    if not lines:
+        return []
+    # random and grid sample without looking at finished trials, so a constraint cannot steer them
+    steer = ("TPE and GP sample away from trials that break a guard" if cfg.search.algorithm in ("tpe", "gp")
+             else f"{cfg.search.algorithm} sampling ignores guards")
+    return lines + [f"  guards: the unmasked backbone scored once per study before the probe; every trial scores "
+                    f"each guard at every evaluation point (one more benchmark per report); {steer}; selection "
+                    "skips trials whose best report breaks one, and refuses a mask whose paired drop may exceed it"]
 
 
 def _seeds_plan(cfg: SweepConfig) -> str:

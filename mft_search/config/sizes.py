@@ -25,7 +25,8 @@ def _domain_sizes(domain, train_examples: int | None) -> DataSizes:
     if spec.validation_split is not None and local:
         validation_rows = len(load_examples(spec, spec.validation_split))
     train, validation = split_sizes(spec, rows, validation_rows)
-    return DataSizes(train, validation, _problems(domain.validation), _problems(domain.test))
+    return DataSizes(train, validation, _problems(domain.validation), _problems(domain.test),
+                     tuple(_problems(g.benchmark) for g in domain.guard))
 
 
 def _problems(spec) -> int | None:

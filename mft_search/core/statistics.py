@@ -199,3 +199,19 @@ def selection_decision(gain: Gain, min_gain: float, *, unit: Unit) -> tuple[bool
         return False, f"gain {text} is not distinguishable from noise (its {level} interval includes 0)"
     return False, (f"gain {text}: its {level} lower bound {low:+.{unit.decimals}f} is not above "
                    f"min_gain {min_gain:g}")
+
+
+def guard_decision(gain: Gain, max_drop: float, *, unit: Unit) -> tuple[bool, str]:
+    """Whether a mask keeps a guard (domains[].guard): the paired lower bound of its change over the
+    unmasked model on the guard benchmark is no lower than -`max_drop` (in `unit`). One item gives
+    no interval, so no assurance: the guard counts as broken. The reason says why, plainly."""
+    text = gain.interval(unit)
+    if not gain.has_interval():
+        return False, (f"change {text} rests on {gain.n_items} item, which gives no interval: score the guard "
+                       "on more items")
+    # Rounded: a drop of exactly max_drop keeps the guard, whatever the float arithmetic says.
+    low = round(gain.low * unit.scale, 9)
+    bound = f"its {gain.confidence:.0%} lower bound {low:+.{unit.decimals}f}"
+    if low >= -max_drop:
+        return True, f"change {text}: {bound} is within the tolerated drop of {max_drop:g} {unit.name}"
+    return False, f"change {text}: {bound} is below -{max_drop:g} {unit.name}, the tolerated drop"

@@ -14,12 +14,15 @@ from typing import Any
 import pandas as pd
 
 from mft_search.core import files
+from mft_search.experiment.guards import GUARD_PREFIX
 
 KEY = ("study", "stage", "trial_id", "report")
 # A trial still "running" on record when its stage ended: the driver died before Tune saved it
 # (the resumed Tune ran another in its place), or its own write failed on full storage.
 INTERRUPTED = "still running when the sweep stopped; --resume did not continue it"
 REPORT_FIELDS = ("step", "total_steps", "epoch", "metric", "val_loss", "train_loss", "kept_fraction", "no_op")
+# Report keys kept as columns too: the benchmark's other figures, where the time went, guard metrics.
+REPORT_PREFIXES = ("eval_", "time_", GUARD_PREFIX)
 # Never candidates for selection: a failed trial, or one whose mask kept every weight (the unmasked model).
 NOT_CANDIDATES = ("failed", "no-op")
 NO_OP = ("kept every weight: no score fell below the threshold, so the mask changes nothing (global mode with "
@@ -40,7 +43,7 @@ class ResultsTable:
         """Record one report of a running trial (status "running" until it finishes)."""
         row = {**base, "status": "running", "error": None, "report": int(result.get("report", 0))}
         row.update({k: _float(result.get(k)) for k in REPORT_FIELDS})
-        row.update({k: _float(v) for k, v in result.items() if k.startswith(("eval_", "time_"))})
+        row.update({k: _float(v) for k, v in result.items() if k.startswith(REPORT_PREFIXES)})
         row["wall_s"] = _float(result.get("time_total_s"))
         row.update({f"param.{k}": v for k, v in params.items()})
         self._rows[tuple(row[k] for k in KEY)] = row

@@ -62,6 +62,7 @@ class Summary:
     fft: dict[str, Any] | None = None  # the FFT curve: origin, metric_name, best/final epoch, points
     skipped: tuple[str, ...] = ()  # baselines that could not run, each with the reason
     lora: dict[str, Any] | None = None  # the LoRA baseline's curve, as `fft`
+    guards: tuple[dict[str, Any], ...] = ()  # each guard's check of the best mask: name, benchmark, max_drop, kept
 
     def row(self, name: str) -> SummaryRow | None:
         return next((r for r in self.rows if r.name == name), None)
@@ -194,7 +195,7 @@ def _read_summary(path: Path) -> Summary:
                    validation_benchmark=data.get("validation_benchmark"), test_benchmark=data.get("test_benchmark"),
                    rows=rows, verdict=data.get("verdict", ""), caveats=tuple(data.get("caveats", ())),
                    fft=data.get("fft"), skipped=tuple(data.get("skipped", ())),
-                   lora=data.get("lora"))
+                   lora=data.get("lora"), guards=tuple(data.get("guards", ())))
 
 
 def _summary_row(row: dict[str, Any]) -> SummaryRow:

@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from mft_search.core.topk import CUT_SETTING
+from mft_search.experiment.guards import guard_split
 from mft_search.experiment.items import gains_over, split_unit
 from mft_search.experiment.results import NOT_CANDIDATES
 from mft_search.report.experiment import Experiment, StudyRecord, SummaryRow
@@ -65,10 +66,11 @@ def _study_section(exp_dir: Path, report: StudyReport) -> list[str]:
 
 def _table1(exp_dir: Path, study: StudyRecord, percent: bool) -> list[str]:
     lines = table1(study, percent)
-    best = study.summary.row("best_mft")
+    summary = study.summary
+    best = summary.row("best_mft")
     if best is not None:
-        lines += _selection(exp_dir, best)
-    return lines + [f"**Verdict:** {study.summary.verdict or 'none recorded'}", ""]
+        lines += _selection(exp_dir, best, [g["name"] for g in summary.guards if not g["kept"]])
+    return lines + [f"**Verdict:** {summary.verdict or 'none recorded'}", ""]
 
 
 def table1(study: StudyRecord, percent: bool) -> list[str]:
@@ -84,7 +86,7 @@ def table1(study: StudyRecord, percent: bool) -> list[str]:
     if summary.rows:  # none when no trial finished with a metric: then only the verdict speaks
         lines += _rows_table(study, percent)
         lines += _best_against_each(study)
-    return lines
+    return lines + _guard_lines(study)
 
 
 def _rows_table(study: StudyRecord, percent: bool) -> list[str]:
@@ -128,6 +130,19 @@ def _best_against_each(study: StudyRecord) -> list[str]:
     return lines + ([""] if lines else [])
 
 
+def _guard_lines(study: StudyRecord) -> list[str]:
+    """Each guard (domains[].guard): the best mask's change over the unmasked backbone on it, paired
+    over items.parquet's items, against the tolerated drop; kept or broken as the sweep decided."""
+    lines = []
+    for guard in study.summary.guards:
+        split = guard_split(guard["name"])
+        gain = gains_over(study.items, study.name, split, "best_mft").get("unmasked")
+        change = gain.format(split_unit(study.items, study.name, split)) if gain else "n/a (no per-item scores)"
+        lines.append(f"- Guard {guard['name']} ({guard['benchmark']}): Best MFT vs unmasked {change}, tolerated "
+                     f"drop {guard['max_drop']:g} pts: {'kept' if guard['kept'] else 'broken'}")
+    return lines + ([""] if lines else [])
+
+
 def _label(study: StudyRecord, name: str) -> str:
     row = study.summary.row(name) if study.summary else None
     return (row.label if row else None) or ROW_LABELS.get(name, name)
@@ -148,13 +163,15 @@ def _settings_note(study: StudyRecord) -> list[str]:
             "McNemar test (0/1 scores).", ""] if notes else []
 
 
-def _selection(exp_dir: Path, best: SummaryRow) -> list[str]:
+def _selection(exp_dir: Path, best: SummaryRow, broken: list[str]) -> list[str]:
+    """`broken`: the guards the best mask breaks."""
     config = selected_config(best)
     trial = f" (trial {best.trial_id})" if best.trial_id else ""
     if not best.selected:
         # Said here in plain words whatever the verdict's wording: nothing was exported.
-        return ["**No mask's validation gain over the unmasked model was distinguishable from noise**, so no mask "
-                "was selected or exported. "
+        why = (f"**The best mask breaks guard {', '.join(broken)}**" if broken else
+               "**No mask's validation gain over the unmasked model was distinguishable from noise**")
+        return [f"{why}, so no mask was selected or exported. "
                 f"Best trial for reference{trial}: {config or 'parameters not recorded'}.", ""]
     lines = [f"**Selected configuration**{trial}: {config or 'parameters not recorded'}."]
     if best.mask:

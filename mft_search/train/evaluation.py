@@ -110,8 +110,12 @@ def _calibration(job: TrialJob, tokenizer, seed: int) -> list[dict[str, torch.Te
 
 
 def evaluate_model(job: TrialJob, model, tokenizer, val_batches) -> dict[str, float]:
-    """Validation loss (when batches are given) and the domain metric; `metric` is higher-better."""
-    return evaluate_model_items(job, model, tokenizer, val_batches)[0]
+    """Validation loss (when batches are given), the domain metric (`metric`, higher-better) and
+    each guard benchmark's primary metric under its key."""
+    metrics = evaluate_model_items(job, model, tokenizer, val_batches)[0]
+    for key, spec in job.guards.items():
+        metrics[key] = _primary(spec, score_benchmark(spec, model, tokenizer))
+    return metrics
 
 
 def evaluate_model_items(job: TrialJob, model, tokenizer, val_batches) -> tuple[dict[str, float], ItemScores | None]:
@@ -126,7 +130,7 @@ def evaluate_model_items(job: TrialJob, model, tokenizer, val_batches) -> tuple[
     if job.evaluation is not None:
         scores = score_benchmark(job.evaluation, model, tokenizer)
         metrics.update({f"eval_{k}": v for k, v in scores.metrics.items()})
-        metrics["metric"] = scores.metrics[_loaded(job.evaluation.model_dump_json())[0].metric]
+        metrics["metric"] = _primary(job.evaluation, scores)
         items = ItemScores("fraction", scores.settings, scores.items)
     elif "val_loss" in metrics:
         metrics["metric"] = -metrics["val_loss"]
@@ -140,7 +144,11 @@ def score_benchmark(spec: EvalSpec, model, tokenizer) -> Scores:
     return evaluator.evaluate(unwrap(model), tokenizer, problems, spec.generation())
 
 
-@functools.lru_cache(maxsize=4)
+def _primary(spec: EvalSpec, scores: Scores) -> float:
+    return scores.metrics[_loaded(spec.model_dump_json())[0].metric]
+
+
+@functools.lru_cache(maxsize=8)  # the metric's benchmark and a few guards
 def _loaded(spec_json: str) -> tuple[Evaluator, list[Problem]]:
     """A benchmark's evaluator and problems, read once per process rather than at every evaluation
     point (keyed by the whole block: shots and their source change the prompts)."""

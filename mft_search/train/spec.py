@@ -76,6 +76,7 @@ class TrialJob(BaseModel):
     backbone: BackboneSpec
     data: DataSpec | None = None  # SFT data (mft/fft); its validation carve-out gives val_loss
     evaluation: EvalSpec | None = None  # the domain metric; None makes -val_loss the metric
+    guards: dict[str, EvalSpec] = {}  # mft: other benchmarks scored at every evaluation point, by metric key
     mask: MaskSpec | None = None  # mft; for random/l1 without a mask file, the modules and ratio
     variants: list[EvalVariant] = []  # evaluate: the models to score, one after another
     calibration: DataSpec | None = None  # evaluate: SFT data whose training split calibrates wanda

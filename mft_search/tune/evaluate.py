@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from mft_search.core.maskfile import load_mask_file
 from mft_search.core.statistics import Gain, Unit, selection_decision
 from mft_search.experiment import layout
 from mft_search.experiment.fft_record import FftPoint, FftRecord, best_of
+from mft_search.experiment.guards import GuardLimit, broken_guards
 from mft_search.experiment.items import add_items, gains_over, items_path, read_items, split_unit
 from mft_search.experiment.results import NOT_CANDIDATES, best_reports, params_of
 from mft_search.train.ray_train import JobResult, fit_job
@@ -40,10 +42,14 @@ class Candidate:
     mask_path: str
 
 
-def best_candidates(frame: pd.DataFrame, study: str, stage: str, k: int) -> list[Candidate]:
-    """The k best non-failed trials of a stage, each at its best report (ties: earlier trial)."""
+def best_candidates(frame: pd.DataFrame, study: str, stage: str, k: int,
+                    limits: Sequence[GuardLimit] = ()) -> list[Candidate]:
+    """The k best non-failed trials of a stage, each at its best report (ties: earlier trial),
+    leaving out those whose best report breaks a guard of `limits`."""
     rows = frame[(frame["study"] == study) & (frame["stage"] == stage) & ~frame["status"].isin(NOT_CANDIDATES)]
     best = best_reports(rows)
+    if limits and not best.empty:
+        best = best[[not broken_guards(row, limits) for _, row in best.iterrows()]]
     out = []
     for _, row in best.head(k).iterrows():
         out.append(Candidate(row["trial_id"], stage, params_of(row), float(row["metric"]), row["mask_path"]))
@@ -169,16 +175,19 @@ def export_best(study: Study, winner: Candidate) -> Path:
 
 
 def write_summary(study: Study, rows: list[dict[str, Any]], verdict: str, *, curve: FftCurve | None = None,
-                  lora: FftCurve | None = None, budget: str | None = None) -> Path:
+                  lora: FftCurve | None = None, budget: str | None = None, guards: Sequence[dict] = ()) -> Path:
     """`curve`, `lora`: the FFT's and the LoRA baseline's points; `budget`: what stopped the probe
-    search early, if anything (a caveat, since fewer trials ran)."""
+    search early, if anything (a caveat, since fewer trials ran); `guards`: each guard's check of
+    the best mask (tune.guards.GuardCheck.as_json)."""
     summary = {"study": study.name, "backbone": study.backbone.label, "domain": study.domain.name,
-               "metric_name": metric_name(study.domain.validation), "validation_benchmark": _bench(study.domain.validation),
-               "test_benchmark": _bench(study.domain.test),
+               "metric_name": metric_name(study.domain.validation),
+               "validation_benchmark": benchmark_label(study.domain.validation),
+               "test_benchmark": benchmark_label(study.domain.test),
                "rows": sorted(rows, key=lambda r: ROW_ORDER.index(r["name"])), "verdict": verdict,
                "caveats": [*study.cfg.caveats(study.domain), *([budget] if budget else [])], "budget_stop": budget,
                "fft": curve.as_json() if curve else None, "lora": lora.as_json() if lora else None,
-               "skipped": [why for why in (study.cfg.pretrained_missing(study.backbone),) if why]}
+               "skipped": [why for why in (study.cfg.pretrained_missing(study.backbone),) if why],
+               "guards": list(guards)}
     return files.write_text(study.dir / layout.SUMMARY, json.dumps(summary, indent=2))
 
 
@@ -191,19 +200,23 @@ def metric_name(benchmark) -> str:
     return get_evaluator(benchmark.evaluator).metric
 
 
-def _bench(spec) -> str | None:
+def benchmark_label(spec) -> str | None:
+    """'gsm8k (path, first 200)': which benchmark on which problems; None for no benchmark."""
     return None if spec is None else f"{spec.evaluator} ({spec.source or 'default'}" + \
         (f", first {spec.limit})" if spec.limit else ")")
 
 
-def verdict(gain: Gain | None, min_gain: float, unit: Unit | None, candidates: int) -> tuple[bool, str]:
+def verdict(gain: Gain | None, min_gain: float, unit: Unit | None, candidates: int,
+            broken: Sequence[str] = ()) -> tuple[bool, str]:
     """Whether the best mask's validation gain over the unmasked backbone is real: its paired
-    lower bound above `min_gain` (core.statistics.selection_decision), said plainly."""
+    lower bound above `min_gain` (core.statistics.selection_decision), and no guard broken
+    (`broken`: "breaks guard <name>: <why>" of each, tune.guards), said plainly."""
     among = (f"the best of {candidates} trial(s) on validation, so its validation gain carries the winner's curse; "
              "the test figures are the unbiased ones")
     if gain is None or unit is None:
         return False, "no per-item validation scores for the best mask and the unmasked backbone; nothing exported"
     selected, reason = selection_decision(gain, min_gain, unit=unit)
-    if selected:
+    if selected and not broken:
         return True, f"best MFT selected ({among}): validation {reason}"
-    return False, f"no mask selected, nothing exported as best: validation {reason} ({among})"
+    why = [*broken, f"validation {reason}"] if selected else [f"validation {reason}", *broken]
+    return False, f"no mask selected, nothing exported as best: {'; '.join(why)} ({among})"

@@ -15,8 +15,10 @@ from ray.tune.search.optuna import OptunaSearch
 
 from mft_search.config.space import enqueue_points
 from mft_search.experiment import layout
+from mft_search.experiment.guards import constraint_values
 from mft_search.experiment.results import trial_status, trial_value
 from mft_search.tune.budget import Budget
+from mft_search.tune.guards import guard_limits
 from mft_search.tune.sampling import define_by_run, make_sampler
 from mft_search.tune.study import Study, journal_storage
 
@@ -30,6 +32,12 @@ class PrunedAwareOptunaSearch(OptunaSearch):
     A completed trial's value is its best report's metric, the one selection ranks it by
     (experiment.results.best_reports), not its last: the same number in Optuna, optuna-dashboard,
     the console line and the leaderboard.
+
+    With guards (`_guards`, experiment.guards.GuardLimit), a completed or pruned trial carries
+    Optuna constraints, each guard's violation at that best report, set with
+    `Trial.set_constraint` before it is told: TPE and GP read them from the trial and sample away
+    from infeasible points (optuna >= 5.0, where `constraints_func` is deprecated), while ASHA
+    still ranks by the metric alone.
     """
 
     def suggest(self, trial_id: str) -> dict | str | None:
@@ -55,7 +63,20 @@ class PrunedAwareOptunaSearch(OptunaSearch):
     def _note_best(self, trial_id: str, result: dict | None) -> None:
         # In __dict__, which OptunaSearch.save pickles: a resumed driver keeps every trial's best so far.
         best = self.__dict__.setdefault("_best_metric", {})
-        best[trial_id] = trial_value([best.get(trial_id), (result or {}).get("metric")])
+        previous = best.get(trial_id)
+        best[trial_id] = trial_value([previous, (result or {}).get("metric")])
+        limits = self.__dict__.get("_guards")
+        if limits and best[trial_id] is not None and best[trial_id] != previous:  # ties: the earlier report
+            self.__dict__.setdefault("_constraints", {})[trial_id] = constraint_values(limits, result)
+
+    def _constrain(self, trial_id: str) -> None:
+        """Each guard's violation at the trial's best report, on the Optuna trial before it is told."""
+        trial = self._ot_trials[trial_id]
+        for name, value in self.__dict__.get("_constraints", {}).get(trial_id, {}).items():
+            try:
+                trial.set_constraint(name, value)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                return  # told before a driver restart: its constraints went with it
 
     def _note_time(self, trial_id: str, result: dict | None) -> None:
         budget = self.__dict__.get("_budget")
@@ -68,6 +89,8 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         if status == "completed" and trial_id not in self._completed_trials:
             self._note_best(trial_id, result)
             result = {**result, "metric": self._best_metric[trial_id]}
+        if status != "failed" and trial_id not in self._completed_trials:
+            self._constrain(trial_id)
         if status == "completed" or trial_id in self._completed_trials:
             return super().on_trial_complete(trial_id, result, error)
         state = TrialState.FAIL if status == "failed" else TrialState.PRUNED
@@ -91,6 +114,8 @@ def make_searcher(study: Study, *, enqueue: bool = True) -> PrunedAwareOptunaSea
     budget = make_budget(study)
     if budget.active:
         searcher._budget = budget  # in __dict__: saved with the searcher, so a restored stage keeps its spending
+    if study.domain.guard:
+        searcher._guards = guard_limits(study)
     return searcher
 
 

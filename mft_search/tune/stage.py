@@ -21,7 +21,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from mft_search.core.distributed import release_memory
 from mft_search.experiment import layout
-from mft_search.experiment.results import REPORT_FIELDS, ResultsTable, params_of, trial_value
+from mft_search.experiment.results import REPORT_FIELDS, REPORT_PREFIXES, ResultsTable, params_of, trial_value
 from mft_search.train import faults
 from mft_search.train.job import run_job
 from mft_search.train.ray_train import RaySession, build_trainer
@@ -80,7 +80,7 @@ def _recorded_end(study: Study, stage: Stage, trial_id: str) -> dict[str, Any] |
     if not rows or rows[0].get("status") not in ("completed", "pruned", "no-op"):
         return None
     last = max(rows, key=lambda r: r["report"])
-    report = {k: v for k, v in last.items() if k in (*REPORT_FIELDS, "report") or k.startswith(("eval_", "time_"))}
+    report = {k: v for k, v in last.items() if k in (*REPORT_FIELDS, "report") or k.startswith(REPORT_PREFIXES)}
     return {**report, "replayed": 1, "best_metric": trial_value(r.get("metric") for r in rows)}
 
 

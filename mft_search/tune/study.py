@@ -14,6 +14,7 @@ from mft_search.core.data import DataSpec
 from mft_search.core.masking import MaskSpec
 from mft_search.experiment import layout
 from mft_search.experiment.fft_record import FftRecord
+from mft_search.experiment.guards import guard_metric
 from mft_search.experiment.storage import Storage
 from mft_search.train.spec import Resources, TrialJob
 from mft_search.tune.sampling import params_to_trial
@@ -68,10 +69,12 @@ class Study:
             data = data.model_copy(update={"fraction": data.fraction * self.cfg.stages.probe.data_fraction})
         return data
 
-    def mft_job(self, params: dict[str, Any], trial_id: str, stage: Stage) -> TrialJob:
+    def mft_job(self, params: dict[str, Any], trial_id: str, stage: Stage, *, guarded: bool = True) -> TrialJob:
+        """A trial's MFT job; `guarded` scores the domain's guards at every evaluation point."""
         mask_kwargs, train = params_to_trial(params, self.cfg)
+        guards = {guard_metric(g.label): g.benchmark for g in self.domain.guard} if guarded else {}
         return self.job("mft", layout.trial_name(self.slug, stage, trial_id), data=self.train_data(stage),
-                        mask=MaskSpec(**mask_kwargs), train=train)
+                        mask=MaskSpec(**mask_kwargs), train=train, guards=guards)
 
     def prepare_data(self, stage: Stage) -> None:
         """Tokenise the stage's data here, in the driver, before any trial starts: trials only

@@ -23,6 +23,7 @@ from mft_search.tune.evaluate import (
     verdict, write_summary)
 from mft_search.tune.budget import budget_stop
 from mft_search.tune.fft_stage import fine_tuned_study, run_fft_stage
+from mft_search.tune.guards import check_winner, guard_limits, measure_references
 from mft_search.tune.replicates import fft_replicates, mft_replicates, random_replicates
 from mft_search.tune.stage import run_stage
 from mft_search.tune.study import Study
@@ -76,6 +77,7 @@ def _run_studies(cfg: SweepConfig, exp_dir: Path, storage: Storage, resume: bool
     for backbone in cfg.backbones:
         for domain in cfg.domains:
             study = _fine_tune(Study(cfg, backbone, domain, exp_dir, storage), state, log)
+            _guard_references(study, state, log)
             _search(study, state, results, resume, log)
             if not state.finished(study, "evaluation"):
                 storage.check()
@@ -95,6 +97,14 @@ def _fine_tune(study: Study, state: SweepState, log) -> Study:
     return fine_tuned_study(study, record)
 
 
+def _guard_references(study: Study, state: SweepState, log) -> None:
+    """The unmasked backbone on each guard, once, before the probe: every trial is held to it."""
+    if study.domain.guard and not state.finished(study, "guards"):
+        study.storage.check()
+        measure_references(study, log)
+        state.mark(study, "guards")
+
+
 def _search(study: Study, state: SweepState, results: Path, resume: bool, log) -> None:
     """Probe, then refine; the Tune callbacks write results.parquet, read back here from disk."""
     if not state.finished(study, "probe"):
@@ -109,7 +119,8 @@ def _search(study: Study, state: SweepState, results: Path, resume: bool, log) -
         state.mark(study, "probe")
     k = study.cfg.stages.refine.top_k
     if k and not state.finished(study, "refine"):
-        points = [c.params for c in best_candidates(ResultsTable(results).frame(), study.name, "probe", k)]
+        frame = ResultsTable(results).frame()
+        points = [c.params for c in best_candidates(frame, study.name, "probe", k, guard_limits(study))]
         log(f"[{study.name}] refine: the best {len(points)} probe point(s) on all the training data")
         if points:
             study.storage.check()
@@ -142,13 +153,14 @@ def _evaluate(study: Study, table: ResultsTable, log) -> None:
     """Select on validation, then score the selection and the baselines on test."""
     frame = table.frame()
     stage = "refine" if study.cfg.stages.refine.top_k and (frame["stage"] == "refine").any() else "probe"
-    winners = best_candidates(frame, study.name, stage, 1)
+    winners = best_candidates(frame, study.name, stage, 1, guard_limits(study))
     budget = budget_message(study, table)
     if not winners:
         curve = FftCurve.of("fft stage", study.fft) if study.fft else None
-        write_summary(study, [], "no trial finished with a validation metric; nothing to select", curve=curve,
-                      budget=budget)
-        log(f"[{study.name}] no trial finished: nothing selected")
+        why = ("every trial's best report broke a guard on validation" if best_candidates(frame, study.name, stage, 1)
+               else "no trial finished with a validation metric")
+        write_summary(study, [], f"{why}; nothing to select", curve=curve, budget=budget)
+        log(f"[{study.name}] {why}: nothing selected")
         return
     winner = winners[0]
     study.prepare_data("refine")  # the baselines train and score on all the data: tokenised here, once
@@ -159,7 +171,9 @@ def _evaluate(study: Study, table: ResultsTable, log) -> None:
                   **compared.own_validation}
     gains, unit = paired_gains(study, "validation")  # the unit the items were scored in: points or nats
     candidates = frame[(frame["study"] == study.name) & (frame["stage"] == stage)]["trial_id"].nunique()
-    selected, text = verdict(gains.get("unmasked"), study.cfg.selection.min_gain, unit, candidates)
+    guards = check_winner(study, winner.mask_path, log)
+    selected, text = verdict(gains.get("unmasked"), study.cfg.selection.min_gain, unit, candidates,
+                             [g.broken for g in guards if g.broken])
     if selected:
         export_best(study, winner)
     test: dict[str, float] = {}
@@ -172,7 +186,8 @@ def _evaluate(study: Study, table: ResultsTable, log) -> None:
         if row["name"] == "best_mft":
             row.update(trial_id=winner.trial_id, params=winner.params, selected=selected,
                        mask=_relative_best_mask(study) if selected else None)
-    write_summary(study, rows, text, curve=compared.fft, lora=compared.lora, budget=budget)
+    write_summary(study, rows, text, curve=compared.fft, lora=compared.lora, budget=budget,
+                  guards=[g.as_json() for g in guards])
     log(f"[{study.name}] {text}")
 
 
