@@ -61,6 +61,33 @@ def test_flops_follow_the_stated_model():
     assert cm.train_flops_per_token(shape, blocks, None, True, seq) == mft + 4 * (2 * shape.block_linear() + attn)
 
 
+def test_lora_adapters_and_flops_are_counted_exactly():
+    from transformers import LlamaForCausalLM
+
+    from mft_search.core.lora import LoraSpec, attach_lora, lora_parameters
+
+    config = LlamaConfig(**TINY)
+    shape = ModelShape.of(config)
+    adapted = attach_lora(LlamaForCausalLM(config), LoraSpec(rank=4))
+    assert shape.adapter_params(4) == sum(p.numel() for p in lora_parameters(adapted))
+    seq, fft = 16, cm.train_flops_per_token(shape, None, None, False, 16)
+    # FFT's input-gradient backward, no base weight gradients, the adapters' forward and backward
+    assert cm.lora_flops_per_token(shape, 4, False, seq) == fft - 2 * shape.matmul_params() + 6 * shape.adapter_params(4)
+
+
+def test_the_plan_counts_the_fft_stage_and_lora_in_place_of_a_continued_fft_run():
+    plan = _plan("h100", "stages.fft={train: {epochs: 3}}", "baselines=[unmasked, random, revert, lora, continued_fft]",
+                 "domains.0.fft_selection={evaluator: gsm8k, source: fft.jsonl}", "seeds=2")
+    runs = {r.kind: r for r in plan.studies[0].runs}
+    assert set(runs) == {"probe trial", "refine trial", "seed re-run", "evaluations", "fft stage", "lora"}
+    assert runs["fft stage"].count == 1 and runs["lora"].count == 1  # Continued FFT is the stage's last point
+    assert runs["lora"].flops < runs["fft stage"].flops  # same data; LoRA forms no base weight gradient
+    assert runs["lora"].memory.total() < runs["fft stage"].memory.total()  # no fp32 masters and moments
+    # both splits: unmasked, best, random, pretrained, revert, best and continued LoRA, continued FFT,
+    # and seed 1's learned and random masks
+    assert "validation x10 models, test x10" in runs["evaluations"].detail
+
+
 def _plan(gpu, *sets, sizes=DataSizes(60000, 1200, 0, 1319)):
     cfg = load_config_file("search_spaces/llama3_1_8b_math.yaml", None, list(sets))
     return cost_plan(cfg, {"llama3_1_8b_math_fft": LLAMA_8B}, {"math": sizes}, gpu)

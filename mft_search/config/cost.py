@@ -257,11 +257,13 @@ class _Context:
             rows = sizes.train if self.cfg.stages.refine.top_k else probe_rows
             runs.append(self.mft("seed re-run", self.cfg.seeds - 1, shape, dtype, domain, train, rows, sizes,
                                  groups[0], kinds, guarded=False))
-        runs.append(self.evaluations(shape, dtype, domain, sizes))
+        runs.append(self.evaluations(shape, dtype, domain, sizes, self.cfg.pretrained_missing(backbone) is None))
         if self.cfg.stages.fft is not None:  # its final point is Continued FFT: one run, not re-seeded
             runs.append(self.fft("fft stage", 1, shape, dtype, domain, self.cfg.stages.fft.train, sizes))
         elif "continued_fft" in self.cfg.baselines:
             runs.append(self.fft("continued_fft", self.cfg.seeds, shape, dtype, domain, train, sizes))
+        if "lora" in self.cfg.baselines and self.cfg.pretrained_missing(backbone) is None:
+            runs.append(self.lora(shape, domain, sizes))
         study = StudyCost(f"{label}/{domain.name}", sizes, runs)
         if runs[0].seconds is not None:
             waves = math.ceil(self.cfg.search.trials / self.cfg.search.max_concurrent_trials)
@@ -305,17 +307,44 @@ class _Context:
         run.fixes = self.fixes(run, lambda t, s: self.train_memory(shape, None, shape.layers, t, seq, dtype, s), train)
         return run
 
-    def evaluations(self, shape: ModelShape, dtype: int, domain, sizes: DataSizes) -> RunCost:
+    def lora(self, shape: ModelShape, domain, sizes: DataSizes) -> RunCost:
+        """The lora baseline: adapters on the fp32 pretrained model, its own schedule, every point scored."""
+        settings, seq = self.cfg.lora, domain.train.max_length
+        train, adapters = settings.train, shape.adapter_params(settings.rank)
+        memory = self.train_memory(shape, adapters, shape.layers, train, seq, DTYPE_BYTES["float32"])
+        other = self.train_memory(shape, adapters, shape.layers, replace_ckpt(train), seq, DTYPE_BYTES["float32"])
+        tokens = _tokens(sizes.train, train, seq)
+        per_token = cm.lora_flops_per_token(shape, settings.rank, train.activation_checkpointing, seq)
+        run = RunCost("lora", 1, f"rank {settings.rank} adapters ({adapters / 1e6:.1f}M) on the fp32 pretrained "
+                      "model", memory, other, train.activation_checkpointing)
+        evals = self.report_evaluations(shape, domain, sizes, _reports(sizes.train, train))
+        self.finish(run, tokens, tokens and tokens * per_token, evals)
+        run.fixes = self.fixes(run, lambda t, s: self.train_memory(shape, adapters, shape.layers, t, seq,
+                                                                   DTYPE_BYTES["float32"], s), train)
+        return run
+
+    def models_scored(self, pretrained: bool) -> tuple[int, int]:
+        """How many models the validation and the test jobs score (tune.sweep's Compared): the
+        unmasked backbone, the best mask, the mask baselines, each extra seed's learned and random
+        masks, and, with the pretrained model (`pretrained`), its own row after the fft stage,
+        revert and the two LoRA points; Continued FFT on both after the fft stage, else on test
+        only, once per seed."""
+        cfg, baselines = self.cfg, set(self.cfg.baselines)
+        both = 2 + len(baselines & {"random", "l1", "wanda"}) + (cfg.seeds - 1) * (1 + ("random" in baselines))
+        if pretrained:
+            both += (cfg.stages.fft is not None) + ("revert" in baselines) + 2 * ("lora" in baselines)
+        control = "continued_fft" in baselines
+        if cfg.stages.fft is not None:
+            return both + control, both + control
+        return both, both + control * cfg.seeds
+
+    def evaluations(self, shape: ModelShape, dtype: int, domain, sizes: DataSizes, pretrained: bool) -> RunCost:
         """Selection on validation (the best mask, unmasked and the mask baselines), then test
         (those and continued FFT), wanda's calibration forward, and each guard scored on the
         unmasked backbone (before the probe) and the best mask."""
         masks = [b for b in ("random", "l1", "wanda") if b in self.cfg.baselines]
-        # Each extra seed adds a learned mask and a random one to both splits, and a continued FFT to test.
-        replicates = (self.cfg.seeds - 1) * (1 + ("random" in masks))
-        fft_replicates = 0 if self.cfg.stages.fft else (self.cfg.seeds - 1) * ("continued_fft" in self.cfg.baselines)
-        validation_variants = 2 + len(masks) + replicates
+        validation_variants, test_variants = self.models_scored(pretrained)
         validation = self.report_evaluations(shape, domain, sizes, validation_variants)
-        test_variants = 2 + len(masks) + ("continued_fft" in self.cfg.baselines) + replicates + fft_replicates
         test = self.benchmark(shape, domain.test, sizes.test_problems, test_variants)
         seq = domain.train.max_length
         wanda = WANDA_SEQUENCES * seq * cm.forward_flops_per_token(shape, seq) if "wanda" in masks else 0.0

@@ -89,6 +89,16 @@ class ModelShape:
     def kinds(self) -> tuple[str, ...]:
         return resolve_kinds(self.model_type, None)
 
+    def adapter_params(self, rank: int) -> int:
+        """LoRA adapters of rank `rank` on every block's linear modules: rank x (in + out) each."""
+        h, i = self.hidden, self.intermediate
+        if self.model_type == "gpt2":
+            sides = {"q": h + 3 * h, "o": 2 * h, "up": h + i, "down": i + h}
+        else:
+            sides = {"q": h + self.q_dim, "k": h + self.kv_dim, "v": h + self.kv_dim, "o": self.q_dim + h,
+                     "gate": h + i, "up": h + i, "down": i + h}
+        return self.layers * rank * sum(sides.get(kind, 0) for kind in self.kinds())
+
     def block_linear(self) -> int:
         return sum(self.module_params(k) for k in self.kinds())
 
@@ -169,6 +179,15 @@ def train_flops_per_token(shape: ModelShape, masked_blocks: tuple[int, ...] | No
     backward = head + backward_blocks * (2 * shape.block_linear() + 2 * attn) + weight_grads
     recompute = backward_blocks * block if checkpointing else 0
     return forward_flops_per_token(shape, seq) + backward + recompute
+
+
+def lora_flops_per_token(shape: ModelShape, rank: int, checkpointing: bool, seq: int) -> float:
+    """LoRA's forward + backward per token: the backward runs through every block for the input
+    gradients, as FFT's does, but forms no weight gradient but the adapters' (each adapter costs
+    2 FLOPs per parameter forward, 4 backward)."""
+    adapters = shape.adapter_params(rank)
+    fft = train_flops_per_token(shape, None, None, checkpointing, seq)
+    return fft - 2 * shape.matmul_params() + 6 * adapters
 
 
 def generation_flops(shape: ModelShape, prompt: int, new_tokens: int) -> float:
