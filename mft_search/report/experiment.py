@@ -40,6 +40,7 @@ class SummaryRow:
     seeds: tuple[int, ...] = ()  # every seed this row ran with, the first being validation's and test's
     validation_seeds: tuple[float | None, ...] = ()  # each seed's figure, in `seeds` order
     test_seeds: tuple[float | None, ...] = ()
+    reported: dict[str, dict[str, float]] = field(default_factory=dict)  # split: every metric its benchmark reported
 
     def spread(self, split: str) -> tuple[float, float] | None:
         """(mean, sample std) of `split`'s figure over the row's seeds; None unless two or more have one."""
@@ -202,7 +203,8 @@ def _summary_row(row: dict[str, Any]) -> SummaryRow:
     return SummaryRow(name=row["name"], validation=row.get("validation"), test=row.get("test"),
                       label=row.get("label"), trial_id=row.get("trial_id"), params=row.get("params") or {}, mask=row.get("mask"),
                       selected=row.get("selected", True), seeds=tuple(row.get("seeds", ())),
-                      validation_seeds=tuple(row.get("validation_seeds", ())), test_seeds=tuple(row.get("test_seeds", ())))
+                      validation_seeds=tuple(row.get("validation_seeds", ())), test_seeds=tuple(row.get("test_seeds", ())),
+                      reported=row.get("reported") or {})
 
 
 def _finite(value: Any) -> bool:

@@ -85,6 +85,7 @@ def table1(study: StudyRecord, percent: bool) -> list[str]:
     lines += [f"**Skipped:** {why}." for why in summary.skipped] + ([""] if summary.skipped else [])
     if summary.rows:  # none when no trial finished with a metric: then only the verdict speaks
         lines += _rows_table(study, percent)
+        lines += _reported_tables(study, percent)
         lines += _best_against_each(study)
     return lines + _guard_lines(study)
 
@@ -116,6 +117,24 @@ def _seeds_note(study: StudyRecord) -> list[str]:
     first = min(r.seeds[0] for r in rows)
     return [f"Rows run with several seeds show mean ± sample std over them; the paired gains and intervals are "
             f"of their first seed's run ({first}), scored item by item beside the others.", ""]
+
+
+def _reported_tables(study: StudyRecord, percent: bool) -> list[str]:
+    """Where a split's benchmark reports more than the metric that selects (both gsm8k filters,
+    HumanEval+'s base and plus, IFEval's strict and loose), every one of them, each row's first seed."""
+    lines = []
+    for split in ("validation", "test"):
+        rows = [r for r in _ordered(study.summary.rows) if r.reported.get(split)]
+        primary = study.summary.metric_name  # already the table's figure
+        names = list(dict.fromkeys(name for r in rows for name in r.reported[split] if name != primary))
+        if len(names) < 2:
+            continue
+        lines += [f"Every metric the {split} benchmark reported (first seed):", "",
+                  f"| Model | {' | '.join(names)} |", "|---|" + "---:|" * len(names)]
+        lines += [f"| {_label(study, r.name)} | " + " | ".join(_metric(r.reported[split].get(n), percent)
+                                                            for n in names) + " |" for r in rows]
+        lines.append("")
+    return lines
 
 
 def _best_against_each(study: StudyRecord) -> list[str]:

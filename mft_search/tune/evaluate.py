@@ -56,9 +56,18 @@ def best_candidates(frame: pd.DataFrame, study: str, stage: str, k: int,
     return out
 
 
-def run_evaluation(study: Study, variants: list[EvalVariant], benchmark, split: str) -> dict[str, float]:
+@dataclass(frozen=True)
+class Scored:
+    """What an evaluation job measured, by variant: the benchmark's selecting metric, and every
+    metric it reported (both gsm8k filters, HumanEval+'s base and plus, IFEval's strict and loose)."""
+
+    metric: dict[str, float]
+    reported: dict[str, dict[str, float]]
+
+
+def run_evaluation(study: Study, variants: list[EvalVariant], benchmark, split: str) -> Scored:
     """One job that scores every variant on `benchmark` (None: validation loss), its
-    per-item scores added to items.parquet under `split`; {variant: metric}."""
+    per-item scores added to items.parquet under `split`."""
     data = study.domain.train if benchmark is None else None
     calibration = study.domain.train if any(v.mask == "wanda" for v in variants) else None
     job = study.job("evaluate", layout.run_name(study.slug, split), variants=variants, evaluation=benchmark, data=data,
@@ -70,7 +79,10 @@ def run_evaluation(study: Study, variants: list[EvalVariant], benchmark, split: 
         variant, seed = row_and_seed(name, study.cfg.seed)
         add_items(items_path(study.exp_dir), study.name, split, variant, seed, scores["kind"], scores["settings"],
                   scores["items"])
-    return {v.name: float(result.metrics.get(f"{v.name}/metric", math.nan)) for v in variants}
+    metrics = result.metrics
+    return Scored({v.name: float(metrics.get(f"{v.name}/metric", math.nan)) for v in variants},
+                  {v.name: {k.removeprefix(f"{v.name}/eval_"): float(value) for k, value in metrics.items()
+                            if k.startswith(f"{v.name}/eval_")} for v in variants})
 
 
 # A seed replicate of a row is scored in the same job as the row, under its own name: the

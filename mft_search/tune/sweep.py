@@ -167,8 +167,8 @@ def _evaluate(study: Study, table: ResultsTable, log) -> None:
     compared = _compared(study, winner, log)
     log(f"[{study.name}] validation: the best mask, the unmasked backbone and the baselines, item by item")
     # The best mask is scored again beside the others: its search report has no per-item scores.
-    validation = {**run_evaluation(study, compared.scored, study.domain.validation, "validation"),
-                  **compared.own_validation}
+    scored = {"validation": run_evaluation(study, compared.scored, study.domain.validation, "validation")}
+    validation = {**scored["validation"].metric, **compared.own_validation}
     gains, unit = paired_gains(study, "validation")  # the unit the items were scored in: points or nats
     candidates = frame[(frame["study"] == study.name) & (frame["stage"] == stage)]["trial_id"].nunique()
     guards = check_winner(study, winner.mask_path, log)
@@ -179,10 +179,13 @@ def _evaluate(study: Study, table: ResultsTable, log) -> None:
     test: dict[str, float] = {}
     if study.domain.test is not None:
         log(f"[{study.name}] test: the selected mask and every baseline")
-        test = run_evaluation(study, compared.scored + compared.test_only, study.domain.test, "test")
+        scored["test"] = run_evaluation(study, compared.scored + compared.test_only, study.domain.test, "test")
+        test = scored["test"].metric
     rows = _rows(study, validation, test)
     for row in rows:
         row["label"] = _label(row["name"], compared.fft) or _label(row["name"], compared.lora)
+        # every metric each split's benchmark reported (both gsm8k filters, ...), of the row's first seed
+        row["reported"] = {split: s.reported[row["name"]] for split, s in scored.items() if s.reported.get(row["name"])}
         if row["name"] == "best_mft":
             row.update(trial_id=winner.trial_id, params=winner.params, selected=selected,
                        mask=_relative_best_mask(study) if selected else None)
