@@ -114,6 +114,27 @@ def test_gsm8k_scores_equal_lm_evals_per_item_under_both_filters(offline, task, 
     assert len(outputs) == 31 * len(references) == 1240
 
 
+MODEL_OUTPUTS = Path(__file__).parent / "data" / "gsm8k_model_outputs.jsonl"  # tests/make_model_outputs.py
+
+
+def test_gsm8k_scores_of_real_models_outputs_equal_lm_evals(offline, task):
+    """Real greedy outputs (the demo's best FFT on its test problems, SmolLM2-135M-Instruct 5-shot
+    on GSM8K): run-on text, repeated questions and numbers in the working, as a sweep meets them."""
+    records = [json.loads(line) for line in MODEL_OUTPUTS.read_text().splitlines()]
+    rows = [{"question": "", "answer": r["answer"]} for r in records]
+    outputs = [r["output"] for r in records]
+    theirs = _lm_eval_scores(task, rows, outputs)
+    for name in FILTERS:
+        ours = [score_gsm8k(o, r["answer"], name) for o, r in zip(outputs, rows)]
+        disagree = [(o[-60:], r["answer"][-12:]) for o, r, a, b in zip(outputs, rows, ours, theirs[name]) if a != b]
+        assert not disagree, f"{name}: {len(disagree)} of {len(ours)} differ, e.g. {disagree[:3]}"
+    models = {r["model"] for r in records}
+    assert len(models) == 2 and len(records) == 240
+    # the two filters part ways on real outputs too, so both rules are exercised
+    assert [score_gsm8k(o, r["answer"], "strict") for o, r in zip(outputs, rows)] != \
+        [score_gsm8k(o, r["answer"], "flexible") for o, r in zip(outputs, rows)]
+
+
 def test_gsm8k_5_shot_prompts_equal_lm_evals(offline, task, gsm8k_data):
     """The same test items get the same 5 examples in the same words, as text and as chat turns."""
     data = gsm8k_data

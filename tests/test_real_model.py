@@ -164,3 +164,40 @@ def test_apply_writes_a_plain_checkpoint_with_tied_embeddings_and_the_masked_mod
     ids = real.tokenizer(["Natalia sold clips to 48 of her friends."], return_tensors="pt")["input_ids"]
     with torch.no_grad():
         torch.testing.assert_close(plain(ids).logits, model(ids).logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.ray
+def test_a_tiny_sweep_on_the_real_model_learns_a_mask_that_fits_it(real, problems_dir, tmp_path):
+    """The whole sweep command on SmolLM2: its GGUF converted into the experiment's cache, one
+    MFT trial of the last two blocks on a Ray worker, the evaluation, a mask file for the model."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from mft_search.core.maskfile import load_mask_file, verify_for_model
+
+    config = {
+        "name": "real", "storage": str(tmp_path / "runs"), "seeds": 1, "backbones": [{"source": SOURCE, "name": "smollm2"}],
+        "domains": [{"name": "arithmetic", "validation": None, "test": None,
+                     "train": {"source": str(problems_dir / "train.jsonl"), "prompt_field": "question",
+                               "response_field": "answer", "limit": 16, "validation_fraction": 0.25, "max_length": 128}}],
+        "train": {"lr": 1e-4, "epochs": 1, "global_batch_size": 4, "micro_batch_size": 4, "warmup_ratio": 0},
+        "search": {"algorithm": "grid", "num_trials": 1, "asha": None,
+                   "space": {"layer_group": [[28, 29]], "mode": "local", "ratio": 0.1}},
+        "stages": {"probe": {"data_fraction": 1.0}, "refine": {"top_k": 0}},
+        "resources": {"workers_per_trial": 1, "cpus_per_worker": 1}, "baselines": ["unmasked"],
+    }
+    path = tmp_path / "real.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = subprocess.run([sys.executable, "-m", "mft_search.sweep", "--config", str(path)], capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    study = tmp_path / "runs" / "real" / "studies" / "smollm2__arithmetic"
+    masks = sorted(study.glob("artifacts/*probe*/report_*.mask.safetensors"))
+    assert len(masks) == 1  # one epoch: one evaluation point, one mask
+    mask = load_mask_file(masks[-1])
+    verify_for_model(mask, real.model)  # learned on this model's weights: the fingerprint matches
+    assert sorted({int(name.split(".")[2]) for name in mask.masks}) == [28, 29]
+    summary = (study / "summary.json").read_text()
+    assert '"best_mft"' in summary and '"unmasked"' in summary

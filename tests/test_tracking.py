@@ -42,6 +42,20 @@ def test_a_bad_tracking_field_is_named_with_its_fix(tracking, message):
     assert error(tracking) == message
 
 
+def test_online_wandb_without_a_key_is_refused_at_load_and_accepted_with_one(monkeypatch, tmp_path):
+    for name in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))  # none there yet
+    message = error({"wandb": {"project": "p"}})  # online is the default mode
+    assert message.startswith("tracking.wandb.mode: online needs a W&B API key") and "mode: offline" in message
+    (tmp_path / "netrc").write_text("machine api.wandb.ai login user password 0123456789abcdef\n")
+    parse_config(with_tracking({"wandb": {"project": "p"}}))  # what `wandb login` writes
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org")  # a server of one's own: its own entry
+    assert error({"wandb": {"project": "p"}}).startswith("tracking.wandb.mode: online needs")
+    monkeypatch.setenv("WANDB_API_KEY", "0123456789abcdef")
+    parse_config(with_tracking({"wandb": {"project": "p"}}))
+
+
 def test_a_directory_store_is_refused_unless_mlflow_is_told_to_allow_it(monkeypatch, tmp_path):
     monkeypatch.delenv(tracking_config.FILE_STORE_OPT_IN, raising=False)
     message = error({"mlflow": {"tracking_uri": f"file://{tmp_path}/mlruns"}})

@@ -9,8 +9,10 @@
 from __future__ import annotations
 
 import importlib.util
+import netrc
 import os
 from typing import Literal
+from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -60,6 +62,27 @@ class WandbTracking(BaseModel):
         "online", description="online (needs WANDB_API_KEY or `wandb login`), offline (files only, no network: "
         "`wandb sync` them later) or disabled")
     dir: str | None = Field(None, description="folder W&B writes under (<dir>/wandb/); null = the experiment directory")
+
+    @model_validator(mode="after")
+    def _online_needs_a_key(self) -> WandbTracking:
+        # wandb would fail only when the first trial starts, after Ray and the data are up.
+        if self.mode == "online" and not wandb_credentials():
+            raise FieldIssue("mode", "online needs a W&B API key and none was found (WANDB_API_KEY, WANDB_IDENTITY_TOKEN_FILE, "
+                             "or `wandb login`, which writes ~/.netrc); log in, or set mode: offline and "
+                             "`wandb sync` the runs later")
+        return self
+
+
+def wandb_credentials() -> bool:
+    """Whether W&B can authenticate without asking: the sources wandb reads itself, bar its settings
+    file (wandb.sdk.lib.wbauth: WANDB_API_KEY, WANDB_IDENTITY_TOKEN_FILE, the .netrc entry of its host)."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname
+    try:
+        return netrc.netrc(os.environ.get("NETRC") or None).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):  # no .netrc, or one wandb could not read either
+        return False
 
 
 class Tracking(BaseModel):
