@@ -128,11 +128,9 @@ def test_gsm8k_scores_of_real_models_outputs_equal_lm_evals(offline, task):
         ours = [score_gsm8k(o, r["answer"], name) for o, r in zip(outputs, rows)]
         disagree = [(o[-60:], r["answer"][-12:]) for o, r, a, b in zip(outputs, rows, ours, theirs[name]) if a != b]
         assert not disagree, f"{name}: {len(disagree)} of {len(ours)} differ, e.g. {disagree[:3]}"
-    models = {r["model"] for r in records}
-    assert len(models) == 2 and len(records) == 240
-    # the two filters part ways on real outputs too, so both rules are exercised
-    assert [score_gsm8k(o, r["answer"], "strict") for o, r in zip(outputs, rows)] != \
-        [score_gsm8k(o, r["answer"], "flexible") for o, r in zip(outputs, rows)]
+        assert 0 < sum(ours) < len(ours)  # both verdicts occur (the demo's 59 of 200 right, SmolLM2's 0 of 40)
+    assert sorted({r["model"] for r in records}) == ["SmolLM2-135M-Instruct", "demo tiny-llama, best FFT"]
+    assert len(records) == 240
 
 
 def test_gsm8k_5_shot_prompts_equal_lm_evals(offline, task, gsm8k_data):

@@ -165,7 +165,13 @@ def finished(tmp_path_factory, tiny_backbone, problems_dir):
     # importance figure). In order, trials 1 and 2 finish and 3 and 4 are pruned, every run.
     config = yaml.safe_load(write_config(tmp_path, tiny_backbone, problems_dir).read_text())
     search = {**config["search"], "max_concurrent_trials": 1}
-    result = sweep("--config", str(write_config(tmp_path, tiny_backbone, problems_dir, search=search, seeds=2)))
+    # A guard on 4 held-out problems (training-file rows past the 96 the domain reads), 4 tokens each
+    rows = (problems_dir / "train.jsonl").read_text().splitlines()[300:304]
+    (tmp_path / "guard.jsonl").write_text("\n".join(rows) + "\n")
+    domain = {**config["domains"][0], "guard": [{"name": "held_out", "max_drop": 5.0, "benchmark": {
+        "evaluator": "gsm8k", "source": str(tmp_path / "guard.jsonl"), "max_new_tokens": 4}}]}
+    result = sweep("--config", str(write_config(tmp_path, tiny_backbone, problems_dir, search=search, seeds=2,
+                                                domains=[domain])))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return tmp_path / "runs" / "e2e", result
 
@@ -195,7 +201,7 @@ def test_a_sweep_writes_every_output(finished):
     # Every evaluation's per-item scores: validation losses per row (this domain has no benchmark)
     # and the test benchmark's 0/1 scores, the same items for every variant of a split
     items = pd.read_parquet(exp / "items.parquet")
-    assert set(items["split"]) == {"validation", "test"}
+    assert set(items["split"]) == {"validation", "test", "guard:held_out"}
     assert set(items.loc[items["split"] == "test", "variant"]) == names
     assert set(items.loc[items["split"] == "validation", "variant"]) == names - {"continued_fft", "continued_fft_best"}
     assert set(items.loc[items["split"] == "test", "score"]) <= {0.0, 1.0}
@@ -233,6 +239,32 @@ def test_the_selected_point_the_random_mask_and_the_control_run_again_with_every
     assert "| Best MFT" in board and "mean ± sample std over them" in board
     row = next(line for line in board.splitlines() if line.startswith("| Best MFT"))
     assert row.split("|")[2].strip() == "2" and "±" in row.split("|")[3]
+
+
+def test_a_guard_is_scored_by_every_trial_constrains_optuna_and_is_checked_for_the_selected_mask(finished):
+    exp, _ = finished
+    items = pd.read_parquet(exp / "items.parquet")
+    split = items[items["split"] == "guard:held_out"]
+    assert sorted(split["variant"].unique()) == ["best_mft", "unmasked"] and len(split) == 8
+    reference = split[split["variant"] == "unmasked"]["score"].mean()
+    frame = pd.read_parquet(exp / "results.parquet").dropna(subset=["metric"])
+    assert frame["guard/held_out/metric"].notna().all()  # every report of every trial scored the guard
+    # The searched trials that Optuna was told of (a failed one carries no constraint); refine
+    # re-runs points without Optuna.
+    probe = frame[(frame["stage"] == "probe") & (frame["status"] != "failed")]
+    best = probe.sort_values(["metric", "report"], ascending=[False, True]).groupby("trial_id").head(1)
+    expected = {r.trial_id: round(reference - r["guard/held_out/metric"] - 0.05, 9) for _, r in best.iterrows()}
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(exp / "studies" / "tiny__gsm" / "optuna.journal")))
+    told = [t for t in optuna.load_study(study_name="tiny/gsm", storage=storage).trials
+            if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(told) == len(expected)
+    assert sorted(t.constraints["held_out"] for t in told) == pytest.approx(sorted(expected.values()))
+    summary = json.loads((exp / "studies" / "tiny__gsm" / "summary.json").read_text())
+    assert [g["name"] for g in summary["guards"]] == ["held_out"]
+    line = next(l for l in (exp / "leaderboard.md").read_text().splitlines() if l.startswith("- Guard held_out"))
+    assert f"(gsm8k ({exp.parent.parent / 'guard.jsonl'})): Best MFT vs unmasked " in line
+    assert line.endswith(f"tolerated drop 5 pts: {'kept' if summary['guards'][0]['kept'] else 'broken'}")
 
 
 def test_the_driver_tokenises_each_data_part_once_and_trials_only_read_it(finished):
@@ -367,111 +399,20 @@ def test_a_killed_trial_process_is_retried_or_recorded_and_the_sweep_finishes(tm
     assert failed["error"].notna().all()  # a trial whose retry failed too says why
 
 
-def test_a_guard_is_scored_by_every_trial_constrains_optuna_and_is_checked_for_the_selected_mask(
+def test_the_fft_stage_resumes_after_a_driver_kill_and_the_search_masks_its_best_point(
         tmp_path, tiny_backbone, problems_dir):
-    # A lean sweep (no test benchmark), so the test file's problems can be the guard: 4 of them, 4 tokens.
-    guard = {"name": "gsm_test", "max_drop": 5.0,
-             "benchmark": {"evaluator": "gsm8k", "source": str(problems_dir / "test.jsonl"), "limit": 4,
-                           "max_new_tokens": 4}}
-    config = yaml.safe_load(write_config(tmp_path, tiny_backbone, problems_dir, lean=True).read_text())
-    config["domains"][0]["guard"] = [guard]
-    config["search"].update(num_trials=2)
-    config["stages"]["refine"]["top_k"] = 0
-    path = tmp_path / "guard.yaml"
-    path.write_text(yaml.safe_dump(config))
-    result = sweep("--config", str(path))
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    exp = tmp_path / "runs" / "e2e"
-    items = pd.read_parquet(exp / "items.parquet")
-    split = items[items["split"] == "guard:gsm_test"]
-    assert sorted(split["variant"].unique()) == ["best_mft", "unmasked"] and len(split) == 8
-    reference = split[split["variant"] == "unmasked"]["score"].mean()
-    frame = pd.read_parquet(exp / "results.parquet")
-    assert frame["guard/gsm_test/metric"].notna().all()  # every report of every trial scored the guard
-    best = frame.sort_values(["metric", "report"], ascending=[False, True]).groupby("trial_id").head(1)
-    expected = {r.trial_id: round(reference - r["guard/gsm_test/metric"] - 0.05, 9) for _, r in best.iterrows()}
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(exp / "studies" / "tiny__gsm" / "optuna.journal")))
-    trials = optuna.load_study(study_name="tiny/gsm", storage=storage).trials
-    assert len(trials) == 2 and all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
-    assert sorted(t.constraints["gsm_test"] for t in trials) == pytest.approx(sorted(expected.values()))
-    summary = json.loads((exp / "studies" / "tiny__gsm" / "summary.json").read_text())
-    assert [g["name"] for g in summary["guards"]] == ["gsm_test"]
-    line = next(l for l in (exp / "leaderboard.md").read_text().splitlines() if l.startswith("- Guard gsm_test"))
-    assert f"(gsm8k ({problems_dir / 'test.jsonl'}, first 4)): Best MFT vs unmasked " in line
-    assert line.endswith(f"tolerated drop 5 pts: {'kept' if summary['guards'][0]['kept'] else 'broken'}")
-
-
-def test_the_fft_stage_fine_tunes_the_pretrained_backbone_and_the_search_masks_its_best_point(
-        tmp_path, tiny_backbone, problems_dir):
+    """One sweep for both: a driver killed during the fft stage (after its first point, before its
+    last) and resumed, then every row the stage brings. Two sweeps would cost a minute more."""
     import torch
 
     from mft_search.core.backbone import BackboneSpec, load_model
     from mft_search.core.maskfile import load_mask_file, verify_for_model
     from mft_search.errors import MaskFileError
 
-    # FFT-selection problems: training-file rows past the 96 the domain trains on, so disjoint
-    # from train (and its carve-out) and from test.
-    rows = (problems_dir / "train.jsonl").read_text().splitlines()[200:216]
-    (tmp_path / "fft_selection.jsonl").write_text("\n".join(rows) + "\n")
-    config = yaml.safe_load(write_config(tmp_path, tiny_backbone, problems_dir).read_text())
-    config["domains"][0]["fft_selection"] = {"evaluator": "gsm8k", "source": str(tmp_path / "fft_selection.jsonl"),
-                                             "max_new_tokens": 4}
-    config["domains"][0]["test"]["limit"] = 2
-    config["search"].update(num_trials=2, asha=None)
-    config.update(stages={"fft": {"train": {"epochs": 3, "lr": 0.005}}, "probe": {"data_fraction": 0.5},
-                          "refine": {"top_k": 0}}, baselines=["unmasked", "revert", "lora", "continued_fft"],
-                  lora={"rank": 4, "train": {"lr": 0.02}})
-    path = tmp_path / "fft.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = _four_point_fft_config(tmp_path, tiny_backbone, problems_dir)
     plan = sweep("--config", str(path), "--dry-run")
     assert plan.returncode == 0 and "fft stage per study: full fine-tuning" in plan.stdout
     assert "caveat" not in plan.stdout  # the sweep fine-tuned it without the carved-out rows
-    result = sweep("--config", str(path))
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    exp, study = tmp_path / "runs" / "e2e", tmp_path / "runs" / "e2e" / "studies" / "tiny__gsm"
-    record = json.loads((study / "fft.json").read_text())
-    assert [p["report"] for p in record["points"]] == [1, 2, 3]
-    assert record["metric_name"] == "accuracy"
-    best = next(p for p in record["points"] if p["report"] == record["best"])
-    # Every trial's mask was learned on the best FFT checkpoint, not on the pretrained model
-    finetuned = load_model(BackboneSpec(source=best["checkpoint"]), torch.float32)
-    masks = sorted(study.glob("artifacts/*probe*/report_*.mask.safetensors"))
-    assert masks
-    verify_for_model(load_mask_file(masks[0]), finetuned)
-    pretrained = load_model(tiny_backbone, torch.float32)
-    with pytest.raises(MaskFileError, match="fingerprint differs"):
-        verify_for_model(load_mask_file(masks[0]), pretrained)
-    summary = json.loads((study / "summary.json").read_text())
-    labels = {row["name"]: row["label"] for row in summary["rows"]}
-    assert labels["unmasked"] == f"Best FFT (epoch {best['epoch']:g} of 3)"
-    assert labels["continued_fft"] == "Continued FFT (final, epoch 3)"
-    assert summary["rows"][0]["name"] == "pretrained" and summary["rows"][0]["test"] is not None
-    # revert runs here: the fft stage's start is the pretrained model
-    assert next(r for r in summary["rows"] if r["name"] == "revert")["test"] is not None and not summary["skipped"]
-    # LoRA from the pretrained model on the FFT's schedule, every point scored on fft_selection
-    assert [p["epoch"] for p in summary["lora"]["points"]] == [1, 2, 3] and summary["lora"]["origin"] == "LoRA"
-    assert labels["continued_lora"] == "Continued LoRA (final, epoch 3)"
-    assert labels["best_lora"] == f"Best LoRA (epoch {summary['lora']['best_epoch']:g} of 3)"
-    assert summary["fft"]["origin"] == "fft stage" and summary["caveats"] == []
-    items = pd.read_parquet(exp / "items.parquet")
-    assert "continued_fft" in set(items.loc[items["split"] == "validation", "variant"])  # scored item by item
-    assert (exp / "plots" / "tiny__gsm" / "fft.png").read_bytes()[:4] == b"\x89PNG"
-    assert "Best FFT (epoch" in (exp / "leaderboard.md").read_text()
-    # --resume of the finished sweep reads fft.json back and runs nothing again
-    again = sweep("--config", str(path), "--resume")
-    assert again.returncode == 0 and "fft:" not in again.stdout, again.stdout[-2000:]
-    assert json.loads((study / "fft.json").read_text()) == record
-
-
-def test_a_driver_killed_during_the_fft_stage_resumes_the_job_from_its_checkpoint(tmp_path, tiny_backbone,
-                                                                                   problems_dir):
-    import torch
-
-    from mft_search.core.backbone import BackboneSpec, load_model
-    from mft_search.core.maskfile import load_mask_file, verify_for_model
-
-    path = _four_point_fft_config(tmp_path, tiny_backbone, problems_dir)
     exp, study = tmp_path / "runs" / "e2e", tmp_path / "runs" / "e2e" / "studies" / "tiny__gsm"
     run = exp / "ray" / "tiny__gsm-fft"  # the job's DirectorySession: reports.jsonl and its latest checkpoint
     artifacts = study / "artifacts" / "tiny__gsm-fft"  # report_NNN/: every point's checkpoint
@@ -502,29 +443,52 @@ def test_a_driver_killed_during_the_fft_stage_resumes_the_job_from_its_checkpoin
     record = json.loads((study / "fft.json").read_text())
     reports = [json.loads(line) for line in after]
     assert [(p["report"], p["metric"]) for p in record["points"]] == [(r["report"], r["metric"]) for r in reports]
+    assert record["metric_name"] == "accuracy"
     best = min(record["points"], key=lambda p: (-p["metric"], p["report"]))  # the earliest of ties
     assert record["best"] == best["report"]
+    # Every trial's mask was learned on the best FFT checkpoint, not on the pretrained model
+    masks = sorted(study.glob("artifacts/*probe*/report_*.mask.safetensors"))
+    assert masks
+    verify_for_model(load_mask_file(masks[0]), load_model(BackboneSpec(source=best["checkpoint"]), torch.float32))
+    with pytest.raises(MaskFileError, match="fingerprint differs"):
+        verify_for_model(load_mask_file(masks[0]), load_model(tiny_backbone, torch.float32))
     summary = json.loads((study / "summary.json").read_text())
     labels = {row["name"]: row["label"] for row in summary["rows"]}
-    assert labels["continued_fft"] == "Continued FFT (final, epoch 4)"
     assert labels["unmasked"] == f"Best FFT (epoch {best['epoch']:g} of 4)"
-    mask = min(study.glob("artifacts/*probe*/report_*.mask.safetensors"))
-    verify_for_model(load_mask_file(mask), load_model(BackboneSpec(source=best["checkpoint"]), torch.float32))
-    assert (exp / "leaderboard.md").exists()
+    assert labels["continued_fft"] == "Continued FFT (final, epoch 4)"
+    assert summary["rows"][0]["name"] == "pretrained" and summary["rows"][0]["test"] is not None
+    # revert runs here: the fft stage's start is the pretrained model
+    assert next(r for r in summary["rows"] if r["name"] == "revert")["test"] is not None and not summary["skipped"]
+    # LoRA from the pretrained model on the FFT's schedule, every point scored on fft_selection
+    assert [p["epoch"] for p in summary["lora"]["points"]] == [1, 2, 3, 4] and summary["lora"]["origin"] == "LoRA"
+    assert labels["continued_lora"] == "Continued LoRA (final, epoch 4)"
+    assert labels["best_lora"] == f"Best LoRA (epoch {summary['lora']['best_epoch']:g} of 4)"
+    assert summary["fft"]["origin"] == "fft stage" and summary["caveats"] == []
+    items = pd.read_parquet(exp / "items.parquet")
+    assert "continued_fft" in set(items.loc[items["split"] == "validation", "variant"])  # scored item by item
+    assert (exp / "plots" / "tiny__gsm" / "fft.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Best FFT (epoch" in (exp / "leaderboard.md").read_text()
+    # --resume of the finished sweep reads fft.json back and runs nothing again
+    again = sweep("--config", str(path), "--resume")
+    assert again.returncode == 0 and "fft:" not in again.stdout, again.stdout[-2000:]
+    assert json.loads((study / "fft.json").read_text()) == record
 
 
 def _four_point_fft_config(tmp_path, backbone, problems_dir) -> Path:
-    """A lean sweep whose fft stage trains 4 epochs, each point scored on 8 held-out problems (about
-    a second a point here); one probe trial of one epoch after it."""
-    rows = (problems_dir / "train.jsonl").read_text().splitlines()[200:208]  # disjoint from train's 96
+    """A sweep whose fft stage trains 4 epochs, each point scored on 8 held-out problems (about a
+    second a point here), then 2 probe trials, revert, LoRA and the test table. The FFT-selection
+    problems are training-file rows past the 96 the domain trains on: disjoint from train (and
+    its carve-out) and from test."""
+    rows = (problems_dir / "train.jsonl").read_text().splitlines()[200:208]
     (tmp_path / "fft_selection.jsonl").write_text("\n".join(rows) + "\n")
-    config = yaml.safe_load(write_config(tmp_path, backbone, problems_dir, lean=True).read_text())
+    config = yaml.safe_load(write_config(tmp_path, backbone, problems_dir).read_text())
     config["domains"][0]["fft_selection"] = {"evaluator": "gsm8k", "source": str(tmp_path / "fft_selection.jsonl"),
                                              "max_new_tokens": 4}
-    config["train"]["epochs"] = 1
-    config["search"].update(num_trials=1, asha=None)
+    config["domains"][0]["test"]["limit"] = 2
+    config["search"].update(num_trials=2, asha=None)
     config.update(stages={"fft": {"train": {"epochs": 4, "lr": 0.005}}, "probe": {"data_fraction": 0.5},
-                          "refine": {"top_k": 0}}, baselines=["unmasked", "continued_fft"])
+                          "refine": {"top_k": 0}}, baselines=["unmasked", "revert", "lora", "continued_fft"],
+                  lora={"rank": 4, "train": {"lr": 0.02}})
     path = tmp_path / "fft.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
