@@ -80,12 +80,13 @@ def test_the_plan_counts_the_fft_stage_and_lora_in_place_of_a_continued_fft_run(
                  "domains.0.fft_selection={evaluator: gsm8k, source: fft.jsonl}", "seeds=2")
     runs = {r.kind: r for r in plan.studies[0].runs}
     assert set(runs) == {"probe trial", "refine trial", "seed re-run", "evaluations", "fft stage", "lora"}
-    assert runs["fft stage"].count == 1 and runs["lora"].count == 1  # Continued FFT is the stage's last point
+    assert runs["fft stage"].count == 1  # Continued FFT is the stage's last point: one run, not re-seeded
+    assert runs["lora"].count == 2  # once per seed
     assert runs["lora"].flops < runs["fft stage"].flops  # same data; LoRA forms no base weight gradient
     assert runs["lora"].memory.total() < runs["fft stage"].memory.total()  # no fp32 masters and moments
-    # both splits: unmasked, best, random, pretrained, revert, best and continued LoRA, continued FFT,
-    # and seed 1's learned and random masks
-    assert "validation x10 models, test x10" in runs["evaluations"].detail
+    # both splits: unmasked, the pretrained model, continued FFT, and per seed (2) the learned mask,
+    # random, revert, best and continued LoRA
+    assert "validation x13 models, test x13" in runs["evaluations"].detail
 
 
 def _plan(gpu, *sets, sizes=DataSizes(60000, 1200, 0, 1319)):

@@ -43,3 +43,34 @@ def test_a_replicate_without_a_finite_metric_says_it_diverged():
     history = pd.DataFrame({"report": [1, 2], "metric": [math.nan, math.inf]})
     with pytest.raises(FloatingPointError, match="s-refine-t0-seed1: no report had a finite metric"):
         best_report(_job(), history)
+
+
+def _study(tmp_path, baselines, pretrained=True):
+    from test_config import base, merged
+
+    from mft_search.config.schema import parse_config
+    from mft_search.tune.study import Study
+
+    cfg = parse_config(merged(base(), {"baselines": baselines, "seeds": 3}))
+    backbone = cfg.backbones[0]
+    return Study(cfg, backbone, cfg.domains[0], tmp_path, pretrained=BackboneSpec(source="pre") if pretrained else None)
+
+
+def test_each_extra_seed_draws_random_and_wanda_again_at_the_winners_counts_and_reverts_its_own_mask(tmp_path):
+    from mft_search.train.spec import EvalVariant
+    from mft_search.tune.evaluate import Candidate
+    from mft_search.tune.replicates import mask_replicates
+
+    study = _study(tmp_path, ["unmasked", "random", "l1", "wanda", "revert"])
+    winner = Candidate("t0", "refine", {}, 0.5, "winner.mask")
+    learned = [EvalVariant(name=replicate_name("best_mft", s), mask="learned", mask_file=f"seed{s}.mask") for s in (4, 5)]
+    variants = {v.name: v for v in mask_replicates(study, winner, learned)}
+    assert sorted(variants) == sorted(replicate_name(b, s) for b in ("random", "wanda", "revert") for s in (4, 5))
+    for seed in (4, 5):  # the sweep's seed is 3: the replicates are 4 and 5
+        for b in ("random", "wanda"):
+            assert (variants[replicate_name(b, seed)].seed, variants[replicate_name(b, seed)].mask_file) == (seed, "winner.mask")
+        revert = variants[replicate_name("revert", seed)]
+        assert revert.mask_file == f"seed{seed}.mask" and revert.pretrained == BackboneSpec(source="pre")
+    # L1 does not depend on a seed; revert needs the pretrained model
+    without = mask_replicates(_study(tmp_path, ["unmasked", "l1", "revert"], pretrained=False), winner, learned)
+    assert without == []

@@ -466,6 +466,11 @@ def test_the_fft_stage_resumes_after_a_driver_kill_and_the_search_masks_its_best
     assert summary["fft"]["origin"] == "fft stage" and summary["caveats"] == []
     items = pd.read_parquet(exp / "items.parquet")
     assert "continued_fft" in set(items.loc[items["split"] == "validation", "variant"])  # scored item by item
+    # seeds: 2: revert of the re-run's own mask and LoRA trained again; Continued FFT is the stage's one run
+    seeds = items[items["split"] == "test"].groupby("variant")["seed"].apply(lambda s: sorted(set(s))).to_dict()
+    assert seeds["revert"] == seeds["best_lora"] == seeds["continued_lora"] == seeds["best_mft"] == [0, 1]
+    assert seeds["continued_fft"] == seeds["pretrained"] == seeds["unmasked"] == [0]
+    assert (study / "artifacts" / "tiny__gsm-lora-seed1").is_dir()
     assert (exp / "plots" / "tiny__gsm" / "fft.png").read_bytes()[:4] == b"\x89PNG"
     assert "Best FFT (epoch" in (exp / "leaderboard.md").read_text()
     # --resume of the finished sweep reads fft.json back and runs nothing again
@@ -488,7 +493,7 @@ def _four_point_fft_config(tmp_path, backbone, problems_dir) -> Path:
     config["search"].update(num_trials=2, asha=None)
     config.update(stages={"fft": {"train": {"epochs": 4, "lr": 0.005}}, "probe": {"data_fraction": 0.5},
                           "refine": {"top_k": 0}}, baselines=["unmasked", "revert", "lora", "continued_fft"],
-                  lora={"rank": 4, "train": {"lr": 0.02}})
+                  lora={"rank": 4, "train": {"lr": 0.02}}, seeds=2)
     path = tmp_path / "fft.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

@@ -315,7 +315,7 @@ class _Context:
         other = self.train_memory(shape, adapters, shape.layers, replace_ckpt(train), seq, DTYPE_BYTES["float32"])
         tokens = _tokens(sizes.train, train, seq)
         per_token = cm.lora_flops_per_token(shape, settings.rank, train.activation_checkpointing, seq)
-        run = RunCost("lora", 1, f"rank {settings.rank} adapters ({adapters / 1e6:.1f}M) on the fp32 pretrained "
+        run = RunCost("lora", self.cfg.seeds, f"rank {settings.rank} adapters ({adapters / 1e6:.1f}M) on the fp32 pretrained "
                       "model", memory, other, train.activation_checkpointing)
         evals = self.report_evaluations(shape, domain, sizes, _reports(sizes.train, train))
         self.finish(run, tokens, tokens and tokens * per_token, evals)
@@ -325,14 +325,16 @@ class _Context:
 
     def models_scored(self, pretrained: bool) -> tuple[int, int]:
         """How many models the validation and the test jobs score (tune.sweep's Compared): the
-        unmasked backbone, the best mask, the mask baselines, each extra seed's learned and random
-        masks, and, with the pretrained model (`pretrained`), its own row after the fft stage,
-        revert and the two LoRA points; Continued FFT on both after the fft stage, else on test
-        only, once per seed."""
+        unmasked backbone and the L1 mask once; per seed the learned mask, random and Wanda, and
+        with the pretrained model (`pretrained`) revert and the two LoRA points; the pretrained
+        model's own row after the fft stage; Continued FFT on both splits after the fft stage,
+        else on test only, once per seed."""
         cfg, baselines = self.cfg, set(self.cfg.baselines)
-        both = 2 + len(baselines & {"random", "l1", "wanda"}) + (cfg.seeds - 1) * (1 + ("random" in baselines))
+        # Per seed: the learned mask, random, wanda, and with the pretrained model revert and two LoRA points
+        seeded = 1 + len(baselines & {"random", "wanda"})
         if pretrained:
-            both += (cfg.stages.fft is not None) + ("revert" in baselines) + 2 * ("lora" in baselines)
+            seeded += ("revert" in baselines) + 2 * ("lora" in baselines)
+        both = 1 + ("l1" in baselines) + cfg.seeds * seeded + (pretrained and cfg.stages.fft is not None)
         control = "continued_fft" in baselines
         if cfg.stages.fft is not None:
             return both + control, both + control

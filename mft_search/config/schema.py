@@ -269,8 +269,9 @@ class SweepConfig(BaseModel):
     storage: str = Field("~/mft_runs", description="a directory; on a cluster one every node mounts (NFS, mounted bucket)")
     seed: int = Field(0, description="score-init and baseline seed; the default of train.seed and search.seed")
     seeds: int = Field(
-        3, ge=1, description="runs of the selected configuration, the random mask and the continued-FFT control, "
-        "with seeds seed, seed+1, ...: the leaderboard shows their mean ± std; 1 runs each once")
+        3, ge=1, description="runs of the selected configuration and of each baseline a seed changes (random, "
+        "wanda, revert, lora, continued_fft) with seeds seed, seed+1, ...: the leaderboard shows their mean ± std; "
+        "1 runs each once")
     backbones: list[BackboneSpec] = Field(
         min_length=1, description="fully fine-tuned models to mask; with stages.fft, the pretrained models it fine-tunes")
     domains: list[DomainSpec] = Field(min_length=1, description="training data and benchmarks, one per domain")
@@ -696,7 +697,8 @@ def _seeds_plan(cfg: SweepConfig) -> str:
     if cfg.seeds == 1:
         return "seeds: 1 (no re-runs; the leaderboard shows no spread over seeds)"
     rows = ["the selected configuration"] + [name for b, name in (
-        ("random", "the random mask"), ("continued_fft", "the continued-FFT control")) if b in cfg.baselines]
+        ("random", "the random mask"), ("wanda", "Wanda"), ("revert", "revert"), ("lora", "LoRA"),
+        ("continued_fft", "the continued-FFT control")) if b in cfg.baselines]
     single = " (after the fft stage, Continued FFT is that stage's one run)" if cfg.stages.fft else ""
     return (f"seeds: {cfg.seeds} ({cfg.seed}..{cfg.seed + cfg.seeds - 1}) for {', '.join(rows)}{single}: "
             f"{cfg.seeds - 1} more run(s) of each after selection; the leaderboard shows mean ± std over them")

@@ -142,13 +142,16 @@ def continued_fft(study: Study, winner: Candidate, seed: int | None = None) -> F
     return FftCurve.of("continued from the backbone", fft_record(job, fit(study, job).history))
 
 
-def lora_baseline(study: Study) -> FftCurve:
+def lora_baseline(study: Study, seed: int | None = None) -> FftCurve:
     """LoRA from the pretrained model on the same SFT data (the paper's LoRA rows), every point
-    scored on what picks the FFT's epoch: fft_selection after the fft stage, else validation."""
-    settings = study.cfg.lora
+    scored on what picks the FFT's epoch: fft_selection after the fft stage, else validation.
+    `seed`: a replicate's (adapter init and data order), run under its own name."""
+    settings, train, name = study.cfg.lora, study.cfg.lora.train, "lora"
+    if seed is not None:
+        train, name = train.model_copy(update={"seed": train.seed + seed - study.cfg.seed}), f"{name}-seed{seed}"
     selection = study.domain.fft_selection if study.fft is not None else study.domain.validation
-    job = study.job("lora", layout.run_name(study.slug, "lora"), backbone=study.pretrained_backbone,
-                    data=study.domain.train, train=settings.train, evaluation=selection,
+    job = study.job("lora", layout.run_name(study.slug, name), backbone=study.pretrained_backbone,
+                    data=study.domain.train, train=train, evaluation=selection,
                     lora=LoraAdapters(**settings.model_dump(exclude={"train"})))
     return FftCurve.of("LoRA", fft_record(job, fit(study, job).history))
 

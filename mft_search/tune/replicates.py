@@ -1,14 +1,16 @@
-"""Seed replicates (`seeds: N`): after selection, the selected configuration, the random mask and
-the continued-FFT control run again with seeds seed+1 .. seed+N-1, so that the leaderboard shows
-mean ± std over seeds beside the paired intervals, as the paper's tables do.
+"""Seed replicates (`seeds: N`): after selection, the selected configuration and every baseline a
+seed changes (random, Wanda, revert, LoRA, the continued-FFT control) run again with seeds
+seed+1 .. seed+N-1, so that the leaderboard shows mean ± std over seeds beside the paired
+intervals, as the paper's tables do. The unmasked model and the L1 mask do not depend on a seed.
 
 The sweep's own runs are the first seed: the search and the paired intervals use them. The
 replicates are scored in the same evaluation jobs as those runs, named `<row>@seed<s>`
 (tune.evaluate.replicate_name), and items.parquet keeps their scores under their own seed.
 
-    variants = mft_replicates(study, winner)     # N-1 more MFT runs of the winner's point
-    variants += random_replicates(study, winner) # the random mask drawn with N-1 more seeds
-    variants, finals = fft_replicates(study, winner)  # continued FFT, N-1 more data orders
+    learned = mft_replicates(study, winner)                # N-1 more MFT runs of the winner's point
+    masks = mask_replicates(study, winner, learned)        # random, Wanda and revert with each seed
+    adapters = lora_replicates(study)                      # LoRA, N-1 more runs
+    variants, finals = fft_replicates(study, winner)       # continued FFT, N-1 more data orders
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from mft_search.train.spec import EvalVariant, TrialJob, mask_artifact
-from mft_search.tune.evaluate import Candidate, continued_fft, fit, replicate_name
+from mft_search.tune.evaluate import Candidate, continued_fft, fit, lora_baseline, replicate_name
 from mft_search.tune.study import Study
 
 
@@ -44,12 +46,32 @@ def mft_replicates(study: Study, winner: Candidate, log=print) -> list[EvalVaria
     return variants
 
 
-def random_replicates(study: Study, winner: Candidate) -> list[EvalVariant]:
-    """The random mask at the winner's modules and kept counts, drawn with each extra seed."""
-    if "random" not in study.cfg.baselines:
+def mask_replicates(study: Study, winner: Candidate, learned: list[EvalVariant]) -> list[EvalVariant]:
+    """The baseline masks again with each extra seed: random and Wanda drawn with it (positions,
+    calibration sample) at the winner's modules and kept counts, as their first seed's are, and
+    revert of that seed's learned mask (`learned`: mft_replicates' variants, in seed order)."""
+    baselines, variants = study.cfg.baselines, []
+    for seed, mask in zip(extra_seeds(study), learned):
+        variants += [EvalVariant(name=replicate_name(b, seed), mask=b, mask_file=winner.mask_path, seed=seed)
+                     for b in ("random", "wanda") if b in baselines]
+        if "revert" in baselines and study.pretrained_backbone is not None:
+            variants.append(EvalVariant(name=replicate_name("revert", seed), mask="revert", mask_file=mask.mask_file,
+                                        pretrained=study.pretrained_backbone))
+    return variants
+
+
+def lora_replicates(study: Study, log=print) -> list[EvalVariant]:
+    """LoRA trained again from the pretrained model with each extra seed (adapter init, data
+    order): its best and final points, each picked on its own curve as the first seed's are."""
+    if "lora" not in study.cfg.baselines or study.pretrained_backbone is None:
         return []
-    return [EvalVariant(name=replicate_name("random", seed), mask="random", mask_file=winner.mask_path, seed=seed)
-            for seed in extra_seeds(study)]
+    variants = []
+    for seed in extra_seeds(study):
+        log(f"[{study.name}] seed {seed}: the LoRA baseline again")
+        curve = lora_baseline(study, seed)
+        variants += [EvalVariant(name=replicate_name("best_lora", seed), weights=curve.best.checkpoint),
+                     EvalVariant(name=replicate_name("continued_lora", seed), weights=curve.final.checkpoint)]
+    return variants
 
 
 def fft_replicates(study: Study, winner: Candidate, log=print) -> tuple[list[EvalVariant], dict[str, float]]:

@@ -24,7 +24,7 @@ from mft_search.tune.evaluate import (
 from mft_search.tune.budget import budget_stop
 from mft_search.tune.fft_stage import fine_tuned_study, run_fft_stage
 from mft_search.tune.guards import check_winner, guard_limits, measure_references
-from mft_search.tune.replicates import fft_replicates, mft_replicates, random_replicates
+from mft_search.tune.replicates import fft_replicates, lora_replicates, mask_replicates, mft_replicates
 from mft_search.tune.stage import run_stage
 from mft_search.tune.study import Study
 
@@ -210,7 +210,8 @@ def _compared(study: Study, winner, log) -> Compared:
     learned = EvalVariant(name="best_mft", mask="learned", mask_file=winner.mask_path)
     extra, curve = _continued_fft(study, winner, log)
     lora, lora_curve = _lora(study, log)
-    seeded = [*mft_replicates(study, winner, log), *random_replicates(study, winner)]  # after their first seed
+    learned_seeds = mft_replicates(study, winner, log)  # after their first seed, which the search ran
+    seeded = [*learned_seeds, *mask_replicates(study, winner, learned_seeds), *lora_replicates(study, log)]
     fft_seeded, fft_seeded_validation = fft_replicates(study, winner, log)
     scored = [EvalVariant(name="unmasked"), *references, *lora, learned, *seeded]
     if study.fft is not None:  # the fft stage's final point is Continued FFT: scored like the others
