@@ -102,6 +102,18 @@ def test_a_pruned_trial_carries_its_constraint_and_a_failed_one_none():
     assert failed.state.name == "FAIL" and failed.constraints == {}
 
 
+def test_a_trial_stopped_at_its_first_report_carries_that_reports_constraint():
+    # Ray Tune gives the report that stops a trial to on_trial_complete alone, not on_trial_result
+    storage = optuna.storages.InMemoryStorage()
+    search = PrunedAwareOptunaSearch(space={"x": FloatDistribution(0.0, 1.0)}, metric="metric", mode="max",
+                                     study_name="stopped", storage=storage)
+    search._guards = [GuardLimit("ifeval", 0.60, 2.0)]
+    search.suggest("stopped")
+    search.on_trial_complete("stopped", {"metric": 0.2, guard_metric("ifeval"): 0.55, "step": 1, "total_steps": 4})
+    (stopped,) = optuna.load_study(study_name="stopped", storage=storage).trials
+    assert stopped.state.name == "PRUNED" and stopped.constraints == {"ifeval": pytest.approx(0.03)}
+
+
 def _frame(rows: list[tuple[str, int, float, float]]) -> pd.DataFrame:
     return pd.DataFrame([{"study": "b/d", "stage": "probe", "trial_id": t, "report": r, "status": "completed",
                           "metric": m, guard_metric("ifeval"): g, "mask_path": f"{t}-{r}"} for t, r, m, g in rows])

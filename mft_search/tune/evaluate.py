@@ -59,7 +59,7 @@ def best_candidates(frame: pd.DataFrame, study: str, stage: str, k: int,
 @dataclass(frozen=True)
 class Scored:
     """What an evaluation job measured, by variant: the benchmark's selecting metric, and every
-    metric it reported (both gsm8k filters, HumanEval+'s base and plus, IFEval's strict and loose)."""
+    other metric it reported (both gsm8k filters, HumanEval+'s base, IFEval's strict and loose)."""
 
     metric: dict[str, float]
     reported: dict[str, dict[str, float]]
@@ -79,10 +79,10 @@ def run_evaluation(study: Study, variants: list[EvalVariant], benchmark, split: 
         variant, seed = row_and_seed(name, study.cfg.seed)
         add_items(items_path(study.exp_dir), study.name, split, variant, seed, scores["kind"], scores["settings"],
                   scores["items"])
-    metrics = result.metrics
+    metrics, primary = result.metrics, f"eval_{metric_name(benchmark)}"
     return Scored({v.name: float(metrics.get(f"{v.name}/metric", math.nan)) for v in variants},
                   {v.name: {k.removeprefix(f"{v.name}/eval_"): float(value) for k, value in metrics.items()
-                            if k.startswith(f"{v.name}/eval_")} for v in variants})
+                            if k.startswith(f"{v.name}/eval_") and k != f"{v.name}/{primary}"} for v in variants})
 
 
 # A seed replicate of a row is scored in the same job as the row, under its own name: the

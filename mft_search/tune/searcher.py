@@ -86,11 +86,13 @@ class PrunedAwareOptunaSearch(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         self._note_time(trial_id, result)
         status = trial_status(result, error)
-        if status == "completed" and trial_id not in self._completed_trials:
-            self._note_best(trial_id, result)
-            result = {**result, "metric": self._best_metric[trial_id]}
         if status != "failed" and trial_id not in self._completed_trials:
+            # Tune hands the report that stops a trial (ASHA's, or its last) to on_trial_complete
+            # only, never to on_trial_result (ray.tune's TuneController._process_trial_result)
+            self._note_best(trial_id, result)
             self._constrain(trial_id)
+        if status == "completed" and trial_id not in self._completed_trials:
+            result = {**result, "metric": self._best_metric[trial_id]}
         if status == "completed" or trial_id in self._completed_trials:
             return super().on_trial_complete(trial_id, result, error)
         state = TrialState.FAIL if status == "failed" else TrialState.PRUNED
