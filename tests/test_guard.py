@@ -70,14 +70,20 @@ def test_a_guard_is_named_by_its_evaluator_unless_named():
     assert [g.label for g in cfg.domains[0].guard] == ["ifeval", "ifeval_small"]
 
 
+def _guarded_searcher(name: str):
+    """The sweep's searcher on an in-memory study, one guard: reference 0.60, 2 points tolerated."""
+    storage = optuna.storages.InMemoryStorage()
+    search = PrunedAwareOptunaSearch(space={"x": FloatDistribution(0.0, 1.0)}, metric="metric", mode="max",
+                                     study_name=name, storage=storage)
+    search._guards = [GuardLimit("ifeval", 0.60, 2.0)]
+    return search, storage
+
+
 def test_the_constraint_is_the_guards_drop_beyond_the_tolerated_one_at_the_best_report():
     # Reference 0.60, 2 points tolerated. Reports: 0.3 (guard 0.59), 0.5 (guard 0.55: 5 down, 3 too many),
     # 0.5 again (a tie: the earlier report stays the best) and 0.4. The trial's constraint is its best
     # report's, as its value is: +0.03 > 0, infeasible, which TPE reads from the trial.
-    storage = optuna.storages.InMemoryStorage()
-    search = PrunedAwareOptunaSearch(space={"x": FloatDistribution(0.0, 1.0)}, metric="metric", mode="max",
-                                     study_name="guarded", storage=storage)
-    search._guards = [GuardLimit("ifeval", 0.60, 2.0)]
+    search, storage = _guarded_searcher("guarded")
     search.suggest("t1")
     for step, (metric, guard) in enumerate(((0.3, 0.59), (0.5, 0.55), (0.5, 0.60), (0.4, 0.61)), start=1):
         search.on_trial_result("t1", {"metric": metric, guard_metric("ifeval"): guard, "training_iteration": step})
@@ -88,10 +94,7 @@ def test_the_constraint_is_the_guards_drop_beyond_the_tolerated_one_at_the_best_
 
 
 def test_a_pruned_trial_carries_its_constraint_and_a_failed_one_none():
-    storage = optuna.storages.InMemoryStorage()
-    search = PrunedAwareOptunaSearch(space={"x": FloatDistribution(0.0, 1.0)}, metric="metric", mode="max",
-                                     study_name="pruned", storage=storage)
-    search._guards = [GuardLimit("ifeval", 0.60, 2.0)]
+    search, storage = _guarded_searcher("pruned")
     for trial_id in ("pruned", "failed"):
         search.suggest(trial_id)
         search.on_trial_result(trial_id, {"metric": 0.2, guard_metric("ifeval"): 0.60, "training_iteration": 1})
@@ -104,10 +107,7 @@ def test_a_pruned_trial_carries_its_constraint_and_a_failed_one_none():
 
 def test_a_trial_stopped_at_its_first_report_carries_that_reports_constraint():
     # Ray Tune gives the report that stops a trial to on_trial_complete alone, not on_trial_result
-    storage = optuna.storages.InMemoryStorage()
-    search = PrunedAwareOptunaSearch(space={"x": FloatDistribution(0.0, 1.0)}, metric="metric", mode="max",
-                                     study_name="stopped", storage=storage)
-    search._guards = [GuardLimit("ifeval", 0.60, 2.0)]
+    search, storage = _guarded_searcher("stopped")
     search.suggest("stopped")
     search.on_trial_complete("stopped", {"metric": 0.2, guard_metric("ifeval"): 0.55, "step": 1, "total_steps": 4})
     (stopped,) = optuna.load_study(study_name="stopped", storage=storage).trials
