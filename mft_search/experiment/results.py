@@ -94,12 +94,17 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value  # numpy scalars as Python values
 
 
+def ranked_reports(rows: pd.DataFrame) -> pd.DataFrame:
+    """Reports best first: highest metric, ties to the earliest report; those without a metric left out."""
+    return rows.dropna(subset=["metric"]).sort_values(["metric", "report"], ascending=[False, True], kind="stable")
+
+
 def best_reports(rows: pd.DataFrame) -> pd.DataFrame:
-    """Each trial's best report (highest metric; ties: the earliest report), one row per
-    (stage, trial), best trials first. Every report saved a mask, so this is what selection takes."""
+    """Each trial's best report (ranked_reports' first), one row per (stage, trial), best trials
+    first. Every report saved a mask, so this is what selection takes."""
     if "metric" not in rows:  # no trial has reported yet (every one failed at its first step)
         return rows
-    ranked = rows.dropna(subset=["metric"]).sort_values(["metric", "report"], ascending=[False, True], kind="stable")
+    ranked = ranked_reports(rows)
     return ranked.groupby(["stage", "trial_id"], sort=False).head(1)
 
 

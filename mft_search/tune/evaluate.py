@@ -24,6 +24,7 @@ from mft_search.experiment.items import add_items, gains_over, items_path, read_
 from mft_search.experiment.results import NOT_CANDIDATES, best_reports, params_of
 from mft_search.train.ray_train import JobResult, fit_job
 from mft_search.train.spec import ITEMS_FILE, EvalVariant, LoraAdapters, report_artifact
+from mft_search.train.step import TrainSettings
 from mft_search.tune.sampling import params_to_trial
 from mft_search.tune.study import Study
 
@@ -135,9 +136,7 @@ def continued_fft(study: Study, winner: Candidate, seed: int | None = None) -> F
     reported (the best picked on validation, so it carries the winner's curse as MFT does).
     `seed`: a replicate's (data order), run under its own name; None is the sweep's own run."""
     _, train = params_to_trial(winner.params, study.cfg)
-    name = "continued_fft"
-    if seed is not None:
-        train, name = train.model_copy(update={"seed": train.seed + seed - study.cfg.seed}), f"{name}-seed{seed}"
+    train, name = _for_seed(study, train, "continued_fft", seed)
     job = study.job("fft", layout.run_name(study.slug, name), data=study.domain.train, train=train)
     return FftCurve.of("continued from the backbone", fft_record(job, fit(study, job).history))
 
@@ -146,14 +145,21 @@ def lora_baseline(study: Study, seed: int | None = None) -> FftCurve:
     """LoRA from the pretrained model on the same SFT data (the paper's LoRA rows), every point
     scored on what picks the FFT's epoch: fft_selection after the fft stage, else validation.
     `seed`: a replicate's (adapter init and data order), run under its own name."""
-    settings, train, name = study.cfg.lora, study.cfg.lora.train, "lora"
-    if seed is not None:
-        train, name = train.model_copy(update={"seed": train.seed + seed - study.cfg.seed}), f"{name}-seed{seed}"
+    settings = study.cfg.lora
+    train, name = _for_seed(study, settings.train, "lora", seed)
     selection = study.domain.fft_selection if study.fft is not None else study.domain.validation
     job = study.job("lora", layout.run_name(study.slug, name), backbone=study.pretrained_backbone,
                     data=study.domain.train, train=train, evaluation=selection,
                     lora=LoraAdapters(**settings.model_dump(exclude={"train"})))
     return FftCurve.of("LoRA", fft_record(job, fit(study, job).history))
+
+
+def _for_seed(study: Study, train: TrainSettings, name: str, seed: int | None) -> tuple[TrainSettings, str]:
+    """A run's schedule and name for `seed`: the data-order seed moved as far from the sweep's as
+    `seed` is, and a name of its own; None is the sweep's own run, unchanged."""
+    if seed is None:
+        return train, name
+    return train.model_copy(update={"seed": train.seed + seed - study.cfg.seed}), f"{name}-seed{seed}"
 
 
 def fft_record(job, history: pd.DataFrame) -> FftRecord:

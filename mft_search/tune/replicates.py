@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mft_search.experiment.results import ranked_reports
 from mft_search.train.spec import EvalVariant, TrialJob, mask_artifact
 from mft_search.tune.evaluate import Candidate, continued_fft, fit, lora_baseline, replicate_name
 from mft_search.tune.study import Study
@@ -102,5 +103,4 @@ def best_report(job: TrialJob, history: pd.DataFrame) -> int:
     finite = history[history["metric"].map(lambda m: m is not None and math.isfinite(float(m)))]
     if finite.empty:
         raise FloatingPointError(f"{job.name}: no report had a finite metric; this seed diverged")
-    ranked = finite.sort_values(["metric", "report"], ascending=[False, True], kind="stable")
-    return int(ranked["report"].iloc[0])
+    return int(ranked_reports(finite)["report"].iloc[0])
