@@ -128,8 +128,9 @@ def test_gsm8k_scores_of_real_models_outputs_equal_lm_evals(offline, task):
         ours = [score_gsm8k(o, r["answer"], name) for o, r in zip(outputs, rows)]
         disagree = [(o[-60:], r["answer"][-12:]) for o, r, a, b in zip(outputs, rows, ours, theirs[name]) if a != b]
         assert not disagree, f"{name}: {len(disagree)} of {len(ours)} differ, e.g. {disagree[:3]}"
-        assert 0 < sum(ours) < len(ours)  # both verdicts occur (the demo's 59 of 200 right, SmolLM2's 0 of 40)
-    assert sorted({r["model"] for r in records}) == ["SmolLM2-135M-Instruct", "demo tiny-llama, best FFT"]
+        right = {m: sum(s for s, r in zip(ours, records) if r["model"] == m) for m in {r["model"] for r in records}}
+        # both verdicts occur; the README quotes these counts
+        assert right == {"demo tiny-llama, best FFT": 59, "SmolLM2-135M-Instruct": 0}
     assert len(records) == 240
 
 
