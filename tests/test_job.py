@@ -409,3 +409,15 @@ def test_a_lora_job_trains_adapters_only_and_writes_a_plain_merged_checkpoint_ea
     # Its checkpoint holds the adapters only: the frozen base is reloaded on resume
     state = load_file(session.latest_checkpoint() / "weights.safetensors")
     assert state and all("lora_" in n for n in state)
+
+
+def test_early_reports_score_their_seeded_subset_and_the_last_report_every_item(tmp_path, tiny_backbone, sft_data,
+                                                                                 problems_dir):
+    # rung-wise validation: report 1 scores a quarter of the 8 problems; report 2, the trial's
+    # last, scores all of them although the spec names a subset for it too
+    evaluation = EvalSpec(evaluator="gsm8k", source=str(problems_dir / "test.jsonl"), limit=8, max_new_tokens=4,
+                          num_fewshot=0)
+    session = LocalSession(tmp_path / "session")
+    run_job(make_job(tmp_path, tiny_backbone, sft_data, evaluation=evaluation, validation_subsets={1: 0.25, 2: 0.5}),
+            session)
+    assert [(r["validation_items"], r["validation_subset"]) for r in session.reports] == [(2, 1), (8, 0)]

@@ -162,6 +162,10 @@ class AshaSettings(BaseModel):
     model_config = _STRICT
     grace_period: int = Field(1, ge=1, description="evaluation points every trial gets before it may be stopped")
     reduction_factor: int = Field(2, ge=2, description="keep the best 1/reduction_factor at each rung")
+    validation_subset: float | None = Field(
+        None, gt=0, le=1, description="rung-wise validation: the first rung scores this fraction of the validation "
+        "items (a seeded subset, the same for every trial), each later rung reduction_factor times more, the last "
+        "rung, a trial's last report and selection all of them; null = every report scores all")
 
 
 class SearchSettings(BaseModel):

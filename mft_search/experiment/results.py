@@ -20,7 +20,8 @@ KEY = ("study", "stage", "trial_id", "report")
 # A trial still "running" on record when its stage ended: the driver died before Tune saved it
 # (the resumed Tune ran another in its place), or its own write failed on full storage.
 INTERRUPTED = "still running when the sweep stopped; --resume did not continue it"
-REPORT_FIELDS = ("step", "total_steps", "epoch", "metric", "val_loss", "train_loss", "kept_fraction", "no_op")
+REPORT_FIELDS = ("step", "total_steps", "epoch", "metric", "val_loss", "train_loss", "kept_fraction", "no_op",
+                 "validation_items", "validation_subset")
 # Report keys kept as columns too: the benchmark's other figures, where the time went, guard metrics.
 REPORT_PREFIXES = ("eval_", "time_", GUARD_PREFIX)
 # Never candidates for selection: a failed trial, or one whose mask kept every weight (the unmasked model).
@@ -94,8 +95,17 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value  # numpy scalars as Python values
 
 
+def selection_metric(report: dict[str, Any]) -> Any:
+    """A report's metric as selection sees it: None for one scored on a subset of the validation
+    items (rung-wise validation: such a score only ranks trials at an ASHA rung)."""
+    return None if report.get("validation_subset") == 1 else report.get("metric")
+
+
 def ranked_reports(rows: pd.DataFrame) -> pd.DataFrame:
-    """Reports best first: highest metric, ties to the earliest report; those without a metric left out."""
+    """Reports best first: highest metric, ties to the earliest report; those without a metric, and
+    those scored on a validation subset (`selection_metric`), left out."""
+    if "validation_subset" in rows:
+        rows = rows[rows["validation_subset"] != 1]  # NaN (no subset on record) stays
     return rows.dropna(subset=["metric"]).sort_values(["metric", "report"], ascending=[False, True], kind="stable")
 
 
@@ -110,7 +120,7 @@ def best_reports(rows: pd.DataFrame) -> pd.DataFrame:
 
 def trial_value(metrics) -> float | None:
     """A trial's one number: the best of its reports' metrics (None and NaN skipped; None if no
-    report has one), as `best_reports` ranks it."""
+    report has one), as `best_reports` ranks it: give it `selection_metric`s."""
     values = [float(m) for m in metrics if m is not None and not math.isnan(float(m))]
     return max(values) if values else None
 

@@ -4,6 +4,8 @@ variants (the backbone as is, a baseline mask, a learned mask, other weights).""
 from __future__ import annotations
 
 import functools
+import math
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,18 +111,26 @@ def _calibration(job: TrialJob, tokenizer, seed: int) -> list[dict[str, torch.Te
     return calibration_batches(dataset, seed=seed, batch_size=job.train.micro_batch_size, pad_token_id=pad)
 
 
-def evaluate_model(job: TrialJob, model, tokenizer, val_batches) -> dict[str, float]:
+def evaluate_model(job: TrialJob, model, tokenizer, val_batches,
+                   report: int | None = None) -> tuple[dict[str, float], ItemScores | None]:
     """Validation loss (when batches are given), the domain metric (`metric`, higher-better) and
-    each guard benchmark's primary metric under its key."""
-    metrics = evaluate_model_items(job, model, tokenizer, val_batches)[0]
+    each guard benchmark's primary metric under its key, with the metric's per-item scores.
+
+    `report` is the evaluation point of a training job that is not its last: when
+    `job.validation_subsets` names it, the domain metric scores that seeded subset of the items
+    (`validation_items` says how many, `validation_subset` is 1); guards score all of theirs.
+    """
+    fraction = job.validation_subsets.get(report, 1.0) if report is not None else 1.0
+    metrics, items = evaluate_model_items(job, model, tokenizer, val_batches, fraction)
     for key, spec in job.guards.items():
         metrics[key] = _primary(spec, score_benchmark(spec, model, tokenizer))
-    return metrics
+    return metrics, items
 
 
-def evaluate_model_items(job: TrialJob, model, tokenizer, val_batches) -> tuple[dict[str, float], ItemScores | None]:
+def evaluate_model_items(job: TrialJob, model, tokenizer, val_batches,
+                         fraction: float = 1.0) -> tuple[dict[str, float], ItemScores | None]:
     """`evaluate_model`'s metrics and the per-item scores of `metric` (the benchmark's when there
-    is one, else the validation rows' losses)."""
+    is one, else the validation rows' losses), the benchmark on `fraction` of its items."""
     metrics: dict[str, float] = {}
     items = None
     if val_batches is not None:
@@ -128,9 +138,11 @@ def evaluate_model_items(job: TrialJob, model, tokenizer, val_batches) -> tuple[
         metrics.update(val_loss=loss["loss"], val_perplexity=loss["perplexity"])
         items = ItemScores("loss", LOSS_SETTINGS, rows)
     if job.evaluation is not None:
-        scores = score_benchmark(job.evaluation, model, tokenizer)
+        scores, used, total = score_benchmark_subset(job.evaluation, model, tokenizer, fraction,
+                                                     job.validation_subset_seed)
         metrics.update({f"eval_{k}": v for k, v in scores.metrics.items()})
         metrics["metric"] = _primary(job.evaluation, scores)
+        metrics.update(validation_items=used, validation_subset=int(used < total))
         items = ItemScores("fraction", scores.settings, scores.items)
     elif "val_loss" in metrics:
         metrics["metric"] = -metrics["val_loss"]
@@ -140,8 +152,22 @@ def evaluate_model_items(job: TrialJob, model, tokenizer, val_batches) -> tuple[
 def score_benchmark(spec: EvalSpec, model, tokenizer) -> Scores:
     """The benchmark `spec` describes, run on `model`: aggregate metrics, the primary metric per
     problem id (`Scores.items`) and the label of the settings that decided them."""
-    evaluator, problems = _loaded(spec.model_dump_json())
-    return evaluator.evaluate(unwrap(model), tokenizer, problems, spec.generation())
+    return score_benchmark_subset(spec, model, tokenizer)[0]
+
+
+def score_benchmark_subset(spec: EvalSpec, model, tokenizer, fraction: float = 1.0,
+                           seed: int = 0) -> tuple[Scores, int, int]:
+    """`score_benchmark` on the seeded subset `subset_indices` picks: (scores, items scored, items in all)."""
+    evaluator, every = _loaded(spec.model_dump_json())
+    problems = [every[i] for i in subset_indices(len(every), fraction, seed)] if fraction < 1.0 else every
+    return evaluator.evaluate(unwrap(model), tokenizer, problems, spec.generation()), len(problems), len(every)
+
+
+def subset_indices(total: int, fraction: float, seed: int) -> list[int]:
+    """The first ceil(fraction x total) items of a seeded permutation, in their own order: every
+    trial scores the same items at a rung, and a larger fraction keeps the smaller one's items."""
+    count = min(total, max(1, math.ceil(fraction * total)))
+    return sorted(random.Random(seed).sample(range(total), total)[:count])
 
 
 def _primary(spec: EvalSpec, scores: Scores) -> float:

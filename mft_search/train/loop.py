@@ -88,7 +88,12 @@ class TrainingLoop:
         self.progress["report"] += 1
         eval_start = time.perf_counter()
         with mixed_precision(self.session.device, self.autocast):
-            metrics = evaluate_model(self.job, self.model, self.tokenizer, self.data.validation_batches())
+            last = self.progress["step"] >= self.total_steps  # the trial's final score: always every item
+            metrics, items = evaluate_model(self.job, self.model, self.tokenizer, self.data.validation_batches(),
+                                            None if last else self.progress["report"])
+        record_items = getattr(self.session, "record_items", None)  # bench search's table of per-item scores
+        if record_items is not None:
+            record_items(self.progress["report"], items)
         self.seconds["time_eval_s"] += time.perf_counter() - eval_start
         save_start = time.perf_counter()
         metrics.update(train_loss=train_loss, step=self.progress["step"], total_steps=self.total_steps,

@@ -77,6 +77,12 @@ class TrialJob(BaseModel):
     data: DataSpec | None = None  # SFT data (mft/fft); its validation carve-out gives val_loss
     evaluation: EvalSpec | None = None  # the domain metric; None makes -val_loss the metric
     guards: dict[str, EvalSpec] = {}  # mft: other benchmarks scored at every evaluation point, by metric key
+    # Rung-wise validation (search.asha.validation_subset): report number -> fraction of the
+    # validation benchmark's items that report scores, a subset seeded by validation_subset_seed
+    # (the same items in every trial, each rung's a superset of the last's). Other reports, and a
+    # trial's last, score every item: selection ranks those only.
+    validation_subsets: dict[int, float] = {}
+    validation_subset_seed: int = 0
     mask: MaskSpec | None = None  # mft; for random/l1 without a mask file, the modules and ratio
     variants: list[EvalVariant] = []  # evaluate: the models to score, one after another
     calibration: DataSpec | None = None  # evaluate: SFT data whose training split calibrates wanda

@@ -10,7 +10,7 @@ from typing import Any
 from ray import tune
 
 from mft_search.experiment import layout
-from mft_search.experiment.results import NO_OP, ResultsTable, trial_status, trial_value
+from mft_search.experiment.results import NO_OP, ResultsTable, selection_metric, trial_status, trial_value
 from mft_search.train.spec import mask_artifact
 from mft_search.tune.study import Stage, Study
 
@@ -65,7 +65,7 @@ class Recorder(tune.Callback):
         base["mask_path"] = str(mask_artifact(job_dir, report))
         self.table.add_report(base, trial_params(trial.config), result)
         self._last[trial.trial_id] = result
-        self._best[trial.trial_id] = trial_value([self._best.get(trial.trial_id), result.get("metric")])
+        self._best[trial.trial_id] = trial_value([self._best.get(trial.trial_id), selection_metric(result)])
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._finish(trial, errored=False)
@@ -86,7 +86,8 @@ class Recorder(tune.Callback):
         self.table.finish(self._base(trial), trial_params(trial.config), status, error)
         self.table.flush()
         best = self._best.get(trial.trial_id)
-        score = f"best metric {best:.4f}" if best is not None else "no report"
+        score = (f"best metric {best:.4f}" if best is not None else
+                 "scored on a validation subset only" if self._last.get(trial.trial_id) else "no report")
         self.log(f"[{self.study.name} {self.stage}] trial {trial.trial_id} {status}: {score} "
                  f"({_describe(trial_params(trial.config))})" + (f" - {error}" if error else ""))
 

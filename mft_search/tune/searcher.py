@@ -5,8 +5,6 @@ A Tune-native searcher (ray.tune.search.*) would be built in `make_searcher` ins
 
 from __future__ import annotations
 
-import math
-
 import optuna
 from optuna.trial import TrialState
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -16,9 +14,10 @@ from ray.tune.search.optuna import OptunaSearch
 from mft_search.config.space import enqueue_points
 from mft_search.experiment import layout
 from mft_search.experiment.guards import constraint_values
-from mft_search.experiment.results import trial_status, trial_value
+from mft_search.experiment.results import selection_metric, trial_status, trial_value
 from mft_search.tune.budget import Budget
 from mft_search.tune.guards import guard_limits
+from mft_search.tune.rungs import max_reports
 from mft_search.tune.sampling import define_by_run, make_sampler
 from mft_search.tune.study import Study, journal_storage
 
@@ -64,7 +63,7 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         # In __dict__, which OptunaSearch.save pickles: a resumed driver keeps every trial's best so far.
         best = self.__dict__.setdefault("_best_metric", {})
         previous = best.get(trial_id)
-        best[trial_id] = trial_value([previous, (result or {}).get("metric")])
+        best[trial_id] = trial_value([previous, selection_metric(result or {})])
         limits = self.__dict__.get("_guards")
         if limits and best[trial_id] is not None and best[trial_id] != previous:  # ties: the earlier report
             self.__dict__.setdefault("_constraints", {})[trial_id] = constraint_values(limits, result)
@@ -143,14 +142,5 @@ def make_scheduler(study: Study):
     asha = study.cfg.search.asha
     if asha is None:
         return FIFOScheduler()
-    return ASHAScheduler(time_attr="training_iteration", metric="metric", mode="max", max_t=_max_reports(study),
+    return ASHAScheduler(time_attr="training_iteration", metric="metric", mode="max", max_t=max_reports(study.cfg),
                          grace_period=asha.grace_period, reduction_factor=asha.reduction_factor)
-
-
-def _max_reports(study: Study) -> int:
-    # Reports come once per epoch unless eval_every_steps is set; then the count depends on the
-    # data size, and a generous bound only means ASHA's last rung is never reached.
-    train = study.cfg.train
-    epochs = study.cfg.search.space.epochs
-    most = max(epochs) if isinstance(epochs, list) else getattr(epochs, "high", epochs) or train.epochs
-    return max(1, math.ceil(most)) if train.eval_every_steps is None else 10_000

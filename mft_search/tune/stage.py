@@ -21,7 +21,14 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from mft_search.core.distributed import release_memory
 from mft_search.experiment import layout
-from mft_search.experiment.results import REPORT_FIELDS, REPORT_PREFIXES, ResultsTable, params_of, trial_value
+from mft_search.experiment.results import (
+    REPORT_FIELDS,
+    REPORT_PREFIXES,
+    ResultsTable,
+    params_of,
+    selection_metric,
+    trial_value,
+)
 from mft_search.train import faults
 from mft_search.train.job import run_job
 from mft_search.train.ray_train import RaySession, build_trainer
@@ -81,7 +88,7 @@ def _recorded_end(study: Study, stage: Stage, trial_id: str) -> dict[str, Any] |
         return None
     last = max(rows, key=lambda r: r["report"])
     report = {k: v for k, v in last.items() if k in (*REPORT_FIELDS, "report") or k.startswith(REPORT_PREFIXES)}
-    return {**report, "replayed": 1, "best_metric": trial_value(r.get("metric") for r in rows)}
+    return {**report, "replayed": 1, "best_metric": trial_value(selection_metric(r) for r in rows)}
 
 
 class _CountingReportCallback(TuneReportCallback):

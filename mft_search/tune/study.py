@@ -17,6 +17,7 @@ from mft_search.experiment.fft_record import FftRecord
 from mft_search.experiment.guards import guard_metric
 from mft_search.experiment.storage import Storage
 from mft_search.train.spec import Resources, TrialJob
+from mft_search.tune.rungs import max_reports, validation_subsets
 from mft_search.tune.sampling import params_to_trial
 
 Stage = Literal["probe", "refine"]
@@ -73,8 +74,11 @@ class Study:
         """A trial's MFT job; `guarded` scores the domain's guards at every evaluation point."""
         mask_kwargs, train = params_to_trial(params, self.cfg)
         guards = {guard_metric(g.label): g.benchmark for g in self.domain.guard} if guarded else {}
+        # Only the probe has ASHA: its early rungs may score a subset (rung-wise validation).
+        subsets = validation_subsets(self.cfg.search.asha, max_reports(self.cfg)) if stage == "probe" else {}
         return self.job("mft", layout.trial_name(self.slug, stage, trial_id), data=self.train_data(stage),
-                        mask=MaskSpec(**mask_kwargs), train=train, guards=guards)
+                        mask=MaskSpec(**mask_kwargs), train=train, guards=guards, validation_subsets=subsets,
+                        validation_subset_seed=self.cfg.seed)
 
     def prepare_data(self, stage: Stage) -> None:
         """Tokenise the stage's data here, in the driver, before any trial starts: trials only
