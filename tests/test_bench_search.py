@@ -1,55 +1,143 @@
-"""The search benchmark's accounting, on a table of made-up learning curves (no training)."""
+"""The search benchmark's table and replay accounting, on made-up per-item scores (no training)."""
 
 import math
 
 import optuna
+import pytest
 
-from mft_search.bench.search import Outcome, grid_points, median_ratio, run_grid, run_search
+from mft_search.bench.search import quick_space, strategies
+from mft_search.bench.search_replay import Replay, grid_compute, landscape, quantiles
+from mft_search.bench.search_table import Epoch, Table, config_key, discretise, grid_points
+from mft_search.config.space import FloatRange, SearchSpace, grid_size
+from mft_search.tune.sampling import define_by_run
 
-CURVES = {"a": [0.10, 0.20], "b": [0.30, 0.31], "c": [0.05, 0.40], "d": [0.20, 0.25]}
+ITEMS = 100
 
 
-def objective(params):
-    return CURVES[params["x"]]
+def scores(correct: int) -> tuple[float, ...]:
+    return tuple(1.0 if i < correct else 0.0 for i in range(ITEMS))
 
 
-def space_fn(trial):
+def epoch(correct: int, train_s: float = 10.0, per_item: float = 0.1) -> Epoch:
+    return Epoch(scores(correct), train_s, per_item)
+
+
+# x: a (best at its 2nd epoch), b (ties a within noise), c (far worse), d (a no-op: keeps every weight)
+CURVES = {"a": (40, 60), "b": (30, 59), "c": (10, 20), "d": (70,)}
+SPACE = SearchSpace.model_validate({"layer_group": [[0, 1]], "mode": ["local"], "ratio": [0.1]})
+
+
+def make_table(curves=CURVES, no_op=("d",)) -> Table:
+    return Table(items=tuple(f"q{i}" for i in range(ITEMS)), configs=tuple({"x": x} for x in curves),
+                 epochs=tuple(tuple(epoch(c) for c in curve) for curve in curves.values()),
+                 no_op=tuple(x in no_op for x in curves), about={})
+
+
+def sample(trial):
     return {"x": trial.suggest_categorical("x", sorted(CURVES))}
 
 
-def search(order, pruner=None, target=0.40 - 0.005, budget=8):
-    return run_search(objective, space_fn, optuna.samplers.RandomSampler(seed=0), pruner or optuna.pruners.NopPruner(),
-                      target, budget, [{"x": x} for x in order])
+def replay(order, pruner=None, subsets=None, budget=100, stop=True):
+    table = make_table()
+    run = Replay(table, landscape(table), sample, subsets)
+    return run.run(_Enqueued(order), pruner or optuna.pruners.NopPruner(), budget, stop)
 
 
-def test_the_grid_counts_every_epoch_and_keeps_the_best_report():
-    assert run_grid(objective, [{"x": x} for x in CURVES]) == (0.40, 8)
+class _Enqueued(optuna.samplers.RandomSampler):
+    """Proposes `order` first (a fixed sequence of points), then random ones."""
+
+    def __init__(self, order):
+        super().__init__(seed=0)
+        self.order = list(order)
+
+    def sample_independent(self, study, trial, name, distribution):
+        if self.order:
+            return self.order.pop(0)
+        return super().sample_independent(study, trial, name, distribution)
 
 
-def test_a_search_is_charged_until_its_best_report_reaches_the_target():
-    assert search(["a", "b", "c"]) == Outcome(reached_at=6, spent=6, trials=3, best=0.40)
-    # within the tolerance counts: 0.31 >= 0.314 - 0.005 at the 4th epoch
-    assert search(["a", "b", "c"], target=0.314 - 0.005).reached_at == 4
+def test_the_target_is_the_best_candidate_report_and_its_ties_within_noise():
+    land = landscape(make_table())
+    assert land.best == (0, 1)  # a's 60%: the no-op's 70% (the unmasked model) is never a candidate
+    assert (1, 1) in land.within  # 59 of 100 against 60: one discordant item is noise
+    assert (2, 1) not in land.within and (0, 0) not in land.within  # 20% and 40% are not
+    assert land.config_within(make_table()) == [True, True, False, False]
+
+
+def test_a_search_is_charged_every_epoch_it_runs_until_its_selection_reaches_the_target():
+    outcome = replay(["c", "d", "b"])
+    # c: 2 epochs, d: 1 (a no-op ends at its first report), b: 2, and b's 59% ties the best
+    assert (outcome.epochs_to_target, outcome.trials, outcome.selected) == (5, 3, 1)
+    assert outcome.seconds_to_target == pytest.approx(5 * (10.0 + 0.1 * ITEMS))
+
+
+def test_a_no_op_never_becomes_the_selection_however_high_it_scores():
+    outcome = replay(["d", "c"], budget=3)
+    assert outcome.epochs_to_target is None and outcome.selected == 2 and outcome.epochs == 3
 
 
 def test_pruned_trials_are_charged_only_the_epochs_they_ran():
-    # below 0.15 at epoch 1 is pruned: "a" and "c" cost 1 epoch each, so 4 epochs pay for 3 trials
-    pruned = search(["a", "b", "c"], pruner=optuna.pruners.ThresholdPruner(lower=0.15), budget=4)
-    assert pruned == Outcome(reached_at=None, spent=4, trials=3, best=0.31)  # c's 0.40 was pruned away
-    assert search(["a", "b", "c"], budget=4) == Outcome(reached_at=None, spent=4, trials=2, best=0.31)
+    # below 35% at the first epoch is pruned: c and b cost one epoch each, then a reaches at its 2nd
+    outcome = replay(["c", "b", "a"], pruner=optuna.pruners.ThresholdPruner(lower=0.35))
+    assert (outcome.epochs_to_target, outcome.trials, outcome.selected) == (4, 3, 0)
+
+
+def test_a_subset_report_costs_its_items_only_and_is_never_selected():
+    # the first epoch scores a quarter of the items: its seconds count 25 items, and a's first
+    # report (40%, subset) cannot be the selection; its full last report is
+    outcome = replay(["a"], subsets={1: 0.25}, budget=2)
+    assert outcome.seconds == pytest.approx(2 * 10.0 + 0.1 * 25 + 0.1 * ITEMS)
+    assert outcome.epochs_to_target == 2 and outcome.selected == 0
 
 
 def test_a_search_that_spends_its_budget_has_not_reached():
-    outcome = search(["a", "d", "b"], target=0.5, budget=5)
-    assert outcome.reached_at is None and outcome.spent == 5
+    outcome = replay(["c", "c", "c"], budget=5)
+    assert outcome.epochs_to_target is None and outcome.epochs == 5
 
 
-def test_the_median_over_seeds_counts_a_miss_as_infinite():
-    hit, miss = Outcome(4, 4, 2, 0.4), Outcome(None, 8, 4, 0.3)
-    assert median_ratio([hit, hit, miss], 8) == 0.5
-    assert median_ratio([hit, miss, miss], 8) == math.inf
+def test_without_stopping_at_the_target_a_search_spends_its_budget_and_keeps_the_best():
+    outcome = replay(["b", "a", "c", "c"], budget=8, stop=False)
+    assert outcome.epochs == 8 and outcome.selected == 0 and outcome.epochs_to_target == 2
 
 
-def test_the_grid_is_groups_by_the_paper_ratios_by_inits_in_local_mode():
-    points = grid_points(["0,1", "1,2"], ["normal", "magnitude"])
-    assert len(points) == 2 * 3 * 2 and {p["mode"] for p in points} == {"local"}
+def test_the_grid_compute_counts_every_epoch_and_its_seconds():
+    assert grid_compute(make_table()) == (7, pytest.approx(7 * 20.0))
+
+
+def test_quantiles_are_values_seeds_had_and_a_miss_sorts_last():
+    assert quantiles([4, 1, 3, 2]) == (1, 1, 2, 3, 4)
+    assert quantiles([1, math.inf, 2])[2] == 2 and quantiles([1, math.inf, math.inf])[2] == math.inf
+
+
+DEMO_SPACE = {"layer_group": {"size": 2, "start": {"low": 0, "high": 2}}, "mode": ["local", "global"],
+              "ratio": [0.05, 0.1, 0.2], "threshold": {"low": -0.04, "high": -0.01}, "init": ["normal", "magnitude"]}
+
+
+def test_the_grid_is_the_discretised_space_as_the_sweeps_grid_search_walks_it():
+    space = discretise(SearchSpace.model_validate(DEMO_SPACE))
+    assert space.threshold == FloatRange(low=-0.04, high=-0.01, step=0.01)
+    points = grid_points(space)
+    assert len(points) == grid_size(space) == 3 * (3 + 4) * 2  # groups x (ratios + thresholds) x inits
+    assert len({config_key(p) for p in points}) == len(points)
+    assert sorted({p["threshold"] for p in points if p["mode"] == "global"}) == pytest.approx([-0.04, -0.03, -0.02, -0.01])
+
+
+def test_every_strategys_samples_are_grid_points():
+    space = discretise(SearchSpace.model_validate(DEMO_SPACE))
+    keys = {config_key(p) for p in grid_points(space)}
+    configs = tuple(grid_points(space))
+    table = Table(items=("q0",), configs=configs, epochs=tuple((epoch(1),) * 2 for _ in configs),
+                  no_op=(False,) * len(configs),
+                  about={"space": space.model_dump(mode="json"), "grace_period": 1, "reduction_factor": 2})
+
+    for name, (sampler, _, _) in strategies(table).items():
+        study = optuna.create_study(sampler=sampler(0))
+        for _ in range(15):
+            trial = study.ask()
+            assert config_key(define_by_run(space)(trial)) in keys, name
+            study.tell(trial, 0.5)
+
+
+def test_quick_is_a_four_point_corner_of_the_demo_space():
+    space = quick_space(discretise(SearchSpace.model_validate(DEMO_SPACE)))
+    assert len(grid_points(space)) == 4
