@@ -53,7 +53,7 @@ def test_the_asha_setting_is_checked():
 def test_a_probe_trial_carries_its_rungs_subsets_and_a_refine_trial_none(tmp_path):
     from test_config import base, merged
 
-    from mft_search.config.schema import parse_config
+    from mft_search.config.schema import describe_plan, parse_config
     from mft_search.tune.study import Study
 
     raw = merged(base(), {"search": {"asha": {"grace_period": 1, "reduction_factor": 2, "validation_subset": 0.25}},
@@ -64,6 +64,7 @@ def test_a_probe_trial_carries_its_rungs_subsets_and_a_refine_trial_none(tmp_pat
     probe = study.mft_job(point, "t0", "probe")
     assert probe.validation_subsets == {1: 0.25, 2: 0.5} and probe.validation_subset_seed == cfg.seed == 3
     assert study.mft_job(point, "t0", "refine").validation_subsets == {}
+    assert "ASHA grace 1, reduction 2 (rung-wise validation from 25% of the items)" in describe_plan(cfg, {})
 
 
 def test_results_parquet_records_how_many_items_each_report_scored(tmp_path):

@@ -658,6 +658,8 @@ def describe_plan(cfg: SweepConfig, model_configs: dict[str, PretrainedConfig]) 
     per_study = search.trials + refine
     storage = str(Path(cfg.storage).expanduser())
     asha = f"ASHA grace {search.asha.grace_period}, reduction {search.asha.reduction_factor}" if search.asha else "no early stopping"
+    if search.asha and search.asha.validation_subset is not None:
+        asha += f" (rung-wise validation from {search.asha.validation_subset:.0%} of the items)"
     lines = [
         f"experiment {cfg.name}: outputs in {storage.rstrip('/')}/{cfg.name}/",
         f"studies (backbone x domain): {len(cfg.backbones)} x {len(cfg.domains)} = {studies}",
