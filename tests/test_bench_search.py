@@ -6,7 +6,7 @@ import optuna
 import pytest
 
 from mft_search.bench.search import quick_space, strategies
-from mft_search.bench.search_replay import Replay, grid_compute, landscape, quantiles
+from mft_search.bench.search_replay import Replay, UnitCosts, grid_compute, landscape, quantiles
 from mft_search.bench.search_table import Epoch, Table, config_key, discretise, grid_points
 from mft_search.config.space import FloatRange, SearchSpace, grid_size
 from mft_search.tune.sampling import define_by_run
@@ -102,6 +102,13 @@ def test_without_stopping_at_the_target_a_search_spends_its_budget_and_keeps_the
 
 def test_the_grid_compute_counts_every_epoch_and_its_seconds():
     assert grid_compute(make_table()) == (7, pytest.approx(7 * 20.0))
+
+
+def test_an_epoch_costs_the_tables_median_seconds_whatever_the_load_was_when_it_was_recorded():
+    table = make_table()
+    slow = tuple(tuple(Epoch(e.scores, 100.0, 1.0) for e in eps) if i == 0 else eps for i, eps in enumerate(table.epochs))
+    costs = UnitCosts.of(Table(table.items, table.configs, slow, table.no_op, {}))
+    assert (costs.train_s, costs.eval_s_per_item) == (10.0, 0.1)  # 2 slow epochs of 7: the median holds
 
 
 def test_quantiles_are_values_seeds_had_and_a_miss_sorts_last():

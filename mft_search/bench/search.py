@@ -31,7 +31,7 @@ import torch
 import yaml
 from scipy import stats
 
-from mft_search.bench.search_replay import Landscape, Outcome, Replay, grid_compute, landscape, quantiles
+from mft_search.bench.search_replay import Landscape, Outcome, Replay, UnitCosts, grid_compute, landscape, quantiles
 from mft_search.bench.search_table import (
     FORMAT,
     Table,
@@ -193,9 +193,11 @@ def _print(table: Table, land: Landscape, results: dict[str, list[Outcome]], fix
           f"{table.about['epochs']:g} epochs, ASHA grace {table.about['grace_period']} reduction "
           f"{table.about['reduction_factor']}; {seeds} seeds per strategy"
           + (f" [--quick: a {len(table.configs)}-point corner of the space, {QUICK_ITEMS} items]" if quick else ""))
+    costs = UnitCosts.of(table)
     print(f"grid: {len(table.configs)} configurations ({len(candidates)} candidates, "
           f"{len(table.configs) - len(candidates)} no-ops that keep every weight), {epochs} trial-epochs, "
-          f"{seconds:.0f} trial-seconds (as recorded, on a shared machine)")
+          f"{seconds:.0f} trial-seconds (an epoch: {costs.train_s:.1f} s training + {costs.eval_s_per_item * 1000:.0f} "
+          f"ms per validation item, the table's medians)")
     print(f"grid spread (each candidate's best report): worst {100 * values[0]:.1f}%, median "
           f"{100 * values[len(values) // 2]:.1f}%, best {100 * values[-1]:.1f}% "
           f"({config_key(table.configs[best_c])}, epoch {best_e + 1})")

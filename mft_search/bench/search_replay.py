@@ -1,9 +1,11 @@
 """Replaying searches on the search benchmark's table (bench.search_table): no training.
 
 A search asks Optuna for a point, looks its reports up in the table epoch by epoch, reports each
-to its trial (a pruner may stop it) and is charged, per epoch it ran, one trial-epoch and the
-seconds that epoch cost when it was recorded: training, plus validation for as many items as the
-report scored (all of them, or rung-wise validation's subset).
+to its trial (a pruner may stop it) and is charged, per epoch it ran, one trial-epoch and its
+trial-seconds: an epoch's training plus validation for as many items as the report scored (all
+of them, or rung-wise validation's subset). The seconds are the table's medians (`UnitCosts`),
+not each configuration's own: recorded on a shared machine, one configuration's seconds differed
+from another's by the machine's load more than by its work (2.5x over one recording here).
 
 A search has reached the target once the configuration it would select, its best report scored
 on every validation item (never a subset score: selection does not rank those), is within noise
@@ -69,6 +71,23 @@ class Outcome:
     selected: int | None
 
 
+@dataclass(frozen=True)
+class UnitCosts:
+    """What an epoch costs: its training seconds and the validation seconds per item, medians
+    over the table."""
+
+    train_s: float
+    eval_s_per_item: float
+
+    @classmethod
+    def of(cls, table: Table) -> UnitCosts:
+        epochs = [ep for eps in table.epochs for ep in eps]
+        return cls(float(np.median([e.train_s for e in epochs])), float(np.median([e.eval_s_per_item for e in epochs])))
+
+    def epoch(self, items: int) -> float:
+        return self.train_s + self.eval_s_per_item * items
+
+
 class Replay:
     """One search on the table, sequential (one trial at a time), until the target or the budget."""
 
@@ -76,7 +95,7 @@ class Replay:
                  subsets: dict[int, float] | None = None, subset_seed: int = 0) -> None:
         self.table, self.land, self.sample = table, land, sample
         self.subsets, self.subset_seed = subsets or {}, subset_seed
-        self.n_items = len(table.items)
+        self.n_items, self.costs = len(table.items), UnitCosts.of(table)
 
     def run(self, sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner,
             budget_epochs: int, stop_at_target: bool = True) -> Outcome:
@@ -96,10 +115,10 @@ class Replay:
         epochs = self.table.epochs[config]
         self.trials += 1
         best_full = None
-        for e, epoch in enumerate(epochs):
+        for e in range(len(epochs)):
             value, items = self._report(config, e, last=e == len(epochs) - 1)
             self.epochs += 1
-            self.seconds += epoch.train_s + epoch.eval_s_per_item * items
+            self.seconds += self.costs.epoch(items)
             if items == self.n_items and not self.table.no_op[config]:
                 best_full = value if best_full is None else max(best_full, value)
                 self._note(value, config, e)
@@ -134,8 +153,7 @@ class Replay:
 def grid_compute(table: Table) -> tuple[int, float]:
     """(trial-epochs, trial-seconds) of running every configuration to its end, all items."""
     epochs = sum(len(eps) for eps in table.epochs)
-    seconds = sum(ep.train_s + ep.eval_s_per_item * len(ep.scores) for eps in table.epochs for ep in eps)
-    return epochs, seconds
+    return epochs, epochs * UnitCosts.of(table).epoch(len(table.items))
 
 
 def quantiles(values: list[float]) -> tuple[float, float, float, float, float]:
