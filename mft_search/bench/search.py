@@ -249,7 +249,8 @@ def _rungwise(results: dict[str, list[Outcome]], fixed: dict[str, list[Outcome]]
     same = sum(a.selected == b.selected for a, b in zip(full, subset, strict=True))
     good = [sum(o.selected in within for o in runs) for runs in (full, subset)]
     seconds = [quantiles([o.seconds for o in runs])[2] / grid_seconds for runs in (full, subset)]
+    lo, _, med, _, hi = quantiles([b.seconds / a.seconds for a, b in zip(full, subset, strict=True)])
     print(f"rung-wise validation, both searches run for the grid's trial-epochs: {name} selects a configuration "
           f"within noise of the best in {good[1]}/{len(subset)} seeds (without it: {good[0]}/{len(full)}), the same "
           f"one as without it in {same}/{len(subset)}, for a median {seconds[1]:.2f}x the grid's trial-seconds "
-          f"(without it: {seconds[0]:.2f}x)")
+          f"(without it: {seconds[0]:.2f}x; per seed, with/without: median {med:.2f}, {lo:.2f}-{hi:.2f})")
