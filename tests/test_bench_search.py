@@ -147,4 +147,5 @@ def test_every_strategys_samples_are_grid_points():
 
 def test_quick_is_a_four_point_corner_of_the_demo_space():
     space = quick_space(discretise(SearchSpace.model_validate(DEMO_SPACE)))
-    assert len(grid_points(space)) == 4
+    assert len(grid_points(space)) == 4 and space.mode == ["local"] and space.threshold is None
+    assert SearchSpace.model_validate(space.model_dump(mode="json")) == space  # the replay rebuilds it so

@@ -99,7 +99,8 @@ def demo_table(quick: bool = False, log=print) -> Table:
 def quick_space(space):
     """A tiny corner of the space for --quick: two layer groups and two ratios, every other
     dimension its first choice (the demo's: 4 configurations)."""
-    from mft_search.config.space import IntRange, LayerRange
+    from mft_search.config.space import IntRange, LayerRange, SearchSpace
+    from mft_search.core.topk import CUT_SETTING
 
     updates = {}
     for name, dim in space:
@@ -112,7 +113,11 @@ def quick_space(space):
             update={"high": min(start.high, start.low + start.step)})})
     elif isinstance(groups, list):
         updates["layer_group"] = groups[:2]
-    return space.model_copy(update=updates)
+    kept_modes = updates.get("mode", space.mode)
+    for mode, setting in CUT_SETTING.items():  # a mode left out takes its setting with it
+        if mode not in kept_modes:
+            updates[setting] = None
+    return SearchSpace.model_validate({**space.model_dump(), **updates})
 
 
 def strategies(table: Table) -> dict[str, tuple]:
