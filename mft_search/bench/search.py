@@ -181,8 +181,8 @@ def run(quick: bool = False) -> None:
 
 def _fmt(values: list[float], scale: float) -> str:
     lo, q1, med, q3, hi = (v / scale for v in quantiles(values))
-    show = lambda v: "-" if math.isinf(v) else f"{v:.2f}"
-    return f"{show(med):>5} [{show(q1)}, {show(q3)}] ({show(lo)}-{show(hi)})"
+    show = lambda v: "miss" if math.isinf(v) else f"{v:.2f}"
+    return f"{show(med):>5} [{show(q1)}, {show(q3)}] ({show(lo)} to {show(hi)})"
 
 
 def _print(table: Table, land: Landscape, results: dict[str, list[Outcome]], fixed: dict[str, list[Outcome]],
