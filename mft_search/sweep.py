@@ -1,4 +1,4 @@
-"""python -m mft_search.sweep [--config FILE] [--resume] [--dry-run] [--storage PATH]
+"""python -m mft_search.sweep [--config FILE] [--resume [auto]] [--dry-run] [--storage PATH]
 
 Searches, per backbone x domain, the mask that makes a fine-tuned model better: a probe stage
 (Optuna + ASHA on a fraction of the data), a refine stage (the best probe points on all of it),
@@ -12,6 +12,11 @@ building its tiny backbone first if needed; a dry run of it builds nothing.
 Exit status: 0 done; 2 bad input (one line naming the field and the fix; nothing written, no Ray
 left); 3 storage filled or vanished mid-run (one line; results so far intact: fix the storage,
 then --resume).
+
+--resume finishes the experiment of the config's name and refuses when there is none; --resume auto
+finishes it when it exists and starts it when not, so that a job that is resubmitted or retried
+(a KubeRay RayJob's backoffLimit) runs the same command every time. Both refuse a config that
+differs from the one the experiment started with.
 """
 
 from __future__ import annotations
@@ -45,6 +50,10 @@ from mft_search.experiment import layout
 # search_spaces/demo.yaml is the copy users read and copy: tests/test_install.py keeps the two byte-identical.
 DEMO_CONFIG = files("mft_search.demo") / "demo.yaml"
 
+# --resume's two forms: bare (the experiment must exist) and `--resume auto` (resume it or start it).
+# REQUIRED is argparse's const, never typed by a user, so it is not among the choices.
+REQUIRED, AUTO = True, "auto"
+
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
@@ -65,9 +74,12 @@ def main(argv: list[str] | None = None) -> int:
         check_data(cfg)
         check_splits_disjoint(cfg)
     exp_dir = Path(resolve_storage(cfg)) / cfg.name
-    _check_experiment_dir(exp_dir, args.resume, args.dry_run)
-    if args.resume:
+    resume = _check_experiment_dir(exp_dir, args.resume, args.dry_run)
+    if resume:
         _check_same_config(cfg, exp_dir)
+    if args.resume == AUTO and not args.json:
+        print(f"--resume auto: {'resuming the experiment in' if resume else 'starting a new experiment in'} "
+              f"{exp_dir}", flush=True)
     cost = _cost_plan(args, cfg, model_configs, demo_pending)
     if args.json:
         print(json.dumps({"plan": describe_plan(cfg, model_configs).splitlines(),
@@ -87,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         from mft_search.report import write_report
         from mft_search.tune.sweep import run_sweep
 
-        leaderboard = run_sweep(cfg, exp_dir, resume=args.resume, finish=write_report)
+        leaderboard = run_sweep(cfg, exp_dir, resume=resume, finish=write_report)
     print(leaderboard)
     print(f"outputs in {exp_dir} ({time.perf_counter() - started:.0f} s)")
     return 0
@@ -96,7 +108,10 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mft_search.sweep", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="sweep YAML (default: the embedded demo)")
-    parser.add_argument("--resume", action="store_true", help="finish an interrupted sweep of the same name")
+    # nargs="?": a bare --resume keeps its meaning (const), `--resume auto` is the only value.
+    parser.add_argument("--resume", nargs="?", const=REQUIRED, choices=[AUTO], default=None,
+                        help="finish an interrupted sweep of the same name; with `auto`, finish it if it "
+                             "exists and start it if not (for jobs that are retried or resubmitted)")
     parser.add_argument("--dry-run", action="store_true", help="validate everything and print the plan; run nothing")
     parser.add_argument("--storage", help="override the config's storage (local dir; every node must reach it)")
     parser.add_argument("--gpu", help=f"accelerator the cost plan assumes: {', '.join(ACCELERATORS)} "
@@ -145,14 +160,17 @@ def _demo_built() -> bool:
     return (default_cache_dir() / COMPLETE).exists()
 
 
-def _check_experiment_dir(exp_dir: Path, resume: bool, dry_run: bool) -> None:
-    """A finished or half-finished experiment is never overwritten by accident."""
+def _check_experiment_dir(exp_dir: Path, resume: bool | str | None, dry_run: bool) -> bool:
+    """Whether this run resumes exp_dir (else it starts it); a finished or half-finished experiment is
+    never overwritten by accident. `resume` is the --resume option: None, REQUIRED or AUTO."""
     exists = layout.is_experiment(exp_dir)
-    if exists and not resume and not dry_run:
+    if exists and resume is None and not dry_run:
         raise ConfigError(f"name: {exp_dir} already holds an experiment; pass --resume to finish it, "
                           "or choose another name")
-    if resume and not exists:
-        raise ConfigError(f"--resume: {exp_dir} holds no experiment to resume; run without --resume")
+    if resume == REQUIRED and not exists:
+        raise ConfigError(f"--resume: {exp_dir} holds no experiment to resume; run without --resume "
+                          "(or with --resume auto, which starts it when there is none)")
+    return exists and resume is not None
 
 
 def _check_same_config(cfg: SweepConfig, exp_dir: Path) -> None:

@@ -3,13 +3,12 @@ and the experiment's config.yaml, which --resume compares with what it is given.
 
 import pytest
 import yaml
+from test_config import base
 
 from mft_search.config.overrides import apply_overrides, parse_override
 from mft_search.config.schema import load_config_file
 from mft_search.errors import ConfigError
 from mft_search.experiment.config_record import config_difference, save_config
-
-from test_config import base
 
 
 @pytest.fixture
@@ -69,3 +68,65 @@ def test_resume_compares_the_config_with_the_one_the_experiment_ran(config_file,
     more = load_config_file(config_file, sets=["train.lr=3e-5", "baselines=[unmasked]"])
     assert config_difference(tmp_path, more.model_dump(mode="json")).startswith("baselines: ")
     assert config_difference(tmp_path / "old", cfg.model_dump(mode="json")) is None  # none recorded
+
+
+# --------------------------------------------------------------- --resume auto (no Ray: dry runs and refusals)
+
+
+@pytest.fixture
+def sweep_cli(tmp_path, tiny_backbone, problems_dir):
+    """(config path, experiment dir, run(argv) -> (status, stdout, stderr)) for `sweep` in this process."""
+    from test_cost import _tiny_config
+
+    from mft_search import cli
+    from mft_search.sweep import main
+
+    config = _tiny_config(tmp_path, tiny_backbone, problems_dir)
+    exp = tmp_path / "runs" / "cost"
+
+    def run(argv, capsys):
+        status = cli.run(main, ["--config", config, *argv])
+        out = capsys.readouterr()
+        return status, out.out, out.err
+
+    return config, exp, run
+
+
+def _make_experiment(config: str, exp) -> None:
+    """What a started sweep leaves before its first result: the config that ran and studies/."""
+    from mft_search.experiment import layout
+
+    save_config(exp, load_config_file(config).model_dump(mode="json"))
+    (exp / layout.STUDIES).mkdir()
+    assert layout.is_experiment(exp)
+
+
+def test_resume_auto_starts_a_missing_experiment_where_a_bare_resume_refuses(sweep_cli, capsys):
+    _, exp, run = sweep_cli
+    status, out, _ = run(["--resume", "auto", "--dry-run"], capsys)
+    assert status == 0 and f"--resume auto: starting a new experiment in {exp}" in out
+    status, _, err = run(["--resume", "--dry-run"], capsys)
+    assert status == 2 and err.startswith(f"error: --resume: {exp} holds no experiment to resume")
+    assert not exp.exists()  # a dry run writes nothing
+
+
+def test_resume_auto_resumes_an_existing_experiment_and_still_refuses_another_config(sweep_cli, capsys):
+    config, exp, run = sweep_cli
+    _make_experiment(config, exp)
+    status, out, _ = run(["--resume", "auto", "--dry-run"], capsys)
+    assert status == 0 and f"--resume auto: resuming the experiment in {exp}" in out
+    status, _, err = run(["--resume", "auto", "--dry-run", "--set", "train.lr=0.5"], capsys)
+    assert status == 2 and err.startswith("error: --resume: this config differs") and "train.lr:" in err
+    status, _, err = run(["--resume", "--set", "train.lr=0.5", "--dry-run"], capsys)  # the bare form too
+    assert status == 2 and "this config differs" in err
+    # Without --resume an existing experiment is refused before Ray starts (no --dry-run: a real run).
+    status, _, err = run([], capsys)
+    assert status == 2 and "already holds an experiment; pass --resume" in err
+
+
+def test_resume_takes_only_auto(sweep_cli, capsys):
+    _, _, run = sweep_cli
+    with pytest.raises(SystemExit) as info:
+        run(["--resume", "always", "--dry-run"], capsys)
+    err = capsys.readouterr().err  # argparse's wording of the choices differs across Python versions
+    assert info.value.code == 2 and "--resume: invalid choice: 'always'" in err and "auto" in err

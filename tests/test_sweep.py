@@ -328,7 +328,10 @@ def test_a_killed_driver_resumes_without_losing_or_rerunning_finished_trials(tmp
     config = write_config(tmp_path, tiny_backbone, problems_dir, lean=True,
                           stages={"probe": {"data_fraction": 0.5}, "refine": {"top_k": 0}})
     exp = tmp_path / "runs" / "e2e"
-    driver = subprocess.Popen([sys.executable, "-m", "mft_search.sweep", "--config", str(config)],
+    # kept: both runs are the one command a retried RayJob runs (clusters/kuberay/rayjob.yaml), which
+    # starts the experiment the first time and resumes it the second; torn: the plain forms.
+    auto = ["--resume", "auto"] if tune_state == "kept" else []
+    driver = subprocess.Popen([sys.executable, "-m", "mft_search.sweep", "--config", str(config), *auto],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 600
     while time.time() < deadline and not _finished_trials(exp):
@@ -341,8 +344,9 @@ def test_a_killed_driver_resumes_without_losing_or_rerunning_finished_trials(tmp
     if tune_state == "torn":  # as a kill during Tune's own save leaves it: --resume must not depend on it
         (exp / "ray" / "tiny__gsm-probe" / "tuner.pkl").write_bytes(b"")
 
-    result = sweep("--config", str(config), "--resume")
+    result = sweep("--config", str(config), *(auto or ["--resume"]))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert not auto or f"--resume auto: resuming the experiment in {exp}" in result.stdout
     after = pd.read_parquet(exp / "results.parquet")
     probe = after[after["stage"] == "probe"]
     # Tune saves its state every 10 s or more: a trial it had not saved yet is unknown to the
