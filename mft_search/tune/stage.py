@@ -11,6 +11,7 @@ JournalStorage file in the study's directory (tune.study), so optuna-dashboard a
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -39,10 +40,17 @@ from mft_search.tune.recorder import Recorder, trial_params
 from mft_search.tune.searcher import make_scheduler, make_searcher
 from mft_search.tune.study import Stage, Study
 
+REUSE_WAIT_S = 120
+
 
 def _trial_driver(config: dict[str, Any], study: Study, stage: Stage, planned_faults: list[dict]) -> None:
     """One Tune trial: MFT at the sampled point, in this process when it has one worker, else
     as a Ray Train run of its workers."""
+    # Before Tune hands this actor the next trial (reuse_actors), it waits this long for our thread
+    # to end and, past it, errors that next trial ("reuse requires reset_config()") and drops it.
+    # Ray's 2 s default is shorter than releasing a trial's memory on a loaded machine (seen at a
+    # load of 18 on 2 CPUs); the actor reads the variable at each reset, so setting it here holds.
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(REUSE_WAIT_S))
     trial_id = tune.get_context().get_trial_id()
     recorded = _recorded_end(study, stage, trial_id)
     if recorded is not None:
