@@ -116,16 +116,17 @@ def save_mask_file(path: str | Path, masks: dict[str, torch.Tensor], *, fingerpr
     meta["digest"] = _digest(packed.numpy().tobytes(), meta)
     with files.atomic_path(path) as temporary:
         save_file({"mask": packed}, temporary, metadata={"format": FORMAT, "meta": json.dumps(meta)})
-    return Path(path)
+    return files.location(path)
 
 
-def load_mask_file(path: str | Path) -> MaskFile:
-    """Read and integrity-check a mask file; MaskFileError says what is wrong with it."""
-    path = Path(path)
+def load_mask_file(path: str | Path | files.Location) -> MaskFile:
+    """Read and integrity-check a mask file (a local path or a bucket's URI); MaskFileError says
+    what is wrong with it."""
+    path = files.location(path)
     if not path.is_file():
         raise MaskFileError(f"mask: no file at {path}; give the path of a mask .safetensors file")
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with path.local_copy() as local, safe_open(str(local), framework="pt") as f:
             header = f.metadata() or {}
             if header.get("format") != FORMAT:
                 raise MaskFileError(f"mask: {path} is not an mft_search mask file (format {header.get('format')!r}); "

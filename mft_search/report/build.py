@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import PurePosixPath
 
 from mft_search.core import files
 from mft_search.errors import ConfigError
@@ -19,20 +19,20 @@ from mft_search.report.noise import unmasked_reference
 class ReportFiles:
     """What `write_report` wrote: the leaderboard and every figure, under the directory it was given."""
 
-    leaderboard: Path
-    plots: tuple[Path, ...]
+    leaderboard: files.Location
+    plots: tuple[files.Location, ...]
 
 
-def write_report(exp_dir: Path) -> ReportFiles:
+def write_report(exp_dir) -> ReportFiles:
     """Rebuild `<exp>/leaderboard.md` and `<exp>/plots/` from the files a sweep wrote.
 
     Works on a finished or a running experiment and reads nothing but files: results.parquet,
     studies/*/summary.json and studies/*/optuna.journal, none of which it modifies.
 
-        files = write_report(Path("runs/demo"))
+        files = write_report("runs/demo")  # or "s3://bucket/runs/demo"
         print(files.leaderboard.read_text())
     """
-    exp_dir = Path(exp_dir)
+    exp_dir = files.location(exp_dir)
     experiment = load_experiment(exp_dir)
     reports = [_study_report(exp_dir, study) for study in experiment.studies]
     leaderboard = exp_dir / layout.LEADERBOARD
@@ -40,7 +40,7 @@ def write_report(exp_dir: Path) -> ReportFiles:
     return ReportFiles(leaderboard, tuple(exp_dir / p for r in reports for p in r.figures.values()))
 
 
-def _study_report(exp_dir: Path, study: StudyRecord) -> StudyReport:
+def _study_report(exp_dir: files.Location, study: StudyRecord) -> StudyReport:
     """Draw and write the study's figures; a figure with nothing to show yet becomes a note."""
     importances = param_importances(study.journal, study.name)
     percent = study.metric_is_fraction()
@@ -57,14 +57,14 @@ def _study_report(exp_dir: Path, study: StudyRecord) -> StudyReport:
         if figure is None:
             notes += [f"No {title} figure: {why_not}"] if why_not else []
             continue
-        relative = Path(layout.PLOTS) / study.slug / name
+        relative = PurePosixPath(layout.PLOTS) / study.slug / name
         write_atomic(exp_dir / relative, plots.png_bytes(figure))
         figures[title] = relative
     return StudyReport(study, importances, figures, tuple(notes))
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write through a temporary file and rename it, so that a reader never sees half a file."""
+def write_atomic(path: files.Location, data: bytes) -> None:
+    """Write the whole file at once (core.files), so that a reader never sees half a file."""
     try:
         files.write_bytes(path, data)
     except OSError as exc:

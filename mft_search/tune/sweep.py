@@ -7,21 +7,29 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from mft_search.config.schema import SweepConfig
-from mft_search.core import files
+from mft_search.core.files import Location
 from mft_search.experiment import layout
 from mft_search.experiment.config_record import save_config
 from mft_search.experiment.fft_record import load_fft_record
 from mft_search.experiment.results import ResultsTable
 from mft_search.experiment.storage import Storage
 from mft_search.train.spec import EvalVariant
-from mft_search.tune.evaluate import (
-    FftCurve, best_candidates, continued_fft, export_best, lora_baseline, paired_gains, row_and_seed, run_evaluation,
-    verdict, write_summary)
 from mft_search.tune.budget import budget_stop
+from mft_search.tune.evaluate import (
+    FftCurve,
+    best_candidates,
+    continued_fft,
+    export_best,
+    lora_baseline,
+    paired_gains,
+    row_and_seed,
+    run_evaluation,
+    verdict,
+    write_summary,
+)
 from mft_search.tune.fft_stage import fine_tuned_study, run_fft_stage
 from mft_search.tune.guards import check_winner, guard_limits, measure_references
 from mft_search.tune.replicates import fft_replicates, lora_replicates, mask_replicates, mft_replicates
@@ -32,7 +40,7 @@ from mft_search.tune.study import Study
 class SweepState:
     """Which (study, step) pairs are done; written atomically after each."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Location) -> None:
         self.path = path
         self.done: dict[str, bool] = json.loads(path.read_text()) if path.exists() else {}
 
@@ -41,10 +49,10 @@ class SweepState:
 
     def mark(self, study: Study, step: str) -> None:
         self.done[f"{study.name}:{step}"] = True
-        files.write_text(self.path, json.dumps(self.done, indent=2))
+        self.path.write_text(json.dumps(self.done, indent=2))
 
 
-def run_sweep(cfg: SweepConfig, exp_dir: Path, *, resume: bool, finish: Callable[[Path], Any], log=print) -> str:
+def run_sweep(cfg: SweepConfig, exp_dir: Location, *, resume: bool, finish: Callable[[Location], Any], log=print) -> str:
     """Every study of the sweep, then `finish(exp_dir)` (the entry point's report); returns the
     leaderboard text. The report is passed in because it sits above the tune layer."""
     exp_dir.mkdir(parents=True, exist_ok=True)
@@ -68,10 +76,10 @@ def run_sweep(cfg: SweepConfig, exp_dir: Path, *, resume: bool, finish: Callable
 
 
 def _relative_best_mask(study: Study) -> str:
-    return str(layout.best_dir(Path(), study.backbone.label, study.domain.name) / layout.BEST_MASK)
+    return "/".join((layout.BEST, study.backbone.label, study.domain.name, layout.BEST_MASK))
 
 
-def _run_studies(cfg: SweepConfig, exp_dir: Path, storage: Storage, resume: bool, log) -> None:
+def _run_studies(cfg: SweepConfig, exp_dir: Location, storage: Storage, resume: bool, log) -> None:
     state = SweepState(exp_dir / layout.STATE)
     results = layout.results_path(exp_dir)
     for backbone in cfg.backbones:
@@ -105,7 +113,7 @@ def _guard_references(study: Study, state: SweepState, log) -> None:
         state.mark(study, "guards")
 
 
-def _search(study: Study, state: SweepState, results: Path, resume: bool, log) -> None:
+def _search(study: Study, state: SweepState, results: Location, resume: bool, log) -> None:
     """Probe, then refine; the Tune callbacks write results.parquet, read back here from disk."""
     if not state.finished(study, "probe"):
         study.storage.check()
@@ -140,7 +148,7 @@ def budget_message(study: Study, table: ResultsTable) -> str | None:
             "refine and selection used those")
 
 
-def _close_stage(study: Study, stage: str, results: Path, log) -> None:
+def _close_stage(study: Study, stage: str, results: Location, log) -> None:
     table = ResultsTable(results)
     lost = table.close_stage(study.name, stage)
     if lost:
