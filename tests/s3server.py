@@ -7,7 +7,6 @@ of the project's own.
 """
 
 import contextlib
-import os
 import socket
 import subprocess
 import sys

@@ -145,8 +145,7 @@ class Location:
         with tempfile.TemporaryDirectory(prefix="mft_download_") as scratch:
             target = Path(scratch) / (self.name or "root")
             if self.is_dir():
-                pafs.copy_files(self.path, str(target), source_filesystem=self.fs,
-                                destination_filesystem=pafs.LocalFileSystem())
+                self.download(target)
             else:
                 target.write_bytes(self.read_bytes())
             yield target
@@ -155,6 +154,7 @@ class Location:
         """A local copy of this directory at `target` (the directory itself when local: no copy)."""
         if self.is_local:
             return Path(self.path)
+        target.mkdir(parents=True, exist_ok=True)  # copy_files creates no directories on the local side
         pafs.copy_files(self.path, str(target), source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem())
         return target
 

@@ -55,14 +55,18 @@ def param_importances(journal: Location, study_name: str) -> Importances:
     # JournalFileBackend creates a missing file: look first, so that the report never writes one.
     if not journal.is_file():
         return Importances({}, f"no {journal.name} for this study yet")
-    try:
-        with journal.local_copy() as local:  # a bucket's copy is downloaded: optuna opens local files
+    with journal.local_copy() as local:  # a bucket's copy is downloaded: optuna opens local files (and lazily)
+        try:
             storage = JournalStorage(JournalFileBackend(str(local)))
             study = optuna.load_study(study_name=study_name, storage=storage)
-    except KeyError:
-        return Importances({}, f"{journal.name} holds no study named '{study_name}'")
-    except ValueError as exc:  # a corrupt journal costs the figure, not the whole report
-        return Importances({}, f"{journal.name} is unreadable ({first_line(exc)})")
+        except KeyError:
+            return Importances({}, f"{journal.name} holds no study named '{study_name}'")
+        except ValueError as exc:  # a corrupt journal costs the figure, not the whole report
+            return Importances({}, f"{journal.name} is unreadable ({first_line(exc)})")
+        return _importances(study)
+
+
+def _importances(study: optuna.Study) -> Importances:
     completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     n = len(completed)
     if n < WITHHELD_BELOW:
