@@ -75,9 +75,9 @@ def error_line(result) -> str:
 def test_a_command_line_override_is_validated_like_the_yaml(tmp_path, tiny_backbone, problems_dir):
     # --storage s3://... used to bypass validation and write under ./s3:/ in the working directory.
     config = write_config(tmp_path, tiny_backbone, problems_dir)
-    result = sweep("--config", str(config), "--storage", "s3://bucket/runs", "--dry-run", cwd=tmp_path)
-    assert error_line(result).startswith("error: --storage: 's3://' URIs are not supported yet")
-    assert not (tmp_path / "s3:").exists()
+    result = sweep("--config", str(config), "--storage", "ftp://host/runs", "--dry-run", cwd=tmp_path)
+    assert error_line(result).startswith("error: --storage: 'ftp://host/runs' is not a bucket URI")
+    assert not (tmp_path / "ftp:").exists()
 
 
 def test_dry_run_validates_and_prints_the_plan_and_writes_nothing(tmp_path, tiny_backbone, problems_dir):
