@@ -40,10 +40,20 @@ class S3Server:
         return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
 
     def delete_bucket(self, bucket: str) -> None:
+        """Empty the bucket and delete it, again while a running sweep adds objects in between."""
+        import botocore.exceptions
+
         client = self.client()
-        for key in self.keys(bucket):
-            client.delete_object(Bucket=bucket, Key=key)
-        client.delete_bucket(Bucket=bucket)
+        for _ in range(50):
+            for key in self.keys(bucket):
+                client.delete_object(Bucket=bucket, Key=key)
+            try:
+                client.delete_bucket(Bucket=bucket)
+                return
+            except botocore.exceptions.ClientError as exc:
+                if exc.response["Error"]["Code"] != "BucketNotEmpty":
+                    raise
+        raise AssertionError(f"{bucket} never emptied")
 
 
 def _free_port() -> int:

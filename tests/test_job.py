@@ -1,7 +1,6 @@
 """A trial's work on one process, without Ray: MFT, FFT, baselines, checkpoints and resume."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
 from test_sweep import _ray_processes, write_config
 
 from mft_search.core import files

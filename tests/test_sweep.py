@@ -73,7 +73,7 @@ def error_line(result) -> str:
 
 
 def test_a_command_line_override_is_validated_like_the_yaml(tmp_path, tiny_backbone, problems_dir):
-    # --storage s3://... used to bypass validation and write under ./s3:/ in the working directory.
+    # --storage with a URI once bypassed validation and wrote under ./s3:/ in the working directory.
     config = write_config(tmp_path, tiny_backbone, problems_dir)
     result = sweep("--config", str(config), "--storage", "ftp://host/runs", "--dry-run", cwd=tmp_path)
     assert error_line(result).startswith("error: --storage: 'ftp://host/runs' is not a bucket URI")

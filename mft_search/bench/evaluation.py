@@ -18,8 +18,8 @@ import torch
 from mft_search.core.backbone import BackboneSpec, load_model, load_tokenizer
 from mft_search.core.evaluation.base import GenerationSettings
 from mft_search.core.evaluation.code import build_program, load_humaneval
-from mft_search.core.evaluation.conventions import GSM8K_STOP
 from mft_search.core.evaluation.generate import generate
+from mft_search.core.evaluation.conventions import GSM8K_STOP
 from mft_search.core.evaluation.math import GSM8KEvaluator, score_gsm8k
 from mft_search.core.evaluation.sandbox import run_many
 

@@ -122,10 +122,10 @@ class DemoObjective:
 
 
 def run(quick: bool = False) -> None:
-    from mft_search.bench.demo_backbone import with_fine_tuned_backbone
     from mft_search.config.schema import parse_config
     from mft_search.config.space import encode_blocks, layer_groups
     from mft_search.sweep import DEMO_CONFIG
+    from mft_search.bench.demo_backbone import with_fine_tuned_backbone
     from mft_search.tune.sampling import define_by_run, make_sampler
 
     raw = with_fine_tuned_backbone(yaml.safe_load(DEMO_CONFIG.read_text()))

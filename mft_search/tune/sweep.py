@@ -17,19 +17,10 @@ from mft_search.experiment.fft_record import load_fft_record
 from mft_search.experiment.results import ResultsTable
 from mft_search.experiment.storage import Storage
 from mft_search.train.spec import EvalVariant
-from mft_search.tune.budget import budget_stop
 from mft_search.tune.evaluate import (
-    FftCurve,
-    best_candidates,
-    continued_fft,
-    export_best,
-    lora_baseline,
-    paired_gains,
-    row_and_seed,
-    run_evaluation,
-    verdict,
-    write_summary,
-)
+    FftCurve, best_candidates, continued_fft, export_best, lora_baseline, paired_gains, row_and_seed, run_evaluation,
+    verdict, write_summary)
+from mft_search.tune.budget import budget_stop
 from mft_search.tune.fft_stage import fine_tuned_study, run_fft_stage
 from mft_search.tune.guards import check_winner, guard_limits, measure_references
 from mft_search.tune.replicates import fft_replicates, lora_replicates, mask_replicates, mft_replicates
