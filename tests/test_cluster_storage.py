@@ -26,6 +26,8 @@ import pandas as pd
 import yaml
 from processes import processes, stop_own
 
+from mft_search.core import files
+
 pytestmark = pytest.mark.ray
 
 BIN = Path(sys.executable).parent
@@ -153,6 +155,7 @@ def test_a_sweep_with_its_storage_in_a_bucket_runs_on_both_nodes(two_nodes, s3, 
     config = sweep_config(f"s3://{bucket}/runs", tiny_backbone, problems_dir,
                           search={"num_trials": 2, "max_concurrent_trials": 2,
                                   "space": {"layer_group": [[1, 2], [2, 3]], "ratio": 0.1}},
+                          train={"epochs": 1, "global_batch_size": 8, "micro_batch_size": 4},
                           stages={"probe": {"data_fraction": 1.0}, "refine": {"top_k": 0}},
                           resources={"workers_per_trial": 1, "cpus_per_worker": 2})
     path = tmp_path / "sweep.yaml"
@@ -165,7 +168,8 @@ def test_a_sweep_with_its_storage_in_a_bucket_runs_on_both_nodes(two_nodes, s3, 
                    "studies/tiny__gsm/optuna.journal"):
         assert f"runs/e2e/{output}" in keys, output
     masks = [k for k in keys if k.startswith("runs/e2e/studies/tiny__gsm/artifacts/") and k.endswith(".safetensors")]
-    assert len({k.split("/")[-2] for k in masks}) == 2, masks  # both trials wrote their masks there
+    frame = files.location(f"s3://{bucket}/runs/e2e/results.parquet").read_parquet()
+    assert len({k.split("/")[-2] for k in masks}) == 2, (masks, frame.to_dict("records"), result.stdout[-3000:])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.yaml"]  # nothing on the local disk
     assert len(_trial_nodes(two_nodes["env"])) == 2, "the trials did not run on both nodes"
 
