@@ -70,10 +70,15 @@ class Location:
         return self.path
 
     def __eq__(self, other: object) -> bool:
+        if isinstance(other, os.PathLike) and not isinstance(other, Location):  # a Path: equal where local
+            return self.is_local and self.path == os.path.abspath(os.fspath(other))
         return isinstance(other, Location) and str(self) == str(other)
 
     def __hash__(self) -> int:
         return hash(str(self))
+
+    def __lt__(self, other: Location) -> bool:  # sorted() of directory listings
+        return str(self) < str(other)
 
     def __truediv__(self, part: str | os.PathLike) -> Location:
         return Location(self.fs, posixpath.join(self.path, str(part)))

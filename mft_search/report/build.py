@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from mft_search.core import files
 from mft_search.errors import ConfigError
@@ -19,8 +19,8 @@ from mft_search.report.noise import unmasked_reference
 class ReportFiles:
     """What `write_report` wrote: the leaderboard and every figure, under the directory it was given."""
 
-    leaderboard: files.Location
-    plots: tuple[files.Location, ...]
+    leaderboard: Path | files.Location  # a Location when the experiment is in a bucket
+    plots: tuple[Path | files.Location, ...]
 
 
 def write_report(exp_dir) -> ReportFiles:
@@ -37,7 +37,12 @@ def write_report(exp_dir) -> ReportFiles:
     reports = [_study_report(exp_dir, study) for study in experiment.studies]
     leaderboard = exp_dir / layout.LEADERBOARD
     write_atomic(leaderboard, render(experiment, reports).encode())
-    return ReportFiles(leaderboard, tuple(exp_dir / p for r in reports for p in r.figures.values()))
+    return ReportFiles(_public(leaderboard), tuple(_public(exp_dir / p) for r in reports for p in r.figures.values()))
+
+
+def _public(where: files.Location) -> Path | files.Location:
+    """A Path on disk, as write_report always returned; a Location in a bucket."""
+    return Path(where.path) if where.is_local else where
 
 
 def _study_report(exp_dir: files.Location, study: StudyRecord) -> StudyReport:

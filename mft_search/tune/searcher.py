@@ -6,6 +6,7 @@ A Tune-native searcher (ray.tune.search.*) would be built in `make_searcher` ins
 from __future__ import annotations
 
 import math
+import os
 
 import optuna
 from optuna.trial import TrialState
@@ -97,8 +98,13 @@ class PrunedAwareOptunaSearch(OptunaSearch):
 
     def _publish(self) -> None:
         journal = self.__dict__.get("_journal")  # (working copy, published copy), see tune.study
-        if journal is not None:
+        if journal is None or not os.path.exists(journal[0]):
+            return
+        stat = os.stat(journal[0])
+        version = (stat.st_size, stat.st_mtime_ns)  # Tune saves every ~10 s: upload only what changed
+        if version != self.__dict__.get("_published"):
             publish_journal(*journal)
+            self._published = version
 
     def _tell(self, trial_id: str, result: dict | None, error: bool) -> None:
         self._note_time(trial_id, result)
