@@ -141,7 +141,7 @@ BAD = [  # (YAML patch over the valid base, substring the one-line error must co
     ("stages: {refine: {top_k: 9}}", "stages.refine.top_k: 9 exceeds the 8 probe trials"),
     ("stages: {probe: {data_fraction: 0}}", "stages.probe.data_fraction: Input should be greater than 0"),
     ("retries: -1", "retries: Input should be greater than or equal to 0"),
-    ("storage: hdfs://x/y", "storage: 'hdfs://' URIs are not supported yet"),
+    ("storage: hdfs://x/y", "storage: 'hdfs://x/y' is not a bucket URI this sweep writes to; give s3://BUCKET"),
     ("name: null", "name: required; add it"),
     ("domains: [{name: m, train: {source: t.jsonl, prompt_field: q, response_field: a}, validation: {evaluator: gsm8k,"
      " source: v.jsonl}, fft_selection: {evaluator: gsm8k, source: f.jsonl}}]",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from mft_search.core.files import Location
+from mft_search.core.files import Location, location
 from mft_search.report.experiment import first_line
 
 # PED-ANOVA (named here, not left to Optuna's default, because the thresholds below rest on it)
@@ -50,8 +51,9 @@ class Importances:
                 f"contrasts with the rest is a single trial until there are {FLAGGED_BELOW}, so read it as noise")
 
 
-def param_importances(journal: Location, study_name: str) -> Importances:
+def param_importances(journal: str | os.PathLike | Location, study_name: str) -> Importances:
     """Optuna's importances over the study's completed trials (pruned ones stopped early)."""
+    journal = location(journal)
     # JournalFileBackend creates a missing file: look first, so that the report never writes one.
     if not journal.is_file():
         return Importances({}, f"no {journal.name} for this study yet")
