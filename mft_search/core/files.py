@@ -242,7 +242,7 @@ class Location:
         return target
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _filesystem(root: str) -> pafs.FileSystem:
     # one filesystem per bucket: from_uri may ask the store for the bucket's region each time
     return pafs.FileSystem.from_uri(root)[0]

@@ -67,7 +67,7 @@ def run_sweep(cfg: SweepConfig, exp_dir: Location, *, resume: bool, finish: Call
 
 
 def _relative_best_mask(study: Study) -> str:
-    return "/".join((layout.BEST, study.backbone.label, study.domain.name, layout.BEST_MASK))
+    return f"{layout.BEST}/{study.backbone.label}/{study.domain.name}/{layout.BEST_MASK}"
 
 
 def _run_studies(cfg: SweepConfig, exp_dir: Location, storage: Storage, resume: bool, log) -> None:
