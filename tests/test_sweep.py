@@ -339,7 +339,7 @@ def test_a_killed_driver_resumes_without_losing_or_rerunning_finished_trials(tmp
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     driver = subprocess.Popen([sys.executable, "-m", "mft_search.sweep", "--config", str(config)], cwd=cwd,
-                              env=_machine(tmp_path / "first"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env=_machine(tmp_path / "first", request), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
     deadline = time.time() + 600
     while time.time() < deadline and not _finished_trials(exp):
@@ -352,7 +352,7 @@ def test_a_killed_driver_resumes_without_losing_or_rerunning_finished_trials(tmp
     if where == "torn":  # as a kill during Tune's own save leaves it: --resume must not depend on it
         (exp / "ray" / "tiny__gsm-probe" / "tuner.pkl").write_bytes(b"")
 
-    result = sweep("--config", str(config), "--resume", cwd=cwd, env=_machine(tmp_path / "second"))
+    result = sweep("--config", str(config), "--resume", cwd=cwd, env=_machine(tmp_path / "second", request))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     after = (exp / "results.parquet").read_parquet()
     probe = after[after["stage"] == "probe"]
@@ -369,18 +369,19 @@ def test_a_killed_driver_resumes_without_losing_or_rerunning_finished_trials(tmp
         assert kept["metric"].tolist() == rows["metric"].tolist()  # not re-run: the same reports
     assert (exp / "studies" / "tiny__gsm" / "summary.json").exists()
     if s3 is not None:
-        _assert_all_in_the_bucket(s3, exp, cwd, tmp_path, ended["trial_id"].nunique())
+        _assert_all_in_the_bucket(s3, exp, cwd, tmp_path, ended["trial_id"].nunique(), request)
 
 
-def _machine(root: Path) -> dict[str, str]:
+def _machine(root: Path, request) -> dict[str, str]:
     """The environment of a sweep on a machine of its own: its own HOME and temp dir (the driver's
     working copy of the Optuna journal, the tokenised-data cache), empty at first."""
     home, temp = root / "home", Path(tempfile.mkdtemp(prefix="m", dir="/tmp"))  # short: Ray's socket paths
+    request.addfinalizer(lambda: shutil.rmtree(temp, ignore_errors=True))
     home.mkdir(parents=True)
     return {**os.environ, "HOME": str(home), "TMPDIR": str(temp)}
 
 
-def _assert_all_in_the_bucket(s3, exp, cwd: Path, tmp_path: Path, finished: int) -> None:
+def _assert_all_in_the_bucket(s3, exp, cwd: Path, tmp_path: Path, finished: int, request) -> None:
     bucket, prefix = exp.path.split("/", 1)
     keys = {k.removeprefix(prefix + "/") for k in s3.keys(bucket, prefix)}
     for output in ("results.parquet", "items.parquet", "state.json", "config.yaml", "leaderboard.md",
@@ -400,7 +401,7 @@ def _assert_all_in_the_bucket(s3, exp, cwd: Path, tmp_path: Path, finished: int)
     assert len(told) >= finished
     s3.client().delete_object(Bucket=bucket, Key=f"{prefix}/leaderboard.md")
     report = subprocess.run([sys.executable, "-m", "mft_search.report", str(exp)], capture_output=True, text=True,
-                            cwd=cwd, env=_machine(tmp_path / "third"))
+                            cwd=cwd, env=_machine(tmp_path / "third", request))
     assert report.returncode == 0, report.stderr[-2000:]
     assert "# MFT leaderboard" in (exp / "leaderboard.md").read_text() and not list(cwd.iterdir())
 
