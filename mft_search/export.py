@@ -11,7 +11,6 @@ is filled as a staging directory beside it and renamed into place, so an error l
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
@@ -27,7 +26,8 @@ README = "README.md"
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mft_search.export", description=__doc__.splitlines()[0])
-    parser.add_argument("experiment", type=Path, help="the experiment directory a sweep wrote (<storage>/<name>)")
+    parser.add_argument("experiment", type=files.location,
+                        help="the experiment directory a sweep wrote (<storage>/<name>), or its bucket URI")
     parser.add_argument("--out", type=Path, required=True, help="new folder to upload (an empty one is fine)")
     parser.add_argument("--backbone", help="export only this backbone's studies (its name in the experiment)")
     parser.add_argument("--domain", help="export only this domain's studies")
@@ -62,7 +62,7 @@ def export(chosen: list[tuple[StudyRecord, SelectedMask]], out: Path, license: s
 def _write(folder: Path, study: StudyRecord, selected: SelectedMask, license: str | None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name in FILES:  # copied byte for byte: the Hub gets the very file the sweep selected
-        shutil.copyfile(selected.directory / name, folder / name)
+        (folder / name).write_bytes((selected.directory / name).read_bytes())
     (folder / README).write_text(model_card(study, selected, license))
 
 
@@ -89,10 +89,10 @@ def _with_selection(studies: list[StudyRecord]) -> list[StudyRecord]:
     return chosen
 
 
-def _check_out(out: Path, exp_dir: Path, force: bool) -> None:
+def _check_out(out: Path, exp_dir: files.Location, force: bool) -> None:
     """Refuse an --out that would destroy something: a file, a non-empty folder without --force, the experiment."""
-    here, experiment = out.resolve(), exp_dir.resolve()
-    if here == experiment or here in experiment.parents:
+    here, experiment = out.resolve(), Path(exp_dir.path).resolve()
+    if exp_dir.is_local and (here == experiment or here in experiment.parents):
         raise ConfigError(f"--out: {out} holds the experiment, which replacing it would delete; name another folder")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out: {out} is a file; name a new folder")

@@ -1,4 +1,4 @@
-"""python -m mft_search.sweep [--config FILE] [--resume [auto]] [--dry-run] [--storage PATH]
+"""python -m mft_search.sweep [--config FILE] [--resume [auto]] [--dry-run] [--storage PATH|URI]
 
 Searches, per backbone x domain, the mask that makes a fine-tuned model better: a probe stage
 (Optuna + ASHA on a fraction of the data), a refine stage (the best probe points on all of it),
@@ -29,7 +29,6 @@ import sys
 import time
 from collections.abc import Iterator
 from importlib.resources import as_file, files
-from pathlib import Path
 
 from mft_search import cli
 from mft_search.config.cost import ACCELERATORS, DEFAULT_GPU, DEFAULT_UTILISATION, Plan, cost_plan
@@ -43,6 +42,7 @@ from mft_search.config.schema import (
     resolve_storage,
 )
 from mft_search.config.sizes import data_sizes
+from mft_search.core.files import Location, location
 from mft_search.errors import ConfigError, did_you_mean
 from mft_search.experiment import layout
 
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     if not demo_pending:
         check_data(cfg)
         check_splits_disjoint(cfg)
-    exp_dir = Path(resolve_storage(cfg)) / cfg.name
+    exp_dir = location(resolve_storage(cfg)) / cfg.name  # a local directory or a bucket prefix (core.files)
     resume = _check_experiment_dir(exp_dir, args.resume, args.dry_run)
     if resume:
         _check_same_config(cfg, exp_dir)
@@ -113,7 +113,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="finish an interrupted sweep of the same name; with `auto`, finish it if it "
                              "exists and start it if not (for jobs that are retried or resubmitted)")
     parser.add_argument("--dry-run", action="store_true", help="validate everything and print the plan; run nothing")
-    parser.add_argument("--storage", help="override the config's storage (local dir; every node must reach it)")
+    parser.add_argument("--storage", help="override the config's storage: a directory (on a cluster, one every node "
+                        "mounts) or a bucket URI, s3://BUCKET/PREFIX or gs://BUCKET/PREFIX")
     parser.add_argument("--gpu", help=f"accelerator the cost plan assumes: {', '.join(ACCELERATORS)} "
                         f"(default {DEFAULT_GPU}; cpu when resources.gpus_per_worker is 0)")
     parser.add_argument("--utilisation", type=float, default=DEFAULT_UTILISATION,
@@ -160,7 +161,7 @@ def _demo_built() -> bool:
     return (default_cache_dir() / COMPLETE).exists()
 
 
-def _check_experiment_dir(exp_dir: Path, resume: bool | str | None, dry_run: bool) -> bool:
+def _check_experiment_dir(exp_dir: Location, resume: bool | str | None, dry_run: bool) -> bool:
     """Whether this run resumes exp_dir (else it starts it); a finished or half-finished experiment is
     never overwritten by accident. `resume` is the --resume option: None, REQUIRED or AUTO."""
     exists = layout.is_experiment(exp_dir)
@@ -173,7 +174,7 @@ def _check_experiment_dir(exp_dir: Path, resume: bool | str | None, dry_run: boo
     return exists and resume is not None
 
 
-def _check_same_config(cfg: SweepConfig, exp_dir: Path) -> None:
+def _check_same_config(cfg: SweepConfig, exp_dir: Location) -> None:
     """A resumed sweep runs the config the experiment started with (its config.yaml)."""
     from mft_search.experiment.config_record import config_difference
 

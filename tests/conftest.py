@@ -10,6 +10,7 @@ import random
 from pathlib import Path
 
 import pytest
+from s3server import s3  # noqa: F401 - the S3 server fixture (moto's), for the tests that use a bucket
 
 from mft_search.core.backbone import BackboneSpec
 from mft_search.core.data import DataSpec

@@ -2,8 +2,10 @@
 
 The second node runs in its own mount namespace where a tmpfs hides one directory: a path that
 exists on both "machines" but is not the same directory, as a node-local disk on a real cluster
-is. The sweep must refuse it (exit 2, nothing written) and accept a directory both nodes see.
-The last test kills a worker of a two-worker trial, then the whole second node, mid-sweep.
+is. The sweep must refuse it (exit 2, nothing written, the fix named: a bucket or NFS) and accept a
+directory both nodes see, or a bucket (moto's S3 server, the nodes started with the standard AWS
+variables): a sweep with its storage there runs trials on both nodes and writes every output to
+the bucket. The last test kills a worker of a two-worker trial, then the whole second node, mid-sweep.
 Needs root (mount namespaces) and unshare; the Ray processes are stopped by their own PIDs.
 """
 
@@ -24,6 +26,8 @@ import pandas as pd
 import yaml
 from processes import processes, stop_own
 
+from mft_search.core import files
+
 pytestmark = pytest.mark.ray
 
 BIN = Path(sys.executable).parent
@@ -36,7 +40,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def two_nodes():
+def two_nodes(s3):
     if os.geteuid() != 0 or not shutil.which("unshare"):
         pytest.skip("needs root and unshare to hide a directory from the second node (a mount namespace)")
     root = Path(tempfile.mkdtemp(prefix="mftnodes", dir="/tmp"))  # socket paths must stay short
@@ -46,6 +50,7 @@ def two_nodes():
     temps = [str(root / "h"), str(root / "w")]
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(HOME=str(root), PATH=f"{BIN}:{os.environ['PATH']}")  # no token: authentication off
+    env.update(s3.env)  # every node's processes reach the bucket as they would reach S3: the SDK's variables
     # Ports of their own: `ray start` otherwise binds fixed defaults (dashboard 8265, its agent
     # 52365, client server 10001) that another Ray on this machine may hold; 0 means any free one.
     port = _free_port()
@@ -90,13 +95,14 @@ CHECK_BOTH = """
 import json, ray, sys
 from pathlib import Path
 from mft_search.errors import ConfigError
+from mft_search.core.files import location
 from mft_search.tune.cluster import check_shared_storage
 ray.init()
 nodes = [n for n in ray.nodes() if n["Alive"]]
 verdicts = {}
 for name in sys.argv[1:]:
     try:
-        check_shared_storage(Path(name) / "exp", nodes)
+        check_shared_storage(location(name) / "exp", nodes)
         verdicts[name] = "ok"
     except ConfigError as exc:
         verdicts[name] = str(exc)
@@ -111,7 +117,7 @@ def test_a_directory_one_node_cannot_see_is_refused_one_every_node_sees_passes(t
     assert result.returncode == 0, result.stderr[-3000:]
     verdicts = json.loads(result.stdout.splitlines()[-1])
     assert verdicts["nodes"] == 2 and verdicts[str(shared)] == "ok"
-    assert "is not the same directory on every node" in verdicts[str(hidden)]
+    assert "is not the same storage on every node" in verdicts[str(hidden)]
     assert "No such file" in verdicts[str(hidden)]
     assert list(hidden.iterdir()) == [] and list(shared.iterdir()) == []  # the check leaves nothing
 
@@ -136,8 +142,36 @@ def test_the_sweep_refuses_it_with_exit_2_before_any_trial(two_nodes, tmp_path, 
     result = subprocess.run([sys.executable, "-m", "mft_search.sweep", "--config", str(path)],
                             env=two_nodes["env"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr[-3000:]
-    assert "storage:" in result.stderr.splitlines()[-1] and "Traceback" not in result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert "storage:" in last and "s3://" in last and "NFS" in last and "Traceback" not in result.stderr
     assert list(two_nodes["hidden"].iterdir()) == []
+
+
+def test_a_sweep_with_its_storage_in_a_bucket_runs_on_both_nodes(two_nodes, s3, tmp_path, tiny_backbone,
+                                                                problems_dir):
+    """No shared filesystem: every output goes to the bucket, from the driver and from the trials
+    on either node. Two trials at once of 2 CPUs each on two 3-CPU nodes: one runs on each."""
+    bucket = s3.new_bucket()
+    config = sweep_config(f"s3://{bucket}/runs", tiny_backbone, problems_dir,
+                          search={"num_trials": 2, "max_concurrent_trials": 2,
+                                  "space": {"layer_group": [[1, 2], [2, 3]], "ratio": 0.1}},
+                          train={"epochs": 1, "global_batch_size": 8, "micro_batch_size": 4},
+                          stages={"probe": {"data_fraction": 1.0}, "refine": {"top_k": 0}},
+                          resources={"workers_per_trial": 1, "cpus_per_worker": 2})
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = subprocess.run([sys.executable, "-m", "mft_search.sweep", "--config", str(path)], cwd=tmp_path,
+                            env=two_nodes["env"], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    keys = s3.keys(bucket, "runs/e2e/")
+    for output in ("results.parquet", "state.json", "config.yaml", "leaderboard.md", "studies/tiny__gsm/summary.json",
+                   "studies/tiny__gsm/optuna.journal"):
+        assert f"runs/e2e/{output}" in keys, output
+    masks = [k for k in keys if k.startswith("runs/e2e/studies/tiny__gsm/artifacts/") and k.endswith(".safetensors")]
+    frame = files.location(f"s3://{bucket}/runs/e2e/results.parquet").read_parquet()
+    assert len({k.split("/")[-2] for k in masks}) == 2, (masks, frame.to_dict("records"), result.stdout[-3000:])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.yaml"]  # nothing on the local disk
+    assert len(_trial_nodes(two_nodes["env"])) == 2, "the trials did not run on both nodes"
 
 
 # Last in this module but one: it takes the second node away for good.
@@ -183,6 +217,21 @@ def test_a_killed_train_worker_and_a_lost_node_leave_a_finished_sweep(two_nodes,
     # A trial fails of the faults, with its reason, never of its config (as every one did when the
     # probe kept 4 rows, fewer than a batch, and the faults hit trials that could not train).
     assert errors.notna().all() and not errors.str.contains("DataError|ConfigError").any(), errors.tolist()
+
+
+TRIAL_NODES = """
+import json
+from ray.util.state import list_actors
+actors = list_actors(filters=[("class_name", "=", "ImplicitFunc")], limit=10000, raise_on_missing_output=False)
+print(json.dumps(sorted({a.node_id for a in actors})))
+"""
+
+
+def _trial_nodes(env: dict) -> list[str]:
+    """The nodes Tune's trial actors ran on (Ray's state API keeps the dead ones)."""
+    out = subprocess.run([sys.executable, "-c", TRIAL_NODES], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.splitlines()[-1])
 
 
 def _raylet(temp: str) -> int:

@@ -141,7 +141,7 @@ BAD = [  # (YAML patch over the valid base, substring the one-line error must co
     ("stages: {refine: {top_k: 9}}", "stages.refine.top_k: 9 exceeds the 8 probe trials"),
     ("stages: {probe: {data_fraction: 0}}", "stages.probe.data_fraction: Input should be greater than 0"),
     ("retries: -1", "retries: Input should be greater than or equal to 0"),
-    ("storage: hdfs://x/y", "storage: 'hdfs://' URIs are not supported yet"),
+    ("storage: hdfs://x/y", "storage: 'hdfs://x/y' is not a bucket URI this sweep writes to; give s3://BUCKET"),
     ("name: null", "name: required; add it"),
     ("domains: [{name: m, train: {source: t.jsonl, prompt_field: q, response_field: a}, validation: {evaluator: gsm8k,"
      " source: v.jsonl}, fft_selection: {evaluator: gsm8k, source: f.jsonl}}]",
@@ -281,11 +281,16 @@ def test_local_benchmark_is_checked(train_file):
         check_data(parse_config(cfg))
 
 
-def test_storage(tmp_path):
+def test_storage(tmp_path, s3):
     assert resolve_storage(parse_config(merged(base(), {"storage": str(tmp_path / "a" / "b")}))) == str(tmp_path / "a" / "b")
     assert not (tmp_path / "a").exists()  # a dry run creates nothing
-    with pytest.raises(ConfigError, match="storage: 's3://' URIs are not supported yet; give a directory every node mounts over NFS"):
-        parse_config(merged(base(), {"storage": "s3://bucket/runs"}))
+    with pytest.raises(ConfigError, match="storage: 'ftp://host/runs' is not a bucket URI this sweep writes to; give s3://"):
+        parse_config(merged(base(), {"storage": "ftp://host/runs"}))
+    bucket = s3.new_bucket()  # a bucket is checked by writing (and removing) one object: it exists, the credentials work
+    assert resolve_storage(parse_config(merged(base(), {"storage": f"s3://{bucket}/runs/"}))) == f"s3://{bucket}/runs"
+    assert s3.keys(bucket) in ([], ["runs/"])  # pyarrow keeps an emptied prefix as an empty directory marker
+    with pytest.raises(ConfigError, match="storage: cannot write to s3://no-such-bucket/runs .*check that the bucket exists"):
+        resolve_storage(parse_config(merged(base(), {"storage": "s3://no-such-bucket/runs"})))
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match="storage: .*file is a file"):
         resolve_storage(parse_config(merged(base(), {"storage": str(tmp_path / "file" / "runs")})))

@@ -1,13 +1,13 @@
 """A trial's work on one process, without Ray: MFT, FFT, baselines, checkpoints and resume."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from mft_search.core import files
 from mft_search.core.evaluation.spec import EvalSpec
 from mft_search.train import faults
 from mft_search.train.job import run_job
@@ -308,18 +308,19 @@ def test_a_directory_session_keeps_reports_and_one_whole_checkpoint_across_a_res
     directory = tmp_path / "run"
     with pytest.raises(_Killed):
         run_job(make_job(tmp_path, tiny_backbone, sft_data), CrashAfterFirst(directory))
-    (directory / ".staging-checkpoint_000002").mkdir()  # as a kill mid-write leaves one
+    (directory / "checkpoint_000002").mkdir()  # as a kill mid-upload leaves one: `latest` does not name it
     resumed = DirectorySession(directory)
     assert resumed.latest_checkpoint().name == "checkpoint_000001"
     run_job(make_job(tmp_path, tiny_backbone, sft_data), resumed)
     assert [r["report"] for r in DirectorySession(directory).history()] == [1, 2]
-    assert sorted(p.name for p in directory.iterdir()) == ["checkpoint_000002", "reports.jsonl"]
+    assert sorted(p.name for p in directory.iterdir()) == ["checkpoint_000002", "latest", "reports.jsonl"]
     unbroken = LocalSession(tmp_path / "unbroken")
     run_job(make_job(tmp_path, tiny_backbone, sft_data, name="u"), unbroken)
     assert resumed.reports[-1]["val_loss"] == unbroken.reports[-1]["val_loss"]
 
 
-@pytest.mark.parametrize("kill", ["removing the older checkpoint", "publishing the checkpoint", "writing the report"])
+@pytest.mark.parametrize("kill", ["removing the older checkpoint", "storing the checkpoint", "naming the checkpoint",
+                                  "writing the report"])
 def test_a_directory_session_killed_inside_a_report_loses_no_point(tmp_path, monkeypatch, kill):
     # A job resumes from the latest checkpoint and goes on from its report number: a kill inside
     # report() must never leave that checkpoint ahead of the reports on record (a point, an FFT
@@ -352,34 +353,19 @@ def _kill_while(patch: pytest.MonkeyPatch, step: str) -> None:
         raise _Killed
 
     if step == "removing the older checkpoint":
-        patch.setattr(shutil, "rmtree", killed)
-    elif step == "publishing the checkpoint":
+        patch.setattr(files.Location, "rmtree", killed)
+    elif step == "storing the checkpoint":  # the staged directory's rename (one file's upload on a bucket)
         patch.setattr(Path, "rename", killed)
-    else:  # half the report's line reaches the file
-        opened = Path.open
+    else:  # the report's whole-file write (the first), or `latest` naming the new checkpoint (the second)
+        written, write = [], files.Location.write_text
 
-        def torn(path: Path, *args, **kwargs):
-            out = opened(path, *args, **kwargs)
-            return _TornWrite(out) if path.name == DirectorySession.REPORTS else out
+        def nth_killed(self, text):
+            written.append(self.name)
+            if len(written) == (1 if step == "writing the report" else 2):
+                raise _Killed
+            return write(self, text)
 
-        patch.setattr(Path, "open", torn)
-
-
-class _TornWrite:
-    """An open file whose first write stops halfway."""
-
-    def __init__(self, out) -> None:
-        self.out = out
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.out.close()
-
-    def write(self, text: str) -> None:
-        self.out.write(text[:len(text) // 2])
-        raise _Killed
+        patch.setattr(files.Location, "write_text", nth_killed)
 
 
 def test_a_lora_job_trains_adapters_only_and_writes_a_plain_merged_checkpoint_each_epoch(

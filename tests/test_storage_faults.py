@@ -3,7 +3,8 @@
 The experiment directory is a small tmpfs (filled by the test once the first results are on
 disk) or a bind mount (lazily unmounted mid-run, as a dropped NFS mount would be). Either way
 the sweep must stop with one line and exit status 3, stop its Ray, and leave every result it
-wrote readable by `python -m mft_search.report`. Mounting needs root: elsewhere these skip."""
+wrote readable by `python -m mft_search.report`. Mounting needs root: elsewhere these skip.
+A bucket (moto's S3 server) deleted mid-sweep stops it the same way."""
 
 import subprocess
 import sys
@@ -14,6 +15,8 @@ import pandas as pd
 import pytest
 
 from test_sweep import _ray_processes, write_config
+
+from mft_search.core import files
 
 pytestmark = pytest.mark.ray
 
@@ -116,3 +119,15 @@ def test_storage_that_vanishes_mid_sweep_stops_it_cleanly_and_keeps_the_results(
     mounts.remove(storage)
     _assert_one_line_exit_3(*_finish(process), expected="disappeared mid-run")
     _assert_report_reads(real / "e2e", rows)  # the storage, back: everything written before is there
+
+
+def test_a_bucket_deleted_mid_sweep_stops_it_cleanly(tmp_path, tiny_backbone, problems_dir, s3):
+    # The bucket as storage (moto's S3 server): deleted once the first results are in it, as a
+    # lifecycle rule or a wrong `aws s3 rb` would. Object writes are whole, so nothing is half-written;
+    # the sweep must stop with one line, exit 3, and stop its Ray, like a dropped mount.
+    bucket = s3.new_bucket()
+    process = _start_sweep(_config(tmp_path, f"s3://{bucket}/runs", tiny_backbone, problems_dir))
+    _wait_for(files.location(f"s3://{bucket}/runs/e2e/results.parquet"), process)
+    s3.delete_bucket(bucket)
+    _assert_one_line_exit_3(*_finish(process), expected=f"s3://{bucket}/runs/e2e")
+    assert not (tmp_path / "runs").exists()

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import yaml
 from processes import kill_session, processes
 
 from mft_search.config.schema import load_config_file
+from mft_search.core import files
 from mft_search.errors import ConfigError
 from mft_search.tune.cluster import check_cluster
 
@@ -71,11 +73,11 @@ def error_line(result) -> str:
 
 
 def test_a_command_line_override_is_validated_like_the_yaml(tmp_path, tiny_backbone, problems_dir):
-    # --storage s3://... used to bypass validation and write under ./s3:/ in the working directory.
+    # --storage with a URI once bypassed validation and wrote under ./s3:/ in the working directory.
     config = write_config(tmp_path, tiny_backbone, problems_dir)
-    result = sweep("--config", str(config), "--storage", "s3://bucket/runs", "--dry-run", cwd=tmp_path)
-    assert error_line(result).startswith("error: --storage: 's3://' URIs are not supported yet")
-    assert not (tmp_path / "s3:").exists()
+    result = sweep("--config", str(config), "--storage", "ftp://host/runs", "--dry-run", cwd=tmp_path)
+    assert error_line(result).startswith("error: --storage: 'ftp://host/runs' is not a bucket URI")
+    assert not (tmp_path / "ftp:").exists()
 
 
 def test_dry_run_validates_and_prints_the_plan_and_writes_nothing(tmp_path, tiny_backbone, problems_dir):
@@ -322,17 +324,26 @@ def test_the_config_that_ran_is_saved_and_a_resume_with_another_is_refused(finis
     assert line.startswith("error: --resume: this config differs") and "train.lr: 0.02 then, 0.5 now" in line
 
 
-@pytest.mark.parametrize("tune_state", ["kept", "torn"])
+@pytest.mark.parametrize("where", ["bucket", "torn"])
 def test_a_killed_driver_resumes_without_losing_or_rerunning_finished_trials(tmp_path, tiny_backbone, problems_dir,
-                                                                            tune_state):
-    config = write_config(tmp_path, tiny_backbone, problems_dir, lean=True,
+                                                                            where, request):
+    """"bucket": the experiment in S3 (moto's server on 127.0.0.1): every output goes there and
+    nothing to the local disk, and --resume runs as on another machine (a fresh HOME and temp dir:
+    no local state at all), then the report rebuilds the leaderboard from the bucket. "torn": a
+    local directory, Tune's state torn as a kill during its own save leaves it."""
+    s3 = request.getfixturevalue("s3") if where == "bucket" else None
+    storage = f"s3://{s3.new_bucket()}/runs" if s3 else str(tmp_path / "runs")
+    config = write_config(tmp_path, tiny_backbone, problems_dir, lean=True, storage=storage,
                           stages={"probe": {"data_fraction": 0.5}, "refine": {"top_k": 0}})
-    exp = tmp_path / "runs" / "e2e"
-    # kept: both runs are the one command a retried RayJob runs (clusters/kuberay/rayjob.yaml), which
+    exp = files.location(storage) / "e2e"
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    # bucket: both runs are the one command a retried RayJob runs (clusters/kuberay/rayjob.yaml), which
     # starts the experiment the first time and resumes it the second; torn: the plain forms.
-    auto = ["--resume", "auto"] if tune_state == "kept" else []
-    driver = subprocess.Popen([sys.executable, "-m", "mft_search.sweep", "--config", str(config), *auto],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    auto = ["--resume", "auto"] if where == "bucket" else []
+    driver = subprocess.Popen([sys.executable, "-m", "mft_search.sweep", "--config", str(config), *auto], cwd=cwd,
+                              env=_machine(tmp_path / "first", request), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
     deadline = time.time() + 600
     while time.time() < deadline and not _finished_trials(exp):
         time.sleep(0.2)
@@ -341,33 +352,69 @@ def test_a_killed_driver_resumes_without_losing_or_rerunning_finished_trials(tmp
     before = _finished_trials(exp)
     assert before, "no trial finished before the deadline"
     assert len(before) < 4, "the probe had ended before the kill: nothing was left to resume"
-    if tune_state == "torn":  # as a kill during Tune's own save leaves it: --resume must not depend on it
+    if where == "torn":  # as a kill during Tune's own save leaves it: --resume must not depend on it
         (exp / "ray" / "tiny__gsm-probe" / "tuner.pkl").write_bytes(b"")
 
-    result = sweep("--config", str(config), *(auto or ["--resume"]))
+    result = sweep("--config", str(config), *(auto or ["--resume"]), cwd=cwd, env=_machine(tmp_path / "second", request))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert not auto or f"--resume auto: resuming the experiment in {exp}" in result.stdout
-    after = pd.read_parquet(exp / "results.parquet")
+    after = (exp / "results.parquet").read_parquet()
     probe = after[after["stage"] == "probe"]
-    # Tune saves its state every 10 s or more: a trial it had not saved yet is unknown to the
-    # restored Tune, which runs another in its place; such a trial's rows stay (finished on record)
-    # or are marked interrupted. The budget is met, and nothing is left "running".
+    # Tune saves its state every 10 s or more (uploads it to a bucket every 30 s): a trial it had not
+    # saved yet is unknown to the restored Tune, which runs another in its place; such a trial's rows
+    # stay (finished on record) or are marked interrupted. The budget is met, nothing is left "running".
     ended = probe[probe["status"] != "interrupted"]
     assert ended["trial_id"].nunique() >= 4 and "running" not in set(probe["status"])
-    if tune_state == "torn":  # Tune's state lost, the records say what ended: exactly the budget
+    if where == "torn":  # Tune's state lost, the records say what ended: exactly the budget
         assert ended["trial_id"].nunique() == 4 and "could not be restored" in result.stdout
     for trial_id, rows in before.items():
         kept = probe[probe["trial_id"] == trial_id]
         assert kept["status"].iloc[0] == rows["status"].iloc[0]
         assert kept["metric"].tolist() == rows["metric"].tolist()  # not re-run: the same reports
     assert (exp / "studies" / "tiny__gsm" / "summary.json").exists()
+    if s3 is not None:
+        _assert_all_in_the_bucket(s3, exp, cwd, tmp_path, ended["trial_id"].nunique(), request)
 
 
-def _finished_trials(exp: Path) -> dict:
+def _machine(root: Path, request) -> dict[str, str]:
+    """The environment of a sweep on a machine of its own: its own HOME and temp dir (the driver's
+    working copy of the Optuna journal, the tokenised-data cache), empty at first."""
+    home, temp = root / "home", Path(tempfile.mkdtemp(prefix="m", dir="/tmp"))  # short: Ray's socket paths
+    request.addfinalizer(lambda: shutil.rmtree(temp, ignore_errors=True))
+    home.mkdir(parents=True)
+    return {**os.environ, "HOME": str(home), "TMPDIR": str(temp)}
+
+
+def _assert_all_in_the_bucket(s3, exp, cwd: Path, tmp_path: Path, finished: int, request) -> None:
+    bucket, prefix = exp.path.split("/", 1)
+    keys = {k.removeprefix(prefix + "/") for k in s3.keys(bucket, prefix)}
+    for output in ("results.parquet", "items.parquet", "state.json", "config.yaml", "leaderboard.md",
+                   "studies/tiny__gsm/summary.json", "studies/tiny__gsm/optuna.journal",
+                   "plots/tiny__gsm/history.png"):
+        assert output in keys, f"{output} is not in the bucket: {sorted(keys)[:40]}"
+    summary = json.loads((exp / "studies" / "tiny__gsm" / "summary.json").read_text())
+    if any(row.get("selected") for row in summary["rows"]):
+        assert "best/tiny/gsm/mask.safetensors" in keys
+    assert any(k.startswith("studies/tiny__gsm/artifacts/") and k.endswith(".mask.safetensors") for k in keys)
+    assert any(k.startswith("ray/tiny__gsm-probe/") for k in keys)  # Ray Tune's own state
+    assert not list(cwd.iterdir()) and not (tmp_path / "runs").exists(), "an output was written to the local disk"
+    # The published Optuna journal holds every finished trial, and the report reads the bucket alone.
+    with (exp / "studies" / "tiny__gsm" / "optuna.journal").local_copy() as journal:
+        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+        told = [t for t in optuna.load_study(study_name="tiny/gsm", storage=storage).trials if t.state.is_finished()]
+    assert len(told) >= finished
+    s3.client().delete_object(Bucket=bucket, Key=f"{prefix}/leaderboard.md")
+    report = subprocess.run([sys.executable, "-m", "mft_search.report", str(exp)], capture_output=True, text=True,
+                            cwd=cwd, env=_machine(tmp_path / "third", request))
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert "# MFT leaderboard" in (exp / "leaderboard.md").read_text() and not list(cwd.iterdir())
+
+
+def _finished_trials(exp) -> dict:
     path = exp / "results.parquet"
     if not path.exists():
         return {}
-    frame = pd.read_parquet(path)
+    frame = path.read_parquet()
     done = frame[frame["status"].isin(["completed", "pruned"])]
     return {t: rows for t, rows in done.groupby("trial_id")}
 

@@ -15,6 +15,7 @@ SUITES = {
     "search": "search",      # TPE + ASHA vs grid vs random: compute to reach the grid's best
     "maskfile": "maskfile",  # mask-file bytes against numel/8 and the entropy bound
     "eval": "evaluation",    # batched vs one-at-a-time generation, parallel vs serial code runs
+    "storage": "storage",    # the Optuna journal on a bucket: its upload per trial
 }
 
 

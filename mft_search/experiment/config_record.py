@@ -6,24 +6,24 @@ resumed sweep with other settings would mix trials of two experiments in one rec
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from mft_search.core import files
+from mft_search.core.files import Location, location
 from mft_search.experiment import layout
 
 
-def save_config(exp_dir: Path, config: dict[str, Any]) -> Path:
+def save_config(exp_dir, config: dict[str, Any]) -> Location:
     """Write the validated config (as plain data) atomically, once per experiment."""
-    return files.write_text(Path(exp_dir) / layout.CONFIG, yaml.safe_dump(config, sort_keys=False))
+    return files.write_text(location(exp_dir) / layout.CONFIG, yaml.safe_dump(config, sort_keys=False))
 
 
-def config_difference(exp_dir: Path, config: dict[str, Any]) -> str | None:
+def config_difference(exp_dir, config: dict[str, Any]) -> str | None:
     """The first field where `config` differs from the one the experiment ran with, as
     'train.lr: 0.0001 then, 0.001 now'; None when they agree or none was recorded."""
-    path = Path(exp_dir) / layout.CONFIG
+    path = location(exp_dir) / layout.CONFIG
     if not path.exists():  # an experiment from before configs were recorded
         return None
     return _difference(yaml.safe_load(path.read_text()), config, "")

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from mft_search.core import files
+from mft_search.core.files import Location, location
 from mft_search.experiment import layout
 
 
@@ -44,14 +44,14 @@ def best_of(points: list[FftPoint]) -> int:
     return min(points, key=lambda p: (-p.metric, p.report)).report
 
 
-def save_fft_record(study_dir: Path, record: FftRecord) -> Path:
+def save_fft_record(study_dir, record: FftRecord) -> Location:
     data = {"metric_name": record.metric_name, "best": record.best, "points": [asdict(p) for p in record.points]}
-    return files.write_text(Path(study_dir) / layout.FFT, json.dumps(data, indent=2))
+    return files.write_text(location(study_dir) / layout.FFT, json.dumps(data, indent=2))
 
 
-def load_fft_record(study_dir: Path) -> FftRecord | None:
+def load_fft_record(study_dir) -> FftRecord | None:
     """The study's record, or None when its fft stage has not finished (or never ran)."""
-    path = Path(study_dir) / layout.FFT
+    path = location(study_dir) / layout.FFT
     if not path.exists():
         return None
     data: dict[str, Any] = json.loads(path.read_text())

@@ -10,11 +10,10 @@ each write replaces the whole file atomically (core.files).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 
 import pandas as pd
 
-from mft_search.core import files
+from mft_search.core.files import Location, location
 from mft_search.core.statistics import Gain, paired_gain, unit_for
 
 BOOTSTRAP_SEED = 0  # the sweep's selection and the report's tables draw the same resamples
@@ -25,18 +24,19 @@ COLUMNS = [*KEY, "score", "kind", "settings"]
 KINDS = ("fraction", "loss")  # core.statistics.unit_for reads these
 
 
-def items_path(exp_dir: Path) -> Path:
-    return Path(exp_dir) / ITEMS
+def items_path(exp_dir) -> Location:
+    return location(exp_dir) / ITEMS
 
 
-def read_items(path: Path) -> pd.DataFrame:
+def read_items(path) -> pd.DataFrame:
     """The table, or an empty one with its columns when nothing was scored yet."""
-    if not Path(path).exists():
+    path = location(path)
+    if not path.exists():
         return pd.DataFrame(columns=COLUMNS)
-    return pd.read_parquet(path)
+    return path.read_parquet()
 
 
-def add_items(path: Path, study: str, split: str, variant: str, seed: int, kind: str, settings: str,
+def add_items(path, study: str, split: str, variant: str, seed: int, kind: str, settings: str,
               items: Iterable[tuple[str, float]]) -> None:
     """Record one variant's per-item scores on one split, replacing any earlier ones."""
     if kind not in KINDS:
@@ -48,7 +48,7 @@ def add_items(path: Path, study: str, split: str, variant: str, seed: int, kind:
     same = ((old["study"] == study) & (old["split"] == split) & (old["variant"] == variant)
             & (old["seed"] == int(seed)))
     frame = pd.concat([old[~same], new], ignore_index=True) if len(old) else new
-    with files.atomic_path(path) as temporary:
+    with location(path).atomic_path() as temporary:
         frame.to_parquet(temporary, index=False)
 
 

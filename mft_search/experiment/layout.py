@@ -1,4 +1,5 @@
 """Every path of an experiment directory, named once: the sweep writes them, the report reads them.
+The directory is a core.files.Location: a local (or NFS) directory or a bucket prefix.
 
     <experiment>/.mft_experiment                     this experiment's id (experiment.storage checks it)
     <experiment>/results.parquet                     one row per trial report (experiment.results)
@@ -18,7 +19,7 @@ Inside a trial's artifact directory the job names its own files (train.spec.repo
 
 from __future__ import annotations
 
-from pathlib import Path
+from mft_search.core.files import Location, location
 
 MARKER = ".mft_experiment"
 RESULTS = "results.parquet"
@@ -40,20 +41,20 @@ BEST_META = "mask.json"
 BEST_CONFIG = "config.yaml"
 
 
-def results_path(exp_dir: Path) -> Path:
-    return Path(exp_dir) / RESULTS
+def results_path(exp_dir) -> Location:
+    return location(exp_dir) / RESULTS
 
 
 def study_slug(backbone: str, domain: str) -> str:
     return f"{backbone}__{domain}"
 
 
-def study_dir(exp_dir: Path, slug: str) -> Path:
-    return Path(exp_dir) / STUDIES / slug
+def study_dir(exp_dir, slug: str) -> Location:
+    return location(exp_dir) / STUDIES / slug
 
 
-def best_dir(exp_dir: Path, backbone: str, domain: str) -> Path:
-    return Path(exp_dir) / BEST / backbone / domain
+def best_dir(exp_dir, backbone: str, domain: str) -> Location:
+    return location(exp_dir) / BEST / backbone / domain
 
 
 def run_name(slug: str, what: str) -> str:
@@ -66,5 +67,5 @@ def trial_name(slug: str, stage: str, trial_id: str) -> str:
     return run_name(slug, f"{stage}-{trial_id}")
 
 
-def is_experiment(exp_dir: Path) -> bool:
-    return results_path(exp_dir).exists() or (Path(exp_dir) / STUDIES).exists()
+def is_experiment(exp_dir) -> bool:
+    return results_path(exp_dir).exists() or (location(exp_dir) / STUDIES).exists()

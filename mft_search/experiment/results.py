@@ -8,12 +8,11 @@ file renamed into place: a reader (or a crash) never sees half a file.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from mft_search.core import files
+from mft_search.core.files import location
 from mft_search.experiment.guards import GUARD_PREFIX
 
 KEY = ("study", "stage", "trial_id", "report")
@@ -33,11 +32,11 @@ NO_OP = ("kept every weight: no score fell below the threshold, so the mask chan
 class ResultsTable:
     """The experiment's results.parquet, held in memory and flushed atomically."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
+    def __init__(self, path) -> None:
+        self.path = location(path)
         self._rows: dict[tuple, dict[str, Any]] = {}
         if self.path.exists():
-            for row in pd.read_parquet(self.path).to_dict("records"):
+            for row in self.path.read_parquet().to_dict("records"):
                 self._rows[tuple(row[k] for k in KEY)] = row
 
     def add_report(self, base: dict[str, Any], params: dict[str, Any], result: dict[str, Any]) -> None:
@@ -77,7 +76,7 @@ class ResultsTable:
         return pd.DataFrame(sorted(self._rows.values(), key=order))
 
     def flush(self) -> None:
-        with files.atomic_path(self.path) as temporary:
+        with self.path.atomic_path() as temporary:
             self.frame().to_parquet(temporary, index=False)
 
 

@@ -1,7 +1,8 @@
 """The experiment directory as storage that can fill up or vanish in the middle of a sweep.
 
-A sweep writes for hours into one directory, often on a network filesystem. When that storage
-fills (ENOSPC, a quota) or disappears (an NFS mount dropped, the directory moved), the sweep must
+A sweep writes for hours into one directory, on a network filesystem or in a bucket. When that
+storage fills (ENOSPC, a quota) or disappears (an NFS mount dropped, the directory moved, a bucket
+deleted or refusing writes: core.files turns a failed upload into EIO), the sweep must
 stop with one clear line rather than record every following trial as "failed", and leave what it
 wrote intact: every writer replaces files atomically, so the last good results.parquet,
 state.json and summaries stay readable by `python -m mft_search.report`.
@@ -10,11 +11,9 @@ state.json and summaries stay readable by `python -m mft_search.report`.
 from __future__ import annotations
 
 import errno
-import shutil
 import uuid
-from pathlib import Path
 
-from mft_search.core import files
+from mft_search.core.files import UPLOAD_REFUSED, Location, location
 from mft_search.errors import MftError
 from mft_search.experiment.layout import MARKER  # holds the experiment's id: gone or different = storage vanished
 
@@ -34,15 +33,15 @@ class StorageError(MftError):
 class Storage:
     """The experiment directory, checked before the sweep writes into it."""
 
-    def __init__(self, exp_dir: Path) -> None:
-        self.exp_dir = Path(exp_dir)
+    def __init__(self, exp_dir: Location | str) -> None:
+        self.exp_dir = location(exp_dir)
         self.id: str | None = None
 
     def claim(self) -> None:
         """Mark the directory as this experiment's (keeping the mark a resumed sweep finds)."""
         marker = self.exp_dir / MARKER
         if not marker.exists():
-            files.write_text(marker, uuid.uuid4().hex)
+            marker.write_text(uuid.uuid4().hex)
         self.id = marker.read_text().strip()
 
     def check(self) -> None:
@@ -53,9 +52,9 @@ class Storage:
             found = None
         if found != self.id:
             raise StorageError(f"storage: {self.exp_dir} disappeared mid-run (its {MARKER} file is gone: a dropped "
-                               "mount or a moved directory); bring it back, then rerun with --resume")
-        free = shutil.disk_usage(self.exp_dir).free
-        if free < MIN_FREE_BYTES:
+                               "mount, a moved directory or a deleted bucket); bring it back, then rerun with --resume")
+        free = self.exp_dir.free_bytes()
+        if free is not None and free < MIN_FREE_BYTES:
             raise self.full(f"only {free >> 20} MiB free")
 
     def full(self, why: str) -> StorageError:
@@ -92,4 +91,7 @@ class Storage:
     def failed_trial(self, error_text: str) -> StorageError | None:
         """A trial that failed because its writes did: every later trial would fail the same way."""
         hit = next((t for t in FULL_TEXT if t in error_text), None)
+        if UPLOAD_REFUSED in error_text:
+            return StorageError(f"storage: {self.exp_dir} refused a trial's write ({error_text[-200:]}); check the "
+                                "bucket and its credentials, then rerun with --resume")
         return self.full(f"a trial failed with '{hit}'") if hit else None

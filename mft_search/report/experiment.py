@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from mft_search.core.files import Location, location
 from mft_search.core.statistics import seed_summary
 from mft_search.errors import ConfigError
 from mft_search.experiment.items import COLUMNS as ITEM_COLUMNS
@@ -75,7 +75,7 @@ class StudyRecord:
 
     backbone: str
     domain: str
-    directory: Path
+    directory: Location
     rows: pd.DataFrame
     trials: pd.DataFrame
     summary: Summary | None
@@ -90,7 +90,7 @@ class StudyRecord:
         return self.directory.name
 
     @property
-    def journal(self) -> Path:
+    def journal(self) -> Location:
         return self.directory / JOURNAL
 
     def metric_is_fraction(self) -> bool:
@@ -104,12 +104,13 @@ class StudyRecord:
 
 @dataclass(frozen=True)
 class Experiment:
-    path: Path
+    path: Location
     studies: tuple[StudyRecord, ...]
 
 
-def load_experiment(exp_dir: Path) -> Experiment:
-    """Read an experiment directory, finished or not; ConfigError when it is not one."""
+def load_experiment(exp_dir) -> Experiment:
+    """Read an experiment directory (or bucket prefix), finished or not; ConfigError when it is not one."""
+    exp_dir = location(exp_dir)
     _check_is_experiment(exp_dir)
     rows = _read_results(exp_dir / RESULTS)
     items = read_items(items_path(exp_dir))
@@ -141,11 +142,7 @@ def per_trial(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(records, columns=[*rows.columns, "order"])
 
 
-def _check_is_experiment(exp_dir: Path) -> None:
-    text = str(exp_dir)
-    if "://" in text:
-        raise ConfigError(f"{text}: the report reads a local directory; copy the experiment here first "
-                          "(e.g. aws s3 sync / gcloud storage rsync) and pass that path")
+def _check_is_experiment(exp_dir: Location) -> None:
     if not exp_dir.is_dir():
         raise ConfigError(f"{exp_dir}: no such directory; pass the experiment directory a sweep wrote "
                           "(<storage>/<experiment name>)")
@@ -154,12 +151,12 @@ def _check_is_experiment(exp_dir: Path) -> None:
                           "pass the directory a sweep wrote (<storage>/<experiment name>)")
 
 
-def _read_results(path: Path) -> pd.DataFrame:
+def _read_results(path: Location) -> pd.DataFrame:
     if not path.is_file():  # a sweep whose first trial has not finished yet
         return pd.DataFrame({c: pd.Series(dtype="float64" if c in ("report", "metric") else "object")
                              for c in (*REQUIRED_COLUMNS, "metric")})
     try:
-        rows = pd.read_parquet(path)
+        rows = path.read_parquet()
     except (OSError, ValueError) as exc:  # pyarrow's errors derive from these
         raise ConfigError(f"{path}: not a readable parquet file ({first_line(exc)})") from exc
     missing = [c for c in REQUIRED_COLUMNS if c not in rows.columns]
@@ -171,7 +168,7 @@ def _read_results(path: Path) -> pd.DataFrame:
     return rows
 
 
-def _read_summaries(studies_dir: Path) -> dict[tuple[str, str], Summary | None]:
+def _read_summaries(studies_dir: Location) -> dict[tuple[str, str], Summary | None]:
     """Every study directory, keyed by (backbone, domain); None where evaluation is pending."""
     found: dict[tuple[str, str], Summary | None] = {}
     for directory in sorted(studies_dir.glob("*__*")) if studies_dir.is_dir() else ():
@@ -183,7 +180,7 @@ def _read_summaries(studies_dir: Path) -> dict[tuple[str, str], Summary | None]:
     return found
 
 
-def _read_summary(path: Path) -> Summary:
+def _read_summary(path: Location) -> Summary:
     try:
         data = json.loads(path.read_text())
         rows = tuple(_summary_row(r) for r in data["rows"])

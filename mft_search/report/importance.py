@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import optuna
 from optuna.importance import PedAnovaImportanceEvaluator
@@ -13,6 +13,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
+from mft_search.core.files import Location, location
 from mft_search.report.experiment import first_line
 
 # PED-ANOVA (named here, not left to Optuna's default, because the thresholds below rest on it)
@@ -50,18 +51,24 @@ class Importances:
                 f"contrasts with the rest is a single trial until there are {FLAGGED_BELOW}, so read it as noise")
 
 
-def param_importances(journal: Path, study_name: str) -> Importances:
+def param_importances(journal: str | os.PathLike | Location, study_name: str) -> Importances:
     """Optuna's importances over the study's completed trials (pruned ones stopped early)."""
+    journal = location(journal)
     # JournalFileBackend creates a missing file: look first, so that the report never writes one.
     if not journal.is_file():
         return Importances({}, f"no {journal.name} for this study yet")
-    try:
-        storage = JournalStorage(JournalFileBackend(str(journal)))
-        study = optuna.load_study(study_name=study_name, storage=storage)
-    except KeyError:
-        return Importances({}, f"{journal.name} holds no study named '{study_name}'")
-    except ValueError as exc:  # a corrupt journal costs the figure, not the whole report
-        return Importances({}, f"{journal.name} is unreadable ({first_line(exc)})")
+    with journal.local_copy() as local:  # a bucket's copy is downloaded: optuna opens local files (and lazily)
+        try:
+            storage = JournalStorage(JournalFileBackend(str(local)))
+            study = optuna.load_study(study_name=study_name, storage=storage)
+        except KeyError:
+            return Importances({}, f"{journal.name} holds no study named '{study_name}'")
+        except ValueError as exc:  # a corrupt journal costs the figure, not the whole report
+            return Importances({}, f"{journal.name} is unreadable ({first_line(exc)})")
+        return _importances(study)
+
+
+def _importances(study: optuna.Study) -> Importances:
     completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     n = len(completed)
     if n < WITHHELD_BELOW:

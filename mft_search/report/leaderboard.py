@@ -43,7 +43,7 @@ def render(experiment: Experiment, reports: list[StudyReport]) -> str:
     """The whole leaderboard as Markdown."""
     evaluated = sum(r.study.summary is not None for r in reports)
     trials = sum(len(r.study.trials) for r in reports)
-    lines = [f"# MFT leaderboard: {experiment.path.resolve().name}", "",
+    lines = [f"# MFT leaderboard: {experiment.path.name}", "",
              f"{len(reports)} studies ({evaluated} evaluated, {len(reports) - evaluated} pending), "
              f"{trials} trials. Rebuilt from the files on disk by `python -m mft_search.report`.", ""]
     for report in reports:

@@ -10,7 +10,6 @@ from typing import Any
 
 import torch
 
-from mft_search.core import files
 from mft_search.core.distributed import is_sharded, unwrap, wrap_model
 from mft_search.core.lora import merge_lora
 from mft_search.core.maskfile import save_mask_file
@@ -117,19 +116,19 @@ class TrainingLoop:
 
     def _write_artifact(self, trainable: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> None:
         """A mask file (MFT) or a safetensors checkpoint (FFT, LoRA merged) for this evaluation point."""
-        out = report_artifact(Path(self.job.artifact_dir), self.progress["report"])
+        out = report_artifact(self.job.artifact_dir, self.progress["report"])
         model = unwrap(self.model)
         if self.job.kind == "lora":  # a plain checkpoint: the adapters merged into a copy, training goes on
             model = merge_lora(copy.deepcopy(model))
             trainable = {n: t.detach() for n, t in model.named_parameters()}
         if self.job.kind in WEIGHT_TRAINING:  # in the backbone's dtype, as the user would ship it; masters stay in the state
             weights = {n: t.to(self.compute_dtype) if t.is_floating_point() else t for n, t in trainable.items()}
-            model.save_pretrained(out, state_dict=weights, safe_serialization=True)
-            self.tokenizer.save_pretrained(out)
-            files.ordinary_permissions(out)
+            with out.atomic_directory() as staging:  # whole files only, on a bucket as on a disk
+                model.save_pretrained(staging, state_dict=weights, safe_serialization=True)
+                self.tokenizer.save_pretrained(staging)
             return
         spec = self.job.mask
-        save_mask_file(mask_artifact(Path(self.job.artifact_dir), self.progress["report"]), masks, fingerprint=self.fingerprint,
+        save_mask_file(mask_artifact(self.job.artifact_dir, self.progress["report"]), masks, fingerprint=self.fingerprint,
                        model_type=model.config.model_type, dtype=model.get_input_embeddings().weight.dtype,
                        mode=spec.mode, ratio=spec.ratio, threshold=spec.threshold,
                        extra={"trial": self.job.name, "step": self.progress["step"]})

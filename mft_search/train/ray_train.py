@@ -1,6 +1,6 @@
 """The Ray Train layer: run a TrialJob on a group of workers. Knows nothing of Tune.
 
-    trainer = build_trainer(job, Resources(workers_per_trial=2), storage_path="/mnt/shared/runs")
+    trainer = build_trainer(job, Resources(workers_per_trial=2), storage=location("s3://bucket/runs"))
     result = trainer.fit()
 
 `fit_job` runs a job outside Tune (the evaluations and the continued-FFT control): a one-worker
@@ -27,6 +27,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from mft_search.core.distributed import release_memory
+from mft_search.core.files import Location, location
 from mft_search.train import faults
 from mft_search.train.job import run_job
 from mft_search.train.session import DirectorySession
@@ -73,7 +74,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     run_job(TrialJob.model_validate(config["job"]), faults.inject(RaySession.of_train_worker(), config.get("fault")))
 
 
-def build_trainer(job: TrialJob, resources: Resources, *, storage_path: str, callbacks: list | None = None,
+def ray_storage(where: Location) -> dict[str, Any]:
+    """Ray's storage_path and storage_filesystem for a Location: a bucket's filesystem is passed on
+    (the one the project writes with, so one set of credentials); a local path is Ray's default."""
+    return {"storage_path": where.path, "storage_filesystem": None if where.is_local else where.fs}
+
+
+def build_trainer(job: TrialJob, resources: Resources, *, storage: Location, callbacks: list | None = None,
                   max_failures: int = 1, fault: dict[str, Any] | None = None) -> TorchTrainer:
     """A TorchTrainer for `job`: gloo on CPU, NCCL on GPU; keeps only the latest checkpoint."""
     per_worker = {"CPU": resources.cpus_per_worker}
@@ -87,7 +94,7 @@ def build_trainer(job: TrialJob, resources: Resources, *, storage_path: str, cal
                                      resources_per_worker=per_worker),
         run_config=RunConfig(
             name=job.name,
-            storage_path=storage_path,
+            **ray_storage(storage),
             callbacks=callbacks or [],
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=1),
@@ -104,7 +111,7 @@ class JobResult:
     checkpoint: ray.train.Checkpoint | None
 
 
-def fit_job(job: TrialJob, resources: Resources, *, storage_path: str, max_failures: int = 1,
+def fit_job(job: TrialJob, resources: Resources, *, storage: Location, max_failures: int = 1,
             fault: dict[str, Any] | None = None) -> JobResult:
     """Run `job` to its end, retried up to `max_failures` times; raises the job's own error.
 
@@ -113,18 +120,18 @@ def fit_job(job: TrialJob, resources: Resources, *, storage_path: str, max_failu
     Several workers need the group (process group, sharding): a TorchTrainer.
     """
     if resources.workers_per_trial > 1:
-        result = build_trainer(job, resources, storage_path=storage_path, max_failures=max_failures, fault=fault).fit()
+        result = build_trainer(job, resources, storage=storage, max_failures=max_failures, fault=fault).fit()
         if result.error:
             raise result.error
         return JobResult(result.metrics, result.metrics_dataframe, result.checkpoint)
-    directory = Path(storage_path) / job.name  # where a Train run of this job would keep its own
+    directory = storage / job.name  # where a Train run of this job would keep its own
     task = _one_worker_job.options(num_cpus=resources.cpus_per_worker, num_gpus=resources.gpus_per_worker,
                                    max_retries=max_failures, retry_exceptions=True)
     try:
         reports = ray.get(task.remote(job.model_dump(mode="json"), str(directory), resources.use_gpu, fault))
     except ray.exceptions.RayTaskError as error:
         raise error.as_instanceof_cause() from None
-    latest = DirectorySession(directory).latest_checkpoint()
+    latest = DirectorySession(directory).latest_checkpoint()  # downloaded when the run is in a bucket
     checkpoint = ray.train.Checkpoint.from_directory(str(latest)) if latest else None
     return JobResult(reports[-1] if reports else {}, pd.DataFrame(reports), checkpoint)
 
@@ -134,7 +141,7 @@ def _one_worker_job(job: dict[str, Any], directory: str, use_gpu: bool,
                     fault: dict[str, Any] | None) -> list[dict[str, float]]:
     """A one-worker job in this Ray worker process; its reports, resumed ones included."""
     device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")  # Ray sets the visible GPU
-    session = DirectorySession(Path(directory), device)
+    session = DirectorySession(location(directory), device)
     try:
         run_job(TrialJob.model_validate(job), faults.inject(session, fault))
     finally:

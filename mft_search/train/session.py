@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Protocol
 
 import torch
+
+from mft_search.core.files import Location, location
 
 
 class Session(Protocol):
@@ -52,22 +55,26 @@ class LocalSession:
 
 class DirectorySession(LocalSession):
     """A single-process session whose reports and latest checkpoint live in `directory` (the run's
-    storage): a one-worker job run as a plain Ray task, which a retry or a later driver resumes.
+    storage, a core.files.Location: a local or shared directory, or a bucket prefix): a one-worker
+    job run as a plain Ray task, which a retry or a later driver (on any machine) resumes.
 
-    A checkpoint is written under a staging name and renamed on report, so a process killed
-    mid-write never leaves a half checkpoint to resume from; older ones are removed (one kept,
-    as the Ray Train path keeps). The report's line is written before that rename: a job resumes
+    Every write is a whole file (the storage's atomic write; an object store cannot append or
+    rename): reports.jsonl is rewritten with each report, a checkpoint is staged on local disk and
+    stored under checkpoint_NNNNNN/, and only then does `latest` name it, so a process killed
+    mid-upload never leaves a half checkpoint to resume from; older ones are removed (one kept,
+    as the Ray Train path keeps). The report is written before the checkpoint: a job resumes
     after its latest checkpoint's report, so a checkpoint ahead of the reports on record would
     lose a point, where a report ahead of its checkpoint only has the resumed job report it again
     (the last of each number is kept).
     """
 
     REPORTS = "reports.jsonl"
+    LATEST = "latest"  # the name of the newest whole checkpoint
 
-    def __init__(self, directory: Path, device: torch.device | None = None) -> None:
-        super().__init__(directory, device)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._end_torn_line()
+    def __init__(self, directory: str | Location, device: torch.device | None = None) -> None:
+        self.rank, self.world_size = 0, 1
+        self.device = device or torch.device("cpu")
+        self.directory = location(directory)
         self.reports = self.history()
 
     def history(self) -> list[dict[str, float]]:
@@ -76,50 +83,36 @@ class DirectorySession(LocalSession):
         lines = path.read_text().splitlines() if path.exists() else []
         by_number: dict = {}
         for i, line in enumerate(lines):
-            if line.strip():  # a line torn by a kill mid-write would not parse: skip it
-                try:
-                    report = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
+            if line.strip():
+                report = json.loads(line)
                 by_number[report.get("report", f"#{i}")] = report
         return list(by_number.values())
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
-        with (self.directory / self.REPORTS).open("a") as out:
-            out.write(json.dumps(metrics) + "\n")
         number = metrics.get("report")
         self.reports = [r for r in self.reports if number is None or r.get("report") != number] + [dict(metrics)]
+        (self.directory / self.REPORTS).write_text("".join(json.dumps(r) + "\n" for r in self.reports))
         if checkpoint_dir is not None:
-            final = checkpoint_dir.with_name(checkpoint_dir.name.removeprefix(_STAGING))
-            checkpoint_dir.rename(final)
-            for old in self._checkpoints():
-                if old != final:
-                    shutil.rmtree(old, ignore_errors=True)
+            previous = self._latest_name()
+            name = f"checkpoint_{int(previous.split('_')[-1]) + 1 if previous else 1:06d}"
+            with (self.directory / name).atomic_directory() as staging:
+                shutil.copytree(checkpoint_dir, staging, dirs_exist_ok=True)
+            (self.directory / self.LATEST).write_text(name)
+            shutil.rmtree(checkpoint_dir.parent, ignore_errors=True)
+            for old in self.directory.glob("checkpoint_*"):
+                if old.name != name:
+                    old.rmtree()
 
     def latest_checkpoint(self) -> Path | None:
-        found = self._checkpoints()
-        return found[-1] if found else None
+        """The newest whole checkpoint, on local disk (downloaded when the run is in a bucket)."""
+        name = self._latest_name()
+        if name is None:
+            return None
+        return (self.directory / name).download(Path(tempfile.mkdtemp(prefix="mft_resume_")) / name)
 
     def new_checkpoint_dir(self) -> Path:
-        for torn in self.directory.glob(f"{_STAGING}checkpoint_*"):  # a killed attempt's
-            shutil.rmtree(torn, ignore_errors=True)
-        found = self._checkpoints()
-        number = int(found[-1].name.split("_")[-1]) + 1 if found else 1
-        return self.directory / f"{_STAGING}checkpoint_{number:06d}"
+        return Path(tempfile.mkdtemp(prefix="mft_ckpt_")) / "checkpoint"  # staged on local disk
 
-    def _checkpoints(self) -> list[Path]:
-        return sorted(self.directory.glob("checkpoint_*"))
-
-    def _end_torn_line(self) -> None:
-        """End a line a kill cut short, so the next report starts a line of its own (history()
-        skips the torn one; appended to it, the next report would be unreadable too)."""
-        path = self.directory / self.REPORTS
-        if not path.exists() or path.stat().st_size == 0:
-            return
-        with path.open("rb+") as out:
-            out.seek(-1, 2)
-            if out.read(1) != b"\n":
-                out.write(b"\n")
-
-
-_STAGING = ".staging-"
+    def _latest_name(self) -> str | None:
+        path = self.directory / self.LATEST
+        return path.read_text().strip() if path.exists() else None

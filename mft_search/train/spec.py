@@ -8,7 +8,6 @@ each evaluation point inside its artifact directory.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,6 +16,7 @@ from mft_search.core.backbone import BackboneSpec
 from mft_search.core.data import DataSpec
 from mft_search.core.distributed import Strategy
 from mft_search.core.evaluation.spec import EvalSpec
+from mft_search.core.files import Location, location
 from mft_search.core.masking import MaskSpec
 from mft_search.train.step import TrainSettings
 
@@ -96,11 +96,11 @@ class TrialJob(BaseModel):
 ITEMS_FILE = "items.json"  # in an evaluate job's checkpoint: {variant: ItemScores as a dict}
 
 
-def report_artifact(artifact_dir: Path, report: int) -> Path:
+def report_artifact(artifact_dir: str | Location, report: int) -> Location:
     """Where a job writes its FFT checkpoint of evaluation point `report` (a directory)."""
-    return artifact_dir / f"report_{report:03d}"
+    return location(artifact_dir) / f"report_{report:03d}"
 
 
-def mask_artifact(artifact_dir: Path, report: int) -> Path:
+def mask_artifact(artifact_dir: str | Location, report: int) -> Location:
     """Where a job writes its mask file of evaluation point `report`."""
-    return report_artifact(artifact_dir, report).with_suffix(".mask.safetensors")
+    return location(artifact_dir) / f"report_{report:03d}.mask.safetensors"

@@ -66,8 +66,8 @@ class Budget:
 
     def record_stop(self, reason: str) -> None:
         """Write what stopped the search, once (the first reason stays)."""
-        if self.note_path is not None and not Path(self.note_path).exists():
-            files.write_text(Path(self.note_path), json.dumps({"reason": reason, "elapsed_s": round(self.elapsed(), 1),
+        if self.note_path is not None and not files.location(self.note_path).exists():
+            files.write_text(self.note_path, json.dumps({"reason": reason, "elapsed_s": round(self.elapsed(), 1),
                                                               "gpu_hours": round(self.gpu_hours(), 6)}))
 
     def __getstate__(self) -> dict[str, Any]:
@@ -78,7 +78,7 @@ class Budget:
         return state
 
 
-def budget_stop(study_dir: Path) -> dict[str, Any] | None:
+def budget_stop(study_dir) -> dict[str, Any] | None:
     """What stopped a study's probe search early, or None when no budget did."""
-    path = Path(study_dir) / layout.BUDGET_STOP
+    path = files.location(study_dir) / layout.BUDGET_STOP
     return json.loads(path.read_text()) if path.exists() else None

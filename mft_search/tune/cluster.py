@@ -1,16 +1,16 @@
 """Checks of the cluster a sweep joined, before any trial: can a trial be placed, does every
 node see the experiment's storage, and can Ray Train clean up after a trial that dies.
 
-This module imports only Ray: its storage check is a task on every node, and a task's worker
-imports the module that defines it (before, that was torch, transformers and the config schema,
-some 4,700 modules and ~10 s of CPU per node, to read one file).
+This module imports only Ray (and, inside the check's task, core.files over pyarrow, which Ray
+loads anyway): its storage check is a task on every node, and a task's worker imports the module
+that defines it (before, that was torch, transformers and the config schema, some 4,700 modules
+and ~10 s of CPU per node, to read one file).
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import ray
@@ -21,12 +21,13 @@ from mft_search.tune.placement import DRIVER_CPU, HEAD_RESOURCE
 
 if TYPE_CHECKING:
     from mft_search.config.schema import SweepConfig
+    from mft_search.core.files import Location
 
 ANSWER_TIMEOUT_S = 120  # a node's check task waits for a worker process to start there
 STATE_API_TIMEOUT_S = 10
 
 
-def check_cluster(cfg: SweepConfig, cluster: dict, exp_dir: Path) -> None:
+def check_cluster(cfg: SweepConfig, cluster: dict, exp_dir: Location) -> None:
     """ConfigError when a trial can never be placed, or a node cannot see the storage."""
     r, nodes = cfg.resources, cluster["nodes"]
     need = {"CPU": r.cpus_per_worker, "GPU": r.gpus_per_worker}
@@ -76,14 +77,15 @@ def state_api_reachable() -> bool:
             time.sleep(0.5)
 
 
-def check_shared_storage(exp_dir: Path, nodes: list[dict]) -> None:
+def check_shared_storage(exp_dir: Location, nodes: list[dict]) -> None:
     """ConfigError naming the nodes that cannot read a marker the driver writes into `exp_dir`.
 
     Checked for real, by a task pinned to every alive node: a filesystem type says nothing about
     whether the nodes mount the same thing (a local FUSE mount is not shared, one path on one
-    host shared by several nodes is). Anything the check creates is removed again.
+    host shared by several nodes is), and a bucket needs its credentials on every node. Anything
+    the check creates is removed again.
     """
-    created = _missing_ancestors(exp_dir)
+    created = _missing_ancestors(exp_dir) if exp_dir.is_local else []
     exp_dir.mkdir(parents=True, exist_ok=True)
     marker, token = exp_dir / f".mft_storage_check_{uuid.uuid4().hex}", uuid.uuid4().hex
     marker.write_text(token)
@@ -95,23 +97,26 @@ def check_shared_storage(exp_dir: Path, nodes: list[dict]) -> None:
     finally:
         marker.unlink(missing_ok=True)
         for path in reversed(created):
-            path.rmdir()
+            path.fs.delete_dir(path.path)
     blind = [f"{n.get('NodeManagerAddress', '?')} ({answer if answer != token else 'ok'})"
              for n, answer in zip(nodes, seen) if answer != token]
     if blind:
-        raise ConfigError(f"storage: {exp_dir} is not the same directory on every node: {', '.join(blind)} cannot read "
-                          "what the driver wrote there; use a directory every node mounts (NFS, a shared volume)")
+        raise ConfigError(f"storage: {exp_dir} is not the same storage on every node: {', '.join(blind)} cannot read "
+                          "what the driver wrote there; use a bucket (storage: s3://BUCKET/PREFIX or gs://BUCKET/PREFIX, "
+                          "its credentials on every node) or a directory every node mounts (NFS, a shared volume)")
 
 
 @ray.remote(num_cpus=0, max_retries=0)
 def _read_marker(path: str) -> str:
+    from mft_search.core.files import location  # here: the task's worker imports it, the driver's module need not
+
     try:
-        return Path(path).read_text()
+        return location(path).read_text()
     except OSError as exc:
-        return exc.strerror or type(exc).__name__
+        return exc.strerror or str(exc).splitlines()[0][:120] or type(exc).__name__
 
 
-def _missing_ancestors(path: Path) -> list[Path]:
+def _missing_ancestors(path: Location) -> list[Location]:
     """`path` and its parents that do not exist yet, outermost first."""
     missing = []
     while not path.exists():

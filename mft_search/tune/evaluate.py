@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,7 +164,7 @@ def _for_seed(study: Study, train: TrainSettings, name: str, seed: int | None) -
 def fft_record(job, history: pd.DataFrame) -> FftRecord:
     """An FFT job's evaluation points (with a finite metric) and its best, from its reports."""
     points = [FftPoint(int(r["report"]), float(r["epoch"]), float(r["metric"]),
-                       str(report_artifact(Path(job.artifact_dir), int(r["report"]))))
+                       str(report_artifact(job.artifact_dir, int(r["report"]))))
               for _, r in history.sort_values("report").iterrows() if math.isfinite(float(r["metric"]))]
     if not points:
         raise FloatingPointError(f"{job.name}: no evaluation point reported a finite metric; lower the FFT's lr "
@@ -175,10 +174,10 @@ def fft_record(job, history: pd.DataFrame) -> FftRecord:
 
 def fit(study: Study, job) -> JobResult:
     """One job outside Tune (evaluations, continued FFT), retried as trials are; raises its error."""
-    return fit_job(job, study.resources, storage_path=study.run_dir(), max_failures=study.cfg.retries)
+    return fit_job(job, study.resources, storage=study.run_dir(), max_failures=study.cfg.retries)
 
 
-def export_best(study: Study, winner: Candidate) -> Path:
+def export_best(study: Study, winner: Candidate) -> files.Location:
     """best/<backbone>/<domain>/: the mask file, its metadata and the exact config behind it."""
     out = layout.best_dir(study.exp_dir, study.backbone.label, study.domain.name)
     mask, train = params_to_trial(winner.params, study.cfg)
@@ -188,7 +187,7 @@ def export_best(study: Study, winner: Candidate) -> Path:
     # Storage that fills mid-export leaves no best/ with half its files; a resumed sweep
     # re-exports the same selection over the earlier copy.
     with files.atomic_directory(out) as staging:
-        shutil.copyfile(winner.mask_path, staging / layout.BEST_MASK)
+        (staging / layout.BEST_MASK).write_bytes(files.location(winner.mask_path).read_bytes())
         meta = load_mask_file(staging / layout.BEST_MASK).meta
         (staging / layout.BEST_META).write_text(json.dumps(meta, indent=2))
         (staging / layout.BEST_CONFIG).write_text(yaml.safe_dump(selected, sort_keys=False))
@@ -196,7 +195,7 @@ def export_best(study: Study, winner: Candidate) -> Path:
 
 
 def write_summary(study: Study, rows: list[dict[str, Any]], verdict: str, *, curve: FftCurve | None = None,
-                  lora: FftCurve | None = None, budget: str | None = None, guards: Sequence[dict] = ()) -> Path:
+                  lora: FftCurve | None = None, budget: str | None = None, guards: Sequence[dict] = ()) -> files.Location:
     """`curve`, `lora`: the FFT's and the LoRA baseline's points; `budget`: what stopped the probe
     search early, if anything (a caveat, since fewer trials ran); `guards`: each guard's check of
     the best mask (tune.guards.GuardCheck.as_json)."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 
 import pandas as pd
 
@@ -43,7 +42,7 @@ def mft_replicates(study: Study, winner: Candidate, log=print) -> list[EvalVaria
                        seed - study.cfg.seed)
         report = best_report(job, fit(study, job).history)
         variants.append(EvalVariant(name=replicate_name("best_mft", seed), mask="learned",
-                                    mask_file=str(mask_artifact(Path(job.artifact_dir), report))))
+                                    mask_file=str(mask_artifact(job.artifact_dir, report))))
     return variants
 
 

@@ -5,6 +5,8 @@ A Tune-native searcher (ray.tune.search.*) would be built in `make_searcher` ins
 
 from __future__ import annotations
 
+import os
+
 import optuna
 from optuna.trial import TrialState
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -19,7 +21,7 @@ from mft_search.tune.budget import Budget
 from mft_search.tune.guards import guard_limits
 from mft_search.tune.rungs import max_reports
 from mft_search.tune.sampling import define_by_run, make_sampler
-from mft_search.tune.study import Study, journal_storage
+from mft_search.tune.study import Study, journal_path, journal_storage, publish_journal
 
 
 class PrunedAwareOptunaSearch(OptunaSearch):
@@ -83,6 +85,28 @@ class PrunedAwareOptunaSearch(OptunaSearch):
             budget.note(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        try:
+            self._tell(trial_id, result, error)
+        finally:
+            self._publish()
+
+    def save(self, checkpoint_path: str) -> None:
+        """Tune saves the searcher (its trials by journal id): the published journal goes first,
+        so a restored searcher never names a trial the journal lacks."""
+        self._publish()
+        super().save(checkpoint_path)
+
+    def _publish(self) -> None:
+        journal = self.__dict__.get("_journal")  # (working copy, published copy), see tune.study
+        if journal is None or not os.path.exists(journal[0]):
+            return
+        stat = os.stat(journal[0])
+        version = (stat.st_size, stat.st_mtime_ns)  # Tune saves every ~10 s: upload only what changed
+        if version != self.__dict__.get("_published"):
+            publish_journal(*journal)
+            self._published = version
+
+    def _tell(self, trial_id: str, result: dict | None, error: bool) -> None:
         self._note_time(trial_id, result)
         status = trial_status(result, error)
         if status != "failed" and trial_id not in self._completed_trials:
@@ -112,6 +136,7 @@ def make_searcher(study: Study, *, enqueue: bool = True) -> PrunedAwareOptunaSea
         points_to_evaluate=(enqueue_points(search.space, search.enqueue) if enqueue else None) or None,
         sampler=make_sampler(search.algorithm, search.seed, search.space),
         study_name=study.name, storage=storage)
+    searcher._journal = (str(journal_path(study)), str(study.dir / layout.JOURNAL))
     budget = make_budget(study)
     if budget.active:
         searcher._budget = budget  # in __dict__: saved with the searcher, so a restored stage keeps its spending
@@ -124,7 +149,7 @@ def make_budget(study: Study) -> Budget:
     """The probe's budgets; GPU-hours count every GPU of a trial's workers."""
     search, res = study.cfg.search, study.resources
     return Budget(search.time_budget_s, search.max_gpu_hours, res.workers_per_trial * res.gpus_per_worker,
-                  note_path=study.dir / layout.BUDGET_STOP)
+                  note_path=str(study.dir / layout.BUDGET_STOP))
 
 
 def _fail_abandoned(storage: optuna.storages.BaseStorage, name: str) -> None:

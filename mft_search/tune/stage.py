@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,6 +20,7 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from mft_search.core.distributed import release_memory
+from mft_search.core.files import Location
 from mft_search.experiment import layout
 from mft_search.experiment.results import (
     REPORT_FIELDS,
@@ -32,13 +32,17 @@ from mft_search.experiment.results import (
 )
 from mft_search.train import faults
 from mft_search.train.job import run_job
-from mft_search.train.ray_train import RaySession, build_trainer
+from mft_search.train.ray_train import RaySession, build_trainer, ray_storage
 from mft_search.train.spec import Resources
 from mft_search.tune.budget import budget_stop
 from mft_search.tune.placement import DRIVER_CPU, HEAD_RESOURCE, HEAD_SLIVER
 from mft_search.tune.recorder import Recorder, trial_params
 from mft_search.tune.searcher import make_scheduler, make_searcher
-from mft_search.tune.study import Stage, Study
+from mft_search.tune.study import Stage, Study, restore_journal
+
+# On a bucket, Tune uploads its saved state at most this often (Ray's default: 300 s); a driver lost
+# in between leaves older state, which --resume completes from results.parquet (see run_stage).
+STATE_UPLOAD_S = 30
 
 REUSE_WAIT_S = 120
 
@@ -74,7 +78,7 @@ def _trial_driver(config: dict[str, Any], study: Study, stage: Stage, planned_fa
             _release(session.device)
         return
     forward = _CountingReportCallback()
-    result = build_trainer(job, study.resources, storage_path=study.run_dir(), callbacks=[forward],
+    result = build_trainer(job, study.resources, storage=study.run_dir(), callbacks=[forward],
                            max_failures=1, fault=fault).fit()
     if forward.reports == 0 and result.metrics:
         # A driver restarted after its Train run had finished: the run is restored complete and
@@ -124,7 +128,7 @@ def _trial_resources(resources: Resources) -> dict[str, float]:
     return {"CPU": resources.cpus_per_worker, **({"GPU": resources.gpus_per_worker} if resources.use_gpu else {})}
 
 
-def run_stage(study: Study, stage: Stage, results_path: Path, *, resume: bool, points: list[dict] | None = None,
+def run_stage(study: Study, stage: Stage, results_path: Location, *, resume: bool, points: list[dict] | None = None,
               log=print, callbacks: list[tune.Callback] = ()) -> tune.ResultGrid | None:
     """Run (or resume) the probe search or the refine re-runs of one study; every finished trial
     is written to `results_path` as it ends. None when the records show nothing is left to run."""
@@ -132,15 +136,16 @@ def run_stage(study: Study, stage: Stage, results_path: Path, *, resume: bool, p
     driver = tune.with_parameters(_trial_driver, study=study, stage=stage, planned_faults=faults.from_environment())
     trainable = tune.with_resources(driver, _trial_resources(study.resources))
     name = layout.run_name(study.slug, stage)
-    path = Path(study.run_dir()) / name
+    path, storage = study.run_dir() / name, ray_storage(study.run_dir())
     study.prepare_data(stage)
-    if resume and tune.Tuner.can_restore(str(path)):
+    if stage == "probe":
+        restore_journal(study)  # before a restored searcher opens it
+    if resume and tune.Tuner.can_restore(path.path, storage_filesystem=storage["storage_filesystem"]):
         try:
-            tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=False,
-                                       restart_errored=False)
+            tuner = tune.Tuner.restore(path.path, trainable=trainable, resume_unfinished=True, resume_errored=False,
+                                       restart_errored=False, storage_filesystem=storage["storage_filesystem"])
         except Exception as exc:  # noqa: BLE001 - a torn tuner.pkl (EOFError), a state of another Ray, ...
-            aside = path.with_name(f"{path.name}.unreadable-{int(time.time())}")
-            path.rename(aside)  # kept for a post-mortem, out of Tune's way
+            aside = path.rename(path.with_name(f"{path.name}.unreadable-{int(time.time())}"))  # for a post-mortem
             log(f"[{study.name} {stage}] Tune's state could not be restored ({type(exc).__name__}: {exc}); set aside "
                 f"as {aside.name}: the stage goes on from this experiment's own records")
         else:
@@ -149,7 +154,7 @@ def run_stage(study: Study, stage: Stage, results_path: Path, *, resume: bool, p
     # A fresh Tuner, or one after Tune's state was lost: what results.parquet records as ended is
     # never run again; trials it records as running are marked interrupted, as after a restore.
     ended = _ended_trials(results_path, study, stage) if resume else {}
-    run_config = tune.RunConfig(name=name, storage_path=study.run_dir(),
+    run_config = tune.RunConfig(name=name, **storage, sync_config=tune.SyncConfig(sync_period=STATE_UPLOAD_S),
                                 callbacks=[Recorder(results_path, study, stage, log),
                                            *_tracking_callbacks(study, stage), *callbacks],
                                 failure_config=tune.FailureConfig(max_failures=study.cfg.retries), verbose=1)
@@ -173,7 +178,7 @@ def run_stage(study: Study, stage: Stage, results_path: Path, *, resume: bool, p
                       run_config=run_config).fit()
 
 
-def _ended_trials(results_path: Path, study: Study, stage: Stage) -> dict[str, dict[str, Any]]:
+def _ended_trials(results_path: Location, study: Study, stage: Stage) -> dict[str, dict[str, Any]]:
     """{trial_id: params} of the stage's trials results.parquet records as ended (any status but
     running/interrupted); the running ones are marked interrupted on the way."""
     table = ResultsTable(results_path)

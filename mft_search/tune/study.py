@@ -1,7 +1,15 @@
-"""A study: one (backbone, domain) pair of a sweep, the jobs its trials run, and its Optuna storage."""
+"""A study: one (backbone, domain) pair of a sweep, the jobs its trials run, and its Optuna storage.
+
+The Optuna study is a JournalStorage file on the driver's local disk (it appends under a file lock,
+which an object store cannot do), published whole into the study's directory (a bucket or a
+shared directory) after every trial and before Tune saves its searcher, and restored from there
+when a stage starts: a driver lost with its disk loses at most the trials running then, which
+--resume marks failed, and optuna-dashboard opens the published copy."""
 
 from __future__ import annotations
 
+import hashlib
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -11,6 +19,7 @@ import optuna
 from mft_search.config.schema import DomainSpec, SweepConfig
 from mft_search.core.backbone import BackboneSpec
 from mft_search.core.data import DataSpec
+from mft_search.core.files import Location, location
 from mft_search.core.masking import MaskSpec
 from mft_search.experiment import layout
 from mft_search.experiment.fft_record import FftRecord
@@ -30,7 +39,7 @@ class Study:
     cfg: SweepConfig
     backbone: BackboneSpec
     domain: DomainSpec
-    exp_dir: Path
+    exp_dir: Location
     storage: Storage | None = None  # checked by the Recorder before it writes results
     pretrained: BackboneSpec | None = None  # what the fft stage fine-tuned `backbone` from
     fft: FftRecord | None = None  # that stage's points, when it ran
@@ -44,8 +53,18 @@ class Study:
         return layout.study_slug(self.backbone.label, self.domain.name)
 
     @property
-    def dir(self) -> Path:
+    def dir(self) -> Location:
         return layout.study_dir(self.exp_dir, self.slug)
+
+    @property
+    def cache_dir(self) -> Path:
+        """Tokenised data (and converted GGUF backbones): in the experiment directory when it is a
+        local or shared one, every trial reading the driver's; on the node's own disk when the
+        experiment is in a bucket (a trial tokenises what its node lacks: the cache is keyed by
+        content, so copies agree)."""
+        if self.exp_dir.is_local:
+            return Path(self.exp_dir.path) / layout.CACHE
+        return Path.home() / ".cache" / "mft_search" / "tokenized"
 
     @property
     def resources(self) -> Resources:
@@ -59,7 +78,7 @@ class Study:
     def job(self, kind: str, name: str, **fields: Any) -> TrialJob:
         """A TrialJob of this study with the sweep's shared settings filled in."""
         defaults = dict(backbone=self.backbone, evaluation=self.domain.validation, train=self.cfg.train,
-                        strategy=self.cfg.resources.strategy, cache_dir=str(self.exp_dir / layout.CACHE),
+                        strategy=self.cfg.resources.strategy, cache_dir=str(self.cache_dir),
                         artifact_dir=str(self.dir / layout.ARTIFACTS / name))
         return TrialJob(name=name, kind=kind, **{**defaults, **fields})
 
@@ -87,16 +106,39 @@ class Study:
         from mft_search.core.data.cache import ensure_tokenized, parts
 
         # A GGUF backbone is converted here too, once, into the cache its trials read.
-        spec, tokenizer = self.train_data(stage), load_tokenizer(self.backbone, self.exp_dir / layout.CACHE)
+        spec, tokenizer = self.train_data(stage), load_tokenizer(self.backbone, self.cache_dir)
         for part in parts(spec):
-            ensure_tokenized(spec, tokenizer, self.exp_dir / layout.CACHE, part)
+            ensure_tokenized(spec, tokenizer, self.cache_dir, part)
 
-    def run_dir(self) -> str:
-        return str(self.exp_dir / layout.RAY)
+    def run_dir(self) -> Location:
+        """Where Ray Tune and Train keep their state: storage_path (its .path) on storage_filesystem (its .fs)."""
+        return self.exp_dir / layout.RAY
 
 
 def journal_storage(study: Study) -> optuna.storages.JournalStorage:
     from optuna.storages.journal import JournalFileBackend
 
-    study.dir.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.JournalStorage(JournalFileBackend(str(study.dir / layout.JOURNAL)))
+    return optuna.storages.JournalStorage(JournalFileBackend(str(journal_path(study))))
+
+
+def journal_path(study: Study) -> Path:
+    """The driver's working copy of the study's journal: the same path on any machine for the same
+    experiment, since a restored Tune searcher holds the path it was pickled with."""
+    key = hashlib.sha256(str(study.exp_dir).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"mft_search-journals-{key}" / study.slug / layout.JOURNAL
+
+
+def restore_journal(study: Study) -> None:
+    """The published journal (the study's record) as the working copy, before a stage starts."""
+    local, published = journal_path(study), study.dir / layout.JOURNAL
+    local.parent.mkdir(parents=True, exist_ok=True)
+    if published.exists():
+        local.write_bytes(published.read_bytes())
+    else:
+        local.unlink(missing_ok=True)  # a stale copy of an earlier experiment at the same URI
+
+
+def publish_journal(local: str, published: str) -> None:
+    """Upload the working copy whole (the storage's atomic write), after a trial and before Tune saves."""
+    if Path(local).exists():
+        location(published).write_bytes(Path(local).read_bytes())

@@ -7,11 +7,10 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from mft_search.config.schema import SweepConfig
-from mft_search.core import files
+from mft_search.core.files import Location
 from mft_search.experiment import layout
 from mft_search.experiment.config_record import save_config
 from mft_search.experiment.fft_record import load_fft_record
@@ -32,7 +31,7 @@ from mft_search.tune.study import Study
 class SweepState:
     """Which (study, step) pairs are done; written atomically after each."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Location) -> None:
         self.path = path
         self.done: dict[str, bool] = json.loads(path.read_text()) if path.exists() else {}
 
@@ -41,10 +40,10 @@ class SweepState:
 
     def mark(self, study: Study, step: str) -> None:
         self.done[f"{study.name}:{step}"] = True
-        files.write_text(self.path, json.dumps(self.done, indent=2))
+        self.path.write_text(json.dumps(self.done, indent=2))
 
 
-def run_sweep(cfg: SweepConfig, exp_dir: Path, *, resume: bool, finish: Callable[[Path], Any], log=print) -> str:
+def run_sweep(cfg: SweepConfig, exp_dir: Location, *, resume: bool, finish: Callable[[Location], Any], log=print) -> str:
     """Every study of the sweep, then `finish(exp_dir)` (the entry point's report); returns the
     leaderboard text. The report is passed in because it sits above the tune layer."""
     exp_dir.mkdir(parents=True, exist_ok=True)
@@ -68,10 +67,10 @@ def run_sweep(cfg: SweepConfig, exp_dir: Path, *, resume: bool, finish: Callable
 
 
 def _relative_best_mask(study: Study) -> str:
-    return str(layout.best_dir(Path(), study.backbone.label, study.domain.name) / layout.BEST_MASK)
+    return f"{layout.BEST}/{study.backbone.label}/{study.domain.name}/{layout.BEST_MASK}"
 
 
-def _run_studies(cfg: SweepConfig, exp_dir: Path, storage: Storage, resume: bool, log) -> None:
+def _run_studies(cfg: SweepConfig, exp_dir: Location, storage: Storage, resume: bool, log) -> None:
     state = SweepState(exp_dir / layout.STATE)
     results = layout.results_path(exp_dir)
     for backbone in cfg.backbones:
@@ -105,7 +104,7 @@ def _guard_references(study: Study, state: SweepState, log) -> None:
         state.mark(study, "guards")
 
 
-def _search(study: Study, state: SweepState, results: Path, resume: bool, log) -> None:
+def _search(study: Study, state: SweepState, results: Location, resume: bool, log) -> None:
     """Probe, then refine; the Tune callbacks write results.parquet, read back here from disk."""
     if not state.finished(study, "probe"):
         study.storage.check()
@@ -140,7 +139,7 @@ def budget_message(study: Study, table: ResultsTable) -> str | None:
             "refine and selection used those")
 
 
-def _close_stage(study: Study, stage: str, results: Path, log) -> None:
+def _close_stage(study: Study, stage: str, results: Location, log) -> None:
     table = ResultsTable(results)
     lost = table.close_stage(study.name, stage)
     if lost:

@@ -26,6 +26,7 @@ from ray.tune.result import AUTO_RESULT_KEYS, DEBUG_METRICS, TRAINING_ITERATION
 
 from mft_search.config.schema import SweepConfig
 from mft_search.config.tracking import MLflowTracking, WandbTracking
+from mft_search.core.files import location
 from mft_search.experiment import layout
 from mft_search.tune.recorder import trial_params
 from mft_search.tune.study import Stage, Study
@@ -124,7 +125,9 @@ class TrialRuns(MLflowLoggerCallback):
 
 def wandb_dir(spec: WandbTracking, exp_dir: Path) -> Path:
     """An absolute folder (Ray's logging actor changes its working directory to the trial's)."""
-    path = Path(spec.dir).expanduser().resolve() if spec.dir else Path(exp_dir).resolve()
+    exp_dir = location(exp_dir)  # W&B writes its own files locally: a bucket experiment's go to the user's cache
+    local = Path(exp_dir.path) if exp_dir.is_local else Path.home() / ".cache" / "mft_search" / "wandb"
+    path = Path(spec.dir).expanduser().resolve() if spec.dir else local
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -166,7 +169,7 @@ class TrialWandb(WandbLoggerCallback):
 
 def result_files(cfg: SweepConfig, exp_dir: Path) -> list[tuple[str, Path]]:
     """(artefact folder, file) of the leaderboard and of each study's exported best mask."""
-    files = [("", Path(exp_dir) / layout.LEADERBOARD)]
+    files = [("", location(exp_dir) / layout.LEADERBOARD)]
     for backbone in cfg.backbones:
         for domain in cfg.domains:
             best = layout.best_dir(exp_dir, backbone.label, domain.name)
