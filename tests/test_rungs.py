@@ -6,6 +6,7 @@ import pytest
 from ray.tune.schedulers.async_hyperband import _Bracket  # Ray's bookkeeping only: no cluster starts
 
 from mft_search.config.schema import AshaSettings
+from mft_search.core.files import location
 from mft_search.experiment.results import best_reports, selection_metric
 from mft_search.train.evaluation import subset_indices
 from mft_search.tune.rungs import milestones, validation_subsets
@@ -59,7 +60,7 @@ def test_a_probe_trial_carries_its_rungs_subsets_and_a_refine_trial_none(tmp_pat
     raw = merged(base(), {"search": {"asha": {"grace_period": 1, "reduction_factor": 2, "validation_subset": 0.25}},
                           "train": {"epochs": 4}})
     cfg = parse_config(raw)
-    study = Study(cfg, cfg.backbones[0], cfg.domains[0], tmp_path)
+    study = Study(cfg, cfg.backbones[0], cfg.domains[0], location(tmp_path))
     point = {"layer_group": "0-1", "mode": "local", "ratio": 0.1}
     probe = study.mft_job(point, "t0", "probe")
     assert probe.validation_subsets == {1: 0.25, 2: 0.5} and probe.validation_subset_seed == cfg.seed == 3
