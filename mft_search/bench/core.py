@@ -122,24 +122,25 @@ def _measure_step(case: StepCase, repeats: int, threads: int | None = None) -> d
             model.zero_grad(set_to_none=True)
 
     step(data[:1])  # warm-up on one micro-batch: allocator, optimiser state
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         step(data)
         times.append(time.perf_counter() - start)
-    result = {"step_s": statistics.median(times), "peak_mb": _peak_rss_mb() - base_rss}
+        cpu.append(time.process_time() - start_cpu)
+    result = {"step_s": statistics.median(times), "cpu_s": statistics.median(cpu), "peak_mb": _peak_rss_mb() - base_rss}
     if case.kind == "mft":
-        result["mask_s"] = _mask_seconds(masked_modules(model).values())
+        result["mask_step_s"], result["mask_cpu_s"] = _mask_seconds(masked_modules(model).values())
     return result
 
 
-def _mask_seconds(modules) -> float:
-    """Time to recompute every module's mask once (what one optimiser step costs)."""
-    start = time.perf_counter()
+def _mask_seconds(modules) -> tuple[float, float]:
+    """Wall and CPU time to recompute every module's mask once (what one optimiser step costs)."""
+    start, start_cpu = time.perf_counter(), time.process_time()
     for m in modules:
         m._cache = None
         m.mask()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - start_cpu
 
 
 def _run_isolated(case: StepCase, repeats: int, threads: int | None = None) -> dict[str, float]:
@@ -155,34 +156,38 @@ def cases_for(model: str, accumulation: int) -> list[StepCase]:
             StepCase(f"MFT deep {deep[0]}-{deep[-1]}", "mft", accumulation, deep, model)]
 
 
-def _medians(runs: list[dict[str, dict[str, float]]], name: str) -> dict[str, float]:
+def _medians(runs: list[dict[str, dict[str, float]]], name: str, clock: str) -> dict[str, float]:
     """A case's medians over the rounds: its own figures, and its ratios to the same round's FFT
-    step and bare forward+backward (the ratios of one round are measured minutes apart)."""
+    step and bare forward+backward (the ratios of one round are measured minutes apart), on
+    `clock`: step_s (wall) or cpu_s (the process's CPU seconds)."""
     def med(f) -> float:
         return statistics.median(f(r[name], r["FFT step"], r["bare fwd+bwd"]) for r in runs)
 
-    return {"step_s": med(lambda c, f, b: c["step_s"]), "x_fft": med(lambda c, f, b: c["step_s"] / f["step_s"]),
-            "x_bare": med(lambda c, f, b: c["step_s"] / b["step_s"]), "peak_mb": med(lambda c, f, b: c["peak_mb"]),
+    return {"step_s": med(lambda c, f, b: c["step_s"]), "cpu_s": med(lambda c, f, b: c["cpu_s"]),
+            "x_fft": med(lambda c, f, b: c[clock] / f[clock]), "x_bare": med(lambda c, f, b: c[clock] / b[clock]),
+            "peak_mb": med(lambda c, f, b: c["peak_mb"]),
             "peak_x_fft": med(lambda c, f, b: c["peak_mb"] / max(f["peak_mb"], 1e-9)),
-            "mask": med(lambda c, f, b: c.get("mask_s", 0.0) / c["step_s"])}
+            "mask": med(lambda c, f, b: c.get(f"mask_{clock}", 0.0) / c[clock])}
 
 
-def bench_model(model: str, accumulations: tuple[int, ...], rounds: int, threads: int | None = None) -> None:
+def bench_model(model: str, accumulations: tuple[int, ...], rounds: int, threads: int | None = None,
+                clock: str = "wall") -> None:
     bench = MODELS[model]
     shape = cm.ModelShape.of(model_config(model))
     print(f"\n# core: {bench.label}, {shape.params() / 1e6:.1f}M params, micro-batch {bench.micro_batch}x{bench.seq} "
-          f"tokens, CPU fp32, {threads or torch.get_num_threads()} threads, {rounds} round(s) of fresh processes")
-    print(f"{'accum':>5} {'case':<20} {'step s':>8} {'x FFT':>6} {'floor':>6} {'x floor':>7} {'x bare':>6} "
+          f"tokens, CPU fp32, {threads or torch.get_num_threads()} threads, {rounds} round(s) of fresh processes, "
+          f"ratios on {clock} time")
+    print(f"{'accum':>5} {'case':<20} {'step s':>8} {'cpu s':>8} {'x FFT':>6} {'floor':>6} {'x floor':>7} {'x bare':>6} "
           f"{'peak MB':>8} {'x FFT':>6} {'mask %':>7}")
     for accum in accumulations:
         cases = cases_for(model, accum)
         runs = [{c.name: _run_isolated(c, 1, threads) for c in cases} for _ in range(rounds)]
         for case in cases:
-            r = _medians(runs, case.name)
+            r = _medians(runs, case.name, "cpu_s" if clock == "cpu" else "step_s")
             lowest = floor(shape, case, bench.seq)
             mask = f"{100 * r['mask']:6.2f}%" if case.kind == "mft" else ""
             step, x_fft, x_bare, peak, peak_fft = r["step_s"], r["x_fft"], r["x_bare"], r["peak_mb"], r["peak_x_fft"]
-            print(f"{accum:>5} {case.name:<20} {step:8.3f} {x_fft:6.2f} {lowest:6.2f} {x_fft / lowest:7.2f} "
+            print(f"{accum:>5} {case.name:<20} {step:8.3f} {r['cpu_s']:8.3f} {x_fft:6.2f} {lowest:6.2f} {x_fft / lowest:7.2f} "
                   f"{x_bare:6.2f} {peak:8.1f} {peak_fft:6.2f} {mask:>7}", flush=True)
 
 
@@ -194,14 +199,17 @@ def run(quick: bool = False, argv: list[str] | None = None) -> None:
     # On a machine shared with other jobs, 1 thread: a 2-thread step stalls whenever the other
     # thread is descheduled (measured 20x an idle step here), and the ratios with it.
     parser.add_argument("--threads", type=int, default=None, help="torch threads per case (default: torch's)")
+    # With 1 thread a process's CPU seconds count its own work whatever else runs: on a shared
+    # machine a steadier measure of the ratios than wall time (which counts the waits too).
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="the time the ratios use")
     args = parser.parse_args(argv or [])
     models = [m for m in args.models.split(",") if m]
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         parser.error(f"--models: unknown {', '.join(unknown)}; choose among {', '.join(MODELS)}")
     if quick:  # a smoke run: the small model, one round, short steps
-        models, accumulations, rounds = ["llama-27m"], (1, 4), 1
+        models, accumulations, rounds = ["llama-27m"], (2,), 1
     else:
         accumulations, rounds = tuple(int(a) for a in args.accumulation.split(",")), args.rounds
     for model in models:
-        bench_model(model, accumulations, rounds, args.threads)
+        bench_model(model, accumulations, rounds, args.threads, args.clock)
