@@ -141,16 +141,18 @@ def _smollm2_batches(model, tokenizer, problems, settings, n_all: int, n_one: in
     """Batch n_all over n_all prompts against batch 1 over the first n_one (batch 1 is slow):
     tokens/s of each, and the batch-1 answers must equal the batched ones."""
     prompts = [p.prompt for p in problems[:n_all]]
-    print(f"{'batch':>5} {'prompts':>7} {'wall s':>8} {'cpu s':>8} {'tokens':>7} {'tokens/s':>9} {'x batch 1':>10}")
+    print(f"{'batch':>5} {'prompts':>7} {'wall s':>8} {'cpu s':>8} {'tokens':>7} {'tokens/s':>9} {'x batch 1':>10} "
+          f"{'tokens/cpu s':>12} {'x batch 1':>10}")
     runs = {}
     for batch, subset in ((1, prompts[:n_one]), (n_all, prompts)):
         out, wall, cpu = _timed(functools.partial(generate, model, tokenizer, subset,
                                                   dataclasses.replace(settings, batch_size=batch)))
         tokens = sum(len(tokenizer(c, add_special_tokens=False).input_ids) for c in out)
         runs[batch] = (out, wall, cpu, tokens)
-    base = runs[1][3] / runs[1][1]
+    base, base_cpu = runs[1][3] / runs[1][1], runs[1][3] / runs[1][2]
     for batch, (out, wall, cpu, tokens) in runs.items():
-        print(f"{batch:>5} {len(out):>7} {wall:8.2f} {cpu:8.2f} {tokens:>7} {tokens / wall:9.1f} {tokens / wall / base:10.2f}")
+        print(f"{batch:>5} {len(out):>7} {wall:8.2f} {cpu:8.2f} {tokens:>7} {tokens / wall:9.1f} {tokens / wall / base:10.2f} "
+              f"{tokens / cpu:12.1f} {tokens / cpu / base_cpu:10.2f}")
     same = sum(a == b for a, b in zip(runs[1][0], runs[n_all][0]))
     print(f"same answers at batch 1 and batch {n_all}: {same}/{n_one}")
     assert same == n_one, "batched generation changed a greedy answer"
