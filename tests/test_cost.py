@@ -38,7 +38,7 @@ def test_parameters_and_scores_are_counted_exactly():
     step = TrainShape(micro_batch=2, seq=16, checkpointing=False)
     memory = cm.train_memory(shape, masked, backward_blocks=3, step=step, dtype_bytes=2)
     assert memory.weights == shape.params() * 2  # frozen, in their dtype
-    assert memory.trainable == masked * (4 + 1)  # fp32 scores and the cached bool masks
+    assert memory.trainable == masked * (4 + 1 + 2 * 2)  # fp32 scores; the step's bool mask, W*M, W*sign(S)
     assert memory.gradients == masked * 4 and memory.optimizer == masked * 8  # AdamW's two fp32 moments
     sharded = cm.train_memory(shape, masked, 3, step, 2, shards=4)
     assert sharded.weights == memory.weights / 4 and sharded.optimizer == memory.optimizer / 4

@@ -10,7 +10,6 @@ from transformers.pytorch_utils import Conv1D
 
 from mft_search.core.architectures import module_names
 from mft_search.core.baselines import kept_counts_for_ratio, l1_masks, random_masks
-from mft_search.errors import ArchitectureError, ConfigError
 from mft_search.core.masking import (
     MaskedLinear,
     MaskSpec,
@@ -23,6 +22,7 @@ from mft_search.core.masking import (
 )
 from mft_search.core.topk import global_mask, kept_count, local_mask, top_k_mask
 from mft_search.demo.tiny import tiny_gpt2, tiny_llama
+from mft_search.errors import ArchitectureError, ConfigError
 
 MODELS = {"llama": tiny_llama, "gpt2": tiny_gpt2}
 
@@ -232,6 +232,59 @@ def test_mask_is_computed_once_per_optimiser_step_not_per_forward():
             model(x, labels=x).loss.backward()
         assert module.mask_computations == step + 1
         opt.step()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mode", ["local", "global"])
+def test_the_step_cache_gives_the_straightforward_gradient_and_update(mode, dtype):
+    """W*M and the backward's factor are formed once per optimiser step and shared by its
+    micro-batches: the scores' gradient and AdamW update must be, to the bit, those of the
+    per-micro-batch formula sum_i dL_i/d(W*M).float() * W.float() (* sign(S) in local mode),
+    over two steps (the second after the mask changed)."""
+    torch.manual_seed(0)
+    model = tiny_llama().to(dtype)
+    reference = copy.deepcopy(model).requires_grad_(False)
+    masked = attach_masks(model, MaskSpec(blocks=(0, 2), mode=mode, ratio=0.3, threshold=0.0))
+    scores = {n: m.scores.detach().clone().requires_grad_(True) for n, m in masked.items()}
+    opt = torch.optim.AdamW(score_parameters(model), lr=1e-2, weight_decay=0.0)
+    ref_opt = torch.optim.AdamW(list(scores.values()), lr=1e-2, weight_decay=0.0)
+    masks_seen = []
+    for step in range(2):
+        masks = current_masks(model)
+        masks_seen.append(masks)
+        leaves = {}
+        for name, mask in masks.items():  # the straightforward path: W*M as a free leaf per module
+            leaves[name] = nn.Parameter(masked[name].weight * mask)
+            reference.get_submodule(name).weight = leaves[name]
+        expected = {n: torch.zeros_like(s) for n, s in scores.items()}
+        for micro in range(3):
+            x = batch(seed=10 * step + micro)
+            model(x, labels=x).loss.backward()
+            reference(x, labels=x).loss.backward()
+            for name, leaf in leaves.items():
+                through_abs = scores[name].detach().sign() if mode == "local" else 1.0
+                expected[name] += leaf.grad.float() * masked[name].weight.float() * through_abs
+                leaf.grad = None
+        for name, module in masked.items():
+            assert torch.equal(module.scores.grad, expected[name]), (step, name)
+            scores[name].grad = expected[name]
+        opt.step()
+        ref_opt.step()
+        opt.zero_grad(set_to_none=True)
+        for name, module in masked.items():
+            assert torch.equal(module.scores.detach(), scores[name].detach()), (step, name)
+    assert any(not torch.equal(a, b) for a, b in zip(masks_seen[0].values(), masks_seen[1].values()))
+
+
+def test_an_in_place_change_of_the_weight_is_seen_by_the_next_forward():
+    model = tiny_llama()
+    masked = attach_masks(model, MaskSpec(blocks=(1,)))
+    module = next(iter(masked.values()))
+    x = torch.randn(2, module.weight.shape[1])
+    module(x).sum().backward()  # forms the step's W*M
+    with torch.no_grad():
+        module.weight.mul_(2)  # e.g. a revert baseline editing the backbone
+    torch.testing.assert_close(module(x), x @ (module.weight * module.mask()).T, rtol=0, atol=1e-6)
 
 
 def test_initialisations_are_seeded_and_distinct():

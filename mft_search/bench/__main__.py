@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import sys
 
 # suite name -> module of this package (imported only when chosen: suites pull in Ray, evaluators)
@@ -23,9 +24,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mft_search.bench", description="mft_search benchmarks")
     parser.add_argument("suite", choices=list(SUITES))
     parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller sizes: a smoke run")
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
     print(f"$ python -m mft_search.bench {' '.join(argv if argv is not None else sys.argv[1:])}")
-    importlib.import_module(f"{__package__}.{SUITES[args.suite]}").run(quick=args.quick)
+    suite = importlib.import_module(f"{__package__}.{SUITES[args.suite]}")
+    if rest and "argv" not in inspect.signature(suite.run).parameters:
+        parser.error(f"unrecognized arguments: {' '.join(rest)} (suite {args.suite} takes only --quick)")
+    # a suite with options of its own (core: --models, --accumulation, --rounds) parses them itself
+    suite.run(quick=args.quick, **({"argv": rest} if rest else {}))
     return 0
 
 

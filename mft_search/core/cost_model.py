@@ -19,7 +19,8 @@ The model, stated once (docs/design.md, "The cost model"):
   (norms, SiLU, the mask's top-k once per step) is left out: small against the matmuls.
 - Memory on one worker: frozen weights in their dtype; MFT adds fp32 scores, their fp32
   gradients and AdamW's two fp32 moments for the masked group only (16 bytes per masked weight,
-  plus a 1-byte cached mask); FFT trains fp32 masters (weights, grads, two moments: 16 bytes
+  plus a 1-byte cached mask and the step's W*M and W*sign(S) in the weights' dtype); FFT
+  trains fp32 masters (weights, grads, two moments: 16 bytes
   per parameter). FSDP2 divides all of these by the trial's workers and adds the gathered
   working set (two blocks in flight, and the root's embeddings). Activations per micro-batch,
   for memory-efficient attention (SDPA/flash: no seq x seq tensor), per token and block that
@@ -251,7 +252,9 @@ def train_memory(shape: ModelShape, masked: int | None, backward_blocks: int, st
         weights, trainable, grads, moments = 0.0, params * FP32, params * FP32, 2.0 * params * FP32
         unit = shape.block_params() * dtype_bytes  # FSDP2 gathers the compute copy of a block
     else:
-        weights, trainable = params * dtype_bytes, masked * (FP32 + MASK_BYTES)
+        # the step cache: the bool mask, W*M and W*sign(S) (core.masking), whole on every worker
+        # (formed from gathered weights), counted here with the scores for simplicity
+        weights, trainable = params * dtype_bytes, masked * (FP32 + MASK_BYTES + 2 * dtype_bytes)
         grads, moments = masked * FP32, 2.0 * masked * FP32
         unit = shape.block_params() * dtype_bytes + shape.block_linear() * FP32  # with its scores, at most
     if shards > 1:  # two blocks in flight (prefetch) and the root's embeddings and head
