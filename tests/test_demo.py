@@ -115,7 +115,7 @@ def test_demo_yaml_fine_tunes_the_pretrained_base_and_masks_on_the_same_data():
     cfg = load_config_file(DEMO_YAML)
     cache = default_cache_dir()
     domain = cfg.domains[0]
-    assert Path(cfg.backbones[0].source) == cache / "pretrained" and cfg.stages.fft.train.epochs == 24
+    assert Path(cfg.backbones[0].source) == cache / "pretrained" and cfg.stages.fft.train.epochs == 16
     assert Path(domain.fft_selection.source) == cache / "fft_selection.jsonl"
     assert cfg.caveats(domain) == []
     assert domain.train == sft_data_spec(cache / "train.jsonl").model_copy(update={"source": domain.train.source})
@@ -124,4 +124,4 @@ def test_demo_yaml_fine_tunes_the_pretrained_base_and_masks_on_the_same_data():
     assert Path(domain.test.source) == cache / "test.jsonl"
     assert domain.validation.max_new_tokens == MICRO.__class__().max_new_tokens
     assert set(cfg.baselines) == {"unmasked", "random", "l1", "wanda", "revert", "lora", "continued_fft"}
-    assert cfg.lora.train.epochs == 24 and cfg.pretrained_missing(cfg.backbones[0]) is None
+    assert cfg.lora.train.epochs == 16 and cfg.pretrained_missing(cfg.backbones[0]) is None
