@@ -44,6 +44,10 @@ class Study:
     pretrained: BackboneSpec | None = None  # what the fft stage fine-tuned `backbone` from
     fft: FftRecord | None = None  # that stage's points, when it ran
 
+    def __post_init__(self) -> None:
+        # A caller may hand a plain directory (benchmarks, tests); everything below asks a Location.
+        object.__setattr__(self, "exp_dir", location(self.exp_dir))
+
     @property
     def name(self) -> str:
         return f"{self.backbone.label}/{self.domain.name}"
