@@ -49,3 +49,16 @@ def kill_session(sid: int) -> None:
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.05)
     assert not alive(), f"processes of session {sid} survived SIGKILL"
+
+
+def wait_for_job_agent(ray: str, client: dict, *address: str) -> None:
+    """`ray start --head` returns before the head's job agent registers ("No available agent to
+    submit job"): submit an empty job until one runs. `address`: `--address URL`, or nothing when
+    the client's environment names the cluster."""
+    for _ in range(30):
+        empty = subprocess.run([ray, "job", "submit", *address, "--", "true"], env=client, capture_output=True,
+                               text=True, cwd="/tmp", timeout=120)
+        if empty.returncode == 0:
+            return
+        time.sleep(2)
+    raise AssertionError(f"no job ran on the fresh cluster: {empty.stderr[-1000:]}")

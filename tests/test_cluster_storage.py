@@ -24,13 +24,14 @@ from pathlib import Path
 import pytest
 import pandas as pd
 import yaml
-from processes import processes, stop_own
+from processes import processes, stop_own, wait_for_job_agent
 
 from mft_search.core import files
 
 pytestmark = pytest.mark.ray
 
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _free_port() -> int:
@@ -53,7 +54,7 @@ def two_nodes(s3):
     env.update(s3.env)  # every node's processes reach the bucket as they would reach S3: the SDK's variables
     # Ports of their own: `ray start` otherwise binds fixed defaults (dashboard 8265, its agent
     # 52365, client server 10001) that another Ray on this machine may hold; 0 means any free one.
-    port = _free_port()
+    port, dashboard = _free_port(), _free_port()
     ports = ["--dashboard-agent-listen-port=0", "--metrics-export-port=0"]
     # The GCS declares a node dead after health_check_failure_threshold (5) failed checks, one
     # every health_check_period_ms (3000 by default; Ray's ray_config_def.h): 15 s or more after
@@ -63,7 +64,7 @@ def two_nodes(s3):
     env["RAY_health_check_period_ms"] = "1000"
     try:
         head = subprocess.run([str(BIN / "ray"), "start", "--head", f"--port={port}", "--num-cpus=3",
-                               "--include-dashboard=true", f"--dashboard-port={_free_port()}",
+                               "--include-dashboard=true", f"--dashboard-port={dashboard}",
                                f"--ray-client-server-port={_free_port()}", *ports, f"--temp-dir={temps[0]}"],
                               env=env, capture_output=True, text=True, timeout=180)
         assert head.returncode == 0, head.stderr[-2000:]
@@ -75,7 +76,7 @@ def two_nodes(s3):
         assert worker.returncode == 0, worker.stderr[-2000:]
         _wait_for_nodes(env, port, 2)
         yield {"env": {**env, "RAY_ADDRESS": f"127.0.0.1:{port}"}, "hidden": hidden, "shared": shared,
-               "temps": temps}
+               "temps": temps, "jobs": f"http://127.0.0.1:{dashboard}"}
     finally:
         stop_own(temps)
         shutil.rmtree(root, ignore_errors=True)
@@ -160,9 +161,14 @@ def test_a_sweep_with_its_storage_in_a_bucket_runs_on_both_nodes(two_nodes, s3, 
                           resources={"workers_per_trial": 1, "cpus_per_worker": 2})
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(config))
-    result = subprocess.run([sys.executable, "-m", "mft_search.sweep", "--config", str(path)], cwd=tmp_path,
-                            env=two_nodes["env"], capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # As on a real cluster: a job submitted to the head (its driver runs there), the code shipped
+    # with --working-dir; the nodes reach the bucket through the SDK's variables they started with.
+    client = {k: v for k, v in two_nodes["env"].items() if k != "RAY_ADDRESS"}
+    wait_for_job_agent(str(BIN / "ray"), client, "--address", two_nodes["jobs"])
+    result = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", two_nodes["jobs"],
+                             "--working-dir", str(REPO), "--", "python", "-m", "mft_search.sweep", "--config", str(path)],
+                            cwd=tmp_path, env=client, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0 and "succeeded" in result.stdout.lower(), result.stdout[-3000:] + result.stderr[-3000:]
     keys = s3.keys(bucket, "runs/e2e/")
     for output in ("results.parquet", "state.json", "config.yaml", "leaderboard.md", "studies/tiny__gsm/summary.json",
                    "studies/tiny__gsm/optuna.journal"):

@@ -6,12 +6,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 import yaml
-from processes import stop_own
+from processes import stop_own, wait_for_job_agent
 
 pytestmark = pytest.mark.ray
 
@@ -35,24 +34,12 @@ def cluster():
     assert start.returncode == 0, start.stderr[-2000:]
     client = {**env, "RAY_AUTH_MODE": "token", "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{PORT}"}
     try:
-        _wait_for_job_agent(client)
+        wait_for_job_agent(str(BIN / "ray"), client)
         yield client
     finally:
         stop_own([temp_dir])  # never `ray stop`: it stops every Ray on the machine
         shutil.rmtree(temp_dir, ignore_errors=True)
         shutil.rmtree(home, ignore_errors=True)
-
-
-def _wait_for_job_agent(client: dict) -> None:
-    """`ray start` returns before the job agent registers ("No available agent to submit job"):
-    submit an empty job until one runs."""
-    for _ in range(30):
-        empty = subprocess.run([str(BIN / "ray"), "job", "submit", "--", "true"], env=client, capture_output=True,
-                               text=True, cwd=tempfile.gettempdir(), timeout=120)
-        if empty.returncode == 0:
-            return
-        time.sleep(2)
-    raise AssertionError(f"no job ran on the fresh cluster: {empty.stderr[-1000:]}")
 
 
 def test_the_recipe_the_test_runs_is_the_one_clusters_readme_writes():
