@@ -151,14 +151,22 @@ def test_the_sweep_refuses_it_with_exit_2_before_any_trial(two_nodes, tmp_path, 
 def test_a_sweep_with_its_storage_in_a_bucket_runs_on_both_nodes(two_nodes, s3, tmp_path, tiny_backbone,
                                                                 problems_dir):
     """No shared filesystem: every output goes to the bucket, from the driver and from the trials
-    on either node. Two trials at once of 2 CPUs each on two 3-CPU nodes: one runs on each."""
+    on either node. Two trials at once of 2 CPUs each on two 3-CPU nodes: one runs on each. The
+    paper's protocol as the demo runs it: an fft stage first (its checkpoints in the bucket, the
+    best one masked), and the baselines that train (LoRA, continued FFT) write theirs there too."""
     bucket = s3.new_bucket()
+    rows = (problems_dir / "train.jsonl").read_text().splitlines()[200:208]  # past the 48 trained on
+    (tmp_path / "fft_selection.jsonl").write_text("\n".join(rows) + "\n")
     config = sweep_config(f"s3://{bucket}/runs", tiny_backbone, problems_dir,
                           search={"num_trials": 2, "max_concurrent_trials": 2,
                                   "space": {"layer_group": [[1, 2], [2, 3]], "ratio": 0.1}},
                           train={"epochs": 1, "global_batch_size": 8, "micro_batch_size": 4},
-                          stages={"probe": {"data_fraction": 1.0}, "refine": {"top_k": 0}},
+                          stages={"fft": {"train": {"epochs": 2, "lr": 0.005}}, "probe": {"data_fraction": 1.0},
+                                  "refine": {"top_k": 0}},
+                          baselines=["unmasked", "revert", "lora", "continued_fft"], lora={"rank": 4},
                           resources={"workers_per_trial": 1, "cpus_per_worker": 2})
+    config["domains"][0]["fft_selection"] = {"evaluator": "gsm8k", "source": str(tmp_path / "fft_selection.jsonl"),
+                                             "max_new_tokens": 4}
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(config))
     # As on a real cluster: a job submitted to the head (its driver runs there), the code shipped
@@ -171,12 +179,17 @@ def test_a_sweep_with_its_storage_in_a_bucket_runs_on_both_nodes(two_nodes, s3, 
     assert result.returncode == 0 and "succeeded" in result.stdout.lower(), result.stdout[-3000:] + result.stderr[-3000:]
     keys = s3.keys(bucket, "runs/e2e/")
     for output in ("results.parquet", "state.json", "config.yaml", "leaderboard.md", "studies/tiny__gsm/summary.json",
-                   "studies/tiny__gsm/optuna.journal"):
+                   "studies/tiny__gsm/optuna.journal", "studies/tiny__gsm/fft.json"):
         assert f"runs/e2e/{output}" in keys, output
-    masks = [k for k in keys if k.startswith("runs/e2e/studies/tiny__gsm/artifacts/") and k.endswith(".safetensors")]
+    masks = [k for k in keys if k.startswith("runs/e2e/studies/tiny__gsm/artifacts/tiny__gsm-probe-")
+             and k.endswith(".safetensors")]
     frame = files.location(f"s3://{bucket}/runs/e2e/results.parquet").read_parquet()
     assert len({k.split("/")[-2] for k in masks}) == 2, (masks, frame.to_dict("records"), result.stdout[-3000:])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.yaml"]  # nothing on the local disk
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fft_selection.jsonl", "sweep.yaml"]  # nothing written here
+    fft_points = [k for k in keys if k.startswith("runs/e2e/studies/tiny__gsm/artifacts/tiny__gsm-fft/report_")]
+    assert {k.split("/")[6] for k in fft_points} == {"report_001", "report_002"}, fft_points
+    summary = files.location(f"s3://{bucket}/runs/e2e/studies/tiny__gsm/summary.json").read_bytes().decode()
+    assert "Best LoRA" in summary and "Continued FFT" in summary and "revert" in summary, summary[:3000]
     assert len(_trial_nodes(two_nodes["env"])) == 2, "the trials did not run on both nodes"
 
 
