@@ -10,6 +10,7 @@ from mft_search.train.spec import TrialJob
 from mft_search.core.maskfile import load_mask_file
 from mft_search.core.masking import MaskSpec
 from mft_search.train.step import TrainSettings
+from mft_search.core.files import location
 from mft_search.train.ray_train import build_trainer, fit_job
 from mft_search.train.spec import Resources
 
@@ -37,7 +38,7 @@ def final_mask(tmp_path, name):
 
 def fit(tmp_path, backbone, data, name, workers, strategy="ddp", **kwargs):
     job = mft_job(tmp_path, backbone, data, name, strategy)
-    result = build_trainer(job, Resources(workers_per_trial=workers), storage_path=str(tmp_path / "ray"), **kwargs).fit()
+    result = build_trainer(job, Resources(workers_per_trial=workers), storage=location(tmp_path / "ray"), **kwargs).fit()
     return result, final_mask(tmp_path, name)
 
 
@@ -83,7 +84,7 @@ def test_a_one_worker_job_outside_tune_runs_as_a_task_killed_and_resumed_like_a_
         tmp_path, tiny_backbone, sft_data, one_worker):
     marker = tmp_path / "killed"
     job = mft_job(tmp_path, tiny_backbone, sft_data, "task")
-    result = fit_job(job, Resources(workers_per_trial=1), storage_path=str(tmp_path / "ray"), max_failures=1,
+    result = fit_job(job, Resources(workers_per_trial=1), storage=location(tmp_path / "ray"), max_failures=1,
                      fault={"kill_after_reports": 1, "marker": str(marker)})
     assert marker.exists(), "the fault was never injected"
     # The retried task resumed from the first report's checkpoint; both reports are on record
@@ -98,5 +99,5 @@ def test_a_one_worker_job_outside_tune_runs_as_a_task_killed_and_resumed_like_a_
 def test_a_failing_one_worker_job_raises_its_own_error_after_its_retries(tmp_path, tiny_backbone, sft_data):
     job = mft_job(tmp_path, tiny_backbone, sft_data, "nan")
     with pytest.raises(FloatingPointError, match="training loss became nan"):
-        fit_job(job, Resources(workers_per_trial=1), storage_path=str(tmp_path / "ray"), max_failures=0,
+        fit_job(job, Resources(workers_per_trial=1), storage=location(tmp_path / "ray"), max_failures=0,
                 fault={"nan_at_step": 1})
