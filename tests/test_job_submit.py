@@ -1,5 +1,7 @@
-"""`ray job submit --working-dir . -- python -m mft_search.sweep ...` against a real local
-cluster started with `ray start --head`, token authentication on (Ray 2.59+), stopped after."""
+"""clusters/README.md's one-machine recipe against a real local cluster started with `ray start
+--head`, token authentication on (Ray 2.59+), stopped after: the fixture's empty job goes through
+the token; a client without it is refused. A sweep submitted with `ray job submit --working-dir`
+runs in tests/test_cluster_storage.py, on two nodes with its storage in a bucket."""
 
 import os
 import shutil
@@ -9,7 +11,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import yaml
 from processes import stop_own, wait_for_job_agent
 
 pytestmark = pytest.mark.ray
@@ -48,30 +49,6 @@ def test_the_recipe_the_test_runs_is_the_one_clusters_readme_writes():
     order = [block.index(step) for step in ("ray get-auth-token --generate", "ray start --head",
                                             "RAY_AUTH_MODE=token RAY_API_SERVER_ADDRESS=", "ray job submit")]
     assert order == sorted(order), block
-
-
-def test_a_sweep_submitted_as_a_ray_job_runs_on_the_cluster(cluster, tmp_path, tiny_backbone, problems_dir):
-    config = {
-        "name": "submitted", "storage": str(tmp_path / "runs"),
-        "backbones": [{"source": tiny_backbone.source, "name": "tiny"}],
-        "domains": [{"name": "gsm", "validation": None, "test": None,
-                     "train": {"source": str(problems_dir / "train.jsonl"), "prompt_field": "question",
-                               "response_field": "answer", "limit": 48, "validation_fraction": 0.25,
-                               "max_length": 512}}],
-        "train": {"lr": 0.01, "epochs": 1, "global_batch_size": 16, "micro_batch_size": 8},
-        "search": {"num_trials": 1, "max_concurrent_trials": 1, "space": {"layer_group": [[1, 2]], "ratio": 0.1}},
-        "stages": {"probe": {"data_fraction": 1.0}, "refine": {"top_k": 0}},
-        "baselines": ["unmasked"], "seeds": 1,
-    }
-    path = tmp_path / "submitted.yaml"
-    path.write_text(yaml.safe_dump(config))
-    submit = subprocess.run([str(BIN / "ray"), "job", "submit", "--working-dir", str(REPO), "--",
-                             "python", "-m", "mft_search.sweep", "--config", str(path)],
-                            env=cluster, capture_output=True, text=True, timeout=900, cwd=REPO)
-    assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
-    assert "succeeded" in submit.stdout.lower()
-    exp = tmp_path / "runs" / "submitted"
-    assert (exp / "results.parquet").exists() and (exp / "studies" / "tiny__gsm" / "summary.json").exists()
 
 
 def test_without_the_token_mode_the_client_is_refused(cluster):
