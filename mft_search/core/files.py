@@ -155,10 +155,12 @@ class Location:
                 target.write_bytes(self.read_bytes())
             yield target
 
-    def download(self, target: Path) -> Path:
-        """A local copy of this directory at `target` (the directory itself when local: no copy)."""
+    def download(self, target: Path | None = None) -> Path:
+        """A local copy of this directory at `target`, or in a new temporary directory when None
+        (the directory itself when local: no copy, nothing created)."""
         if self.is_local:
             return Path(self.path)
+        target = target or Path(tempfile.mkdtemp(prefix="mft_download_")) / (self.name or "root")
         target.mkdir(parents=True, exist_ok=True)  # copy_files creates no directories on the local side
         pafs.copy_files(self.path, str(target), source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem())
         return target

@@ -108,7 +108,7 @@ class DirectorySession(LocalSession):
         name = self._latest_name()
         if name is None:
             return None
-        return (self.directory / name).download(Path(tempfile.mkdtemp(prefix="mft_resume_")) / name)
+        return (self.directory / name).download()
 
     def new_checkpoint_dir(self) -> Path:
         return Path(tempfile.mkdtemp(prefix="mft_ckpt_")) / "checkpoint"  # staged on local disk
