@@ -27,6 +27,7 @@ from typing import Any
 import optuna
 
 from mft_search.config.space import FloatRange, SearchSpace, grid_size
+from mft_search.core import files
 
 CACHE_DIR = Path.home() / ".cache" / "mft_search" / "bench"
 LEVELS = 4  # points of a continuous range in the grid (its ends included)
@@ -198,10 +199,7 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def _write(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(data))
-    temporary.replace(path)  # atomic: a reader never sees half a table
+    files.write_text(path, json.dumps(data))  # atomic: a reader never sees half a table
 
 
 def mean(values) -> float:
