@@ -71,3 +71,29 @@ def test_fft_under_bf16_updates_fp32_masters_as_an_fp32_step_does():
     # What the masters are for: the same step on bf16 weights leaves most of them untouched.
     changed = plain_bf16.get_parameter(name).detach() != before.bfloat16()
     assert changed.float().mean() < 0.5
+
+
+def _rates(schedule, total=10, warmup_ratio=0.2):
+    settings = TrainSettings(lr=1.0, warmup_ratio=warmup_ratio, schedule=schedule)
+    optimizer, scheduler = make_optimizer([torch.nn.Parameter(torch.zeros(1))], settings, total)
+    rates = []
+    for _ in range(total):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+def test_schedules_warm_up_then_decay_linearly_by_cosine_or_not_at_all():
+    # 10 steps, 2 of warm-up: 0.5, 1.0, then 8 steps of decay
+    assert _rates("linear") == pytest.approx([0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125])
+    cosine = _rates("cosine")
+    assert cosine[:3] == pytest.approx([0.5, 1.0, 1.0]) and cosine[6] == pytest.approx(0.5)
+    assert all(a > b for a, b in zip(cosine[2:], cosine[3:])) and cosine[-1] > 0
+    assert _rates("constant") == pytest.approx([0.5] + [1.0] * 9)
+
+
+def test_the_linear_schedule_is_the_default_the_authors_ran():
+    assert TrainSettings().schedule == "linear"
+    with pytest.raises(ValueError, match="schedule"):
+        TrainSettings(schedule="step")

@@ -35,6 +35,8 @@ class TrainSettings(BaseModel):
     global_batch_size: int = Field(128, ge=1, description="examples per optimiser step, over all workers")
     micro_batch_size: int = Field(4, ge=1, description="examples per forward on one worker")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="linear warm-up, as a fraction of all steps")
+    schedule: Literal["linear", "cosine", "constant"] = Field(
+        "linear", description="after warm-up: linear or cosine decay to 0 (linear: the authors'), or constant")
     weight_decay: float = Field(0.0, ge=0, description="AdamW decay; 0 for MFT (decay pulls scores to 0)")
     max_grad_norm: float | None = Field(1.0, gt=0, description="gradient clipping; null for none")
     loss_reduction: Literal["token", "example"] = Field(
@@ -44,22 +46,39 @@ class TrainSettings(BaseModel):
     seed: int = Field(0, description="data order and initialisation seed")
 
 
-def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float):
-    """Linear warm-up to the peak rate, then linear decay to zero at `total_steps`."""
+# The rate after warm-up, as a fraction of the peak, from (steps since warm-up, steps of decay).
+# Linear is written as before the other shapes existed, so its rates are the same to the bit.
+_DECAY = {
+    "linear": lambda done, span: (span - done) / span,
+    "cosine": lambda done, span: 0.5 * (1.0 + math.cos(math.pi * min(1.0, done / span))),
+    "constant": lambda done, span: 1.0,
+}
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float, shape: str = "linear"):
+    """Linear warm-up to the peak rate, then `shape`: linear or cosine decay to zero at
+    `total_steps`, or the peak rate to the end (a run that must show what training past its
+    best epoch does: a decay to 0 lets the last epochs heal what the middle ones broke)."""
     warmup = max(1, math.ceil(total_steps * warmup_ratio)) if warmup_ratio > 0 else 0
+    decay = _DECAY[shape]
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+        return max(0.0, decay(step - warmup, max(1, total_steps - warmup)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float):
+    """Linear warm-up to the peak rate, then linear decay to zero at `total_steps`."""
+    return lr_schedule(optimizer, total_steps, warmup_ratio, "linear")
+
+
 def make_optimizer(params: Iterable[nn.Parameter], settings: TrainSettings, total_steps: int):
-    """AdamW on `params` with the linear schedule; returns (optimizer, scheduler)."""
+    """AdamW on `params` with the settings' schedule; returns (optimizer, scheduler)."""
     optimizer = torch.optim.AdamW(list(params), lr=settings.lr, weight_decay=settings.weight_decay)
-    return optimizer, linear_schedule(optimizer, total_steps, settings.warmup_ratio)
+    return optimizer, lr_schedule(optimizer, total_steps, settings.warmup_ratio, settings.schedule)
 
 
 def mixed_precision(device: torch.device, compute_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
