@@ -15,9 +15,11 @@ from mft_search.core.masking import (
     MaskSpec,
     attach_masks,
     current_masks,
+    defer_score_grads,
     kept_fraction,
     masked_modules,
     materialize,
+    refresh_masks,
     score_parameters,
 )
 from mft_search.core.topk import global_mask, kept_count, local_mask, top_k_mask
@@ -234,13 +236,16 @@ def test_mask_is_computed_once_per_optimiser_step_not_per_forward():
         opt.step()
 
 
+@pytest.mark.parametrize("defer", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("mode", ["local", "global"])
-def test_the_step_cache_gives_the_straightforward_gradient_and_update(mode, dtype):
+def test_the_step_cache_gives_the_straightforward_gradient_and_update(mode, dtype, defer):
     """W*M and the backward's factor are formed once per optimiser step and shared by its
     micro-batches: the scores' gradient and AdamW update must be, to the bit, those of the
     per-micro-batch formula sum_i dL_i/d(W*M).float() * W.float() (* sign(S) in local mode),
-    over two steps (the second after the mask changed)."""
+    over two steps (the second after the mask changed). With the sum deferred (kept in the
+    cache by fused multiply-adds, handed over with the last micro-batch) autograd sees no score
+    gradient before the last, and the sum is the same up to float summation order."""
     torch.manual_seed(0)
     model = tiny_llama().to(dtype)
     reference = copy.deepcopy(model).requires_grad_(False)
@@ -259,14 +264,22 @@ def test_the_step_cache_gives_the_straightforward_gradient_and_update(mode, dtyp
         expected = {n: torch.zeros_like(s) for n, s in scores.items()}
         for micro in range(3):
             x = batch(seed=10 * step + micro)
+            if defer:
+                defer_score_grads(model, micro < 2)
             model(x, labels=x).loss.backward()
             reference(x, labels=x).loss.backward()
+            if defer and micro < 2:
+                assert all(m.scores.grad is None for m in masked.values())
             for name, leaf in leaves.items():
                 through_abs = scores[name].detach().sign() if mode == "local" else 1.0
                 expected[name] += leaf.grad.float() * masked[name].weight.float() * through_abs
                 leaf.grad = None
         for name, module in masked.items():
-            assert torch.equal(module.scores.grad, expected[name]), (step, name)
+            if defer:
+                torch.testing.assert_close(module.scores.grad, expected[name], rtol=1e-6, atol=1e-9)
+                expected[name] = module.scores.grad.clone()  # the same update from here on
+            else:
+                assert torch.equal(module.scores.grad, expected[name]), (step, name)
             scores[name].grad = expected[name]
         opt.step()
         ref_opt.step()
@@ -274,6 +287,16 @@ def test_the_step_cache_gives_the_straightforward_gradient_and_update(mode, dtyp
         for name, module in masked.items():
             assert torch.equal(module.scores.detach(), scores[name].detach()), (step, name)
     assert any(not torch.equal(a, b) for a, b in zip(masks_seen[0].values(), masks_seen[1].values()))
+
+
+def test_a_deferred_score_gradient_never_handed_over_is_an_error_not_a_lost_step():
+    model = tiny_llama()
+    attach_masks(model, MaskSpec(blocks=(0,)))
+    x = batch(seed=0)
+    defer_score_grads(model, True)
+    model(x, labels=x).loss.backward()
+    with pytest.raises(RuntimeError, match="never handed"):
+        refresh_masks(model)
 
 
 def test_an_in_place_change_of_the_weight_is_seen_by_the_next_forward():

@@ -97,7 +97,14 @@ def _measure_step(case: StepCase, repeats: int, threads: int | None = None) -> d
     """Median seconds per optimiser step and peak RSS growth (MB) over the built model."""
     if threads:
         torch.set_num_threads(threads)
-    from mft_search.core.masking import MaskSpec, attach_masks, masked_modules, refresh_masks, score_parameters
+    from mft_search.core.masking import (
+        MaskSpec,
+        attach_masks,
+        defer_score_grads,
+        masked_modules,
+        refresh_masks,
+        score_parameters,
+    )
 
     bench = MODELS[case.model]
     model = build_model(case.model).train()
@@ -112,7 +119,9 @@ def _measure_step(case: StepCase, repeats: int, threads: int | None = None) -> d
     base_rss = _peak_rss_mb()
 
     def step(batches) -> None:
-        for x in batches:
+        for i, x in enumerate(batches):
+            if case.kind == "mft" and len(batches) > 1:  # as train_step does: sum scores' gradients in place
+                defer_score_grads(model, i < len(batches) - 1)
             model(x, labels=x).loss.backward()
         if opt is not None:
             opt.step()

@@ -21,7 +21,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from mft_search.core.masking import refresh_masks
+from mft_search.core.masking import defer_score_grads, refresh_masks
 from mft_search.train.objectives import token_weights, weighted_loss_sum
 
 
@@ -118,8 +118,15 @@ def train_step(model: nn.Module, micro_batches: list[dict[str, torch.Tensor]], o
     global_weight = max(1e-12, _global_sum(float(sum(w.sum() for w in weights)), device))
     scale = _world_size() / global_weight  # gradient reducers average over ranks: undo it
     loss_sum = 0.0
+    # Score gradients are summed in place across micro-batches and handed to autograd with the
+    # last (core.masking.defer_score_grads), except under FSDP2 (set_requires_gradient_sync):
+    # there the sum would hold each module's unsharded gradient for the whole step, the memory
+    # that sharding saves, so every micro-batch's gradient is reduce-scattered as it comes.
+    defer = len(micro_batches) > 1 and not hasattr(model, "set_requires_gradient_sync")
     for i, (batch, weight) in enumerate(zip(micro_batches, weights)):
         last = i == len(micro_batches) - 1
+        if defer:
+            defer_score_grads(model, not last)
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             with mixed_precision(device, compute_dtype):
