@@ -1,6 +1,7 @@
 """The search benchmark's table and replay accounting, on made-up per-item scores (no training)."""
 
 import math
+from pathlib import Path
 
 import optuna
 import pytest
@@ -149,3 +150,51 @@ def test_quick_is_a_four_point_corner_of_the_demo_space():
     space = quick_space(discretise(SearchSpace.model_validate(DEMO_SPACE)))
     assert len(grid_points(space)) == 4 and space.mode == ["local"] and space.threshold is None
     assert SearchSpace.model_validate(space.model_dump(mode="json")) == space  # the replay rebuilds it so
+
+
+def test_a_loss_table_scores_each_item_by_its_negated_loss_so_higher_is_better_throughout():
+    from mft_search.bench.search_table import epochs_of
+    from mft_search.train.evaluation import ItemScores
+
+    reports = [{"report": 1, "time_train_s": 2.0, "time_eval_s": 1.0},
+               {"report": 2, "time_train_s": 5.0, "time_eval_s": 3.0}]
+    items = {1: ItemScores("loss", "loss", (("a", 0.5), ("b", 1.5))),
+             2: ItemScores("loss", "loss", (("a", 0.25), ("b", 1.0)))}
+    ids, epochs = epochs_of(reports, items)
+    assert ids == ["a", "b"] and [e.scores for e in epochs] == [(-0.5, -1.5), (-0.25, -1.0)]
+    assert [(e.train_s, e.eval_s_per_item) for e in epochs] == [(2.0, 0.5), (3.0, 1.0)]
+    fraction = {1: ItemScores("fraction", "gsm8k", (("a", 1.0), ("b", 0.0)))}
+    assert epochs_of(reports[:1], fraction)[1][0].scores == (1.0, 0.0)
+
+
+def test_a_lower_loss_that_every_item_shares_stands_apart_from_noise():
+    # b's loss is lower than a's by 0.05 on every item: a paired difference far outside noise,
+    # though far below the item-to-item spread of the losses themselves
+    spread = [0.5 + (i % 10) / 5 for i in range(ITEMS)]
+    table = Table(items=tuple(f"q{i}" for i in range(ITEMS)), configs=({"x": "a"}, {"x": "b"}),
+                  epochs=((Epoch(tuple(-s for s in spread), 1.0, 0.1),),
+                          (Epoch(tuple(-s + 0.05 for s in spread), 1.0, 0.1),)),
+                  no_op=(False, False), about={"metric": "loss"})
+    land = landscape(table)
+    assert land.best == (1, 0) and land.within == {(1, 0)}
+
+
+def test_the_loss_landscape_reads_the_same_validation_problems_as_the_demos_benchmark(tmp_path, monkeypatch):
+    import mft_search.bench.search as search
+    from mft_search.bench.search_table import show
+    from mft_search.config.schema import DomainSpec
+
+    monkeypatch.setattr(search, "CACHE_DIR", tmp_path / "cache")
+    (tmp_path / "train.jsonl").write_text('{"question": "q", "answer": " a #### 1"}\n')
+    (tmp_path / "validation.jsonl").write_text('{"question": "v", "answer": " b #### 2"}\n')
+    domain = {"name": "arithmetic",
+              "train": {"source": str(tmp_path / "train.jsonl"), "prompt_field": "question", "response_field": "answer"},
+              "validation": {"evaluator": "gsm8k", "source": str(tmp_path / "validation.jsonl")}}
+    loss = search.loss_domain(domain)
+    parsed = DomainSpec.model_validate(loss)
+    assert parsed.validation is None and parsed.train.validation_split == "validation"
+    data = Path(parsed.train.source)
+    assert (data / "validation.jsonl").resolve() == (tmp_path / "validation.jsonl").resolve()
+    assert (data / "train.jsonl").resolve() == (tmp_path / "train.jsonl").resolve()
+    assert search.loss_domain(domain) == loss  # again: the links are kept, not remade
+    assert show(-0.6286, "loss") == "0.6286 nats" and show(0.308, "accuracy") == "30.8%"

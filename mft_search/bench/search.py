@@ -21,10 +21,12 @@ trial-epochs ("not reached", counted as infinite).
 
 from __future__ import annotations
 
+import argparse
 import math
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 import torch
@@ -33,6 +35,7 @@ from scipy import stats
 
 from mft_search.bench.search_replay import Landscape, Outcome, Replay, UnitCosts, grid_compute, landscape, quantiles
 from mft_search.bench.search_table import (
+    CACHE_DIR,
     FORMAT,
     Table,
     config_key,
@@ -42,6 +45,7 @@ from mft_search.bench.search_table import (
     is_complete,
     load,
     record,
+    show,
     table_path,
 )
 
@@ -53,8 +57,16 @@ SUBSET = 0.25  # rung-wise validation's first-rung fraction when the demo sets n
 FLAT = 0.25  # more than this share of the candidates within noise of the best: a first draw often wins
 
 
-def demo_table(quick: bool = False, log=print) -> Table:
-    """The demo space's table: recorded once (minutes to an hour on 2 cores), then read from the cache."""
+METRICS = ("accuracy", "loss")
+
+
+def demo_table(quick: bool = False, log=print, metric: str = "accuracy") -> Table:
+    """The demo space's table: recorded once (minutes to an hour on 2 cores), then read from the cache.
+
+    `metric` accuracy: the demo's validation benchmark, what its sweep selects on. `loss`: each
+    validation problem's mean NLL of its reference answer (the score is its negative, so higher is
+    better), what a sweep without a validation benchmark selects on (`validation: null` with a
+    `train.validation_split`), on the same 500 problems."""
     from mft_search.bench.demo_backbone import with_fine_tuned_backbone
     from mft_search.config.schema import parse_config
     from mft_search.sweep import DEMO_CONFIG
@@ -63,6 +75,9 @@ def demo_table(quick: bool = False, log=print) -> Table:
     raw = with_fine_tuned_backbone(yaml.safe_load(DEMO_CONFIG.read_text()))
     if quick:  # a smoke run: a tenth of the validation problems
         raw["domains"][0]["validation"]["limit"] = QUICK_ITEMS
+    files_of = _digests(raw["domains"][0], raw["backbones"][0])
+    if metric == "loss":
+        raw["domains"][0] = loss_domain(raw["domains"][0])
     with tempfile.TemporaryDirectory() as tmp:
         raw["storage"] = tmp
         cfg = parse_config(raw)
@@ -77,10 +92,11 @@ def demo_table(quick: bool = False, log=print) -> Table:
         key = {"format": FORMAT, "space": space.model_dump(mode="json"), "points": len(points),
                "train": cfg.train.model_dump(mode="json"), "seed": cfg.seed,
                "probe": cfg.stages.probe.model_dump(mode="json"),
-               "data": domain.train.model_dump(mode="json"), "validation": domain.validation.model_dump(mode="json"),
-               "files": {name: file_digest(Path(p)) for name, p in
-                         (("train", domain.train.source), ("validation", domain.validation.source),
-                          ("backbone", cfg.backbones[0].source))}}
+               "data": domain.train.model_dump(mode="json"),
+               "validation": domain.validation.model_dump(mode="json") if domain.validation else None,
+               "files": files_of}
+        if metric != "accuracy":  # so the accuracy tables recorded before the option keep their keys
+            key["metric"] = metric
         path = table_path(key)
         if is_complete(path):
             return load(path)
@@ -92,8 +108,34 @@ def demo_table(quick: bool = False, log=print) -> Table:
         study.prepare_data("probe")
         about = {"configurations": len(points), "space": space.model_dump(mode="json"),
                  "grace_period": cfg.search.asha.grace_period, "reduction_factor": cfg.search.asha.reduction_factor,
-                 "epochs": cfg.train.epochs, "seed": cfg.search.seed, "quick": quick}
+                 "epochs": cfg.train.epochs, "seed": cfg.search.seed, "quick": quick, "metric": metric}
         return record(study, points, path, about, log)
+
+
+def _digests(domain: dict[str, Any], backbone: dict[str, Any]) -> dict[str, str]:
+    return {name: file_digest(Path(p).expanduser()) for name, p in
+            (("train", domain["train"]["source"]), ("validation", domain["validation"]["source"]),
+             ("backbone", backbone["source"]))}
+
+
+def loss_domain(domain: dict[str, Any]) -> dict[str, Any]:
+    """The demo's domain selecting on validation loss: no benchmark, and train's validation split
+    the validation problems (a directory of train.jsonl and validation.jsonl, linked at a fixed
+    place so the tokenised cache is reused; the problems, not this path, key the table)."""
+    data_dir = CACHE_DIR / "demo-loss-data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "validation"):
+        link = data_dir / f"{split}.jsonl"
+        source = Path(domain[split]["source"]).expanduser().resolve()
+        if link.is_symlink() and link.resolve() != source:
+            link.unlink()
+        if not link.is_symlink():
+            link.symlink_to(source)
+    train = {**domain["train"], "source": str(data_dir), "split": "train", "validation_split": "validation"}
+    limit = domain["validation"].get("limit")
+    if limit:  # --quick: a smoke run; `limit` cuts every split, the training one too
+        train["limit"] = limit
+    return {**domain, "train": train, "validation": None}
 
 
 def quick_space(space):
@@ -166,9 +208,13 @@ def replay_all(table: Table, land: Landscape, seeds: int, stop_at_target: bool =
     return results
 
 
-def run(quick: bool = False) -> None:
+def run(quick: bool = False, argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m mft_search.bench search")
+    parser.add_argument("--metric", choices=METRICS, default="accuracy",
+                        help="accuracy: the demo's validation benchmark; loss: validation loss on the same problems")
+    args = parser.parse_args(argv or [])
     started = time.perf_counter()
-    table = demo_table(quick)
+    table = demo_table(quick, metric=args.metric)
     land = landscape(table)
     seeds = QUICK_SEEDS if quick else SEEDS
     results = replay_all(table, land, seeds)
@@ -194,7 +240,9 @@ def _print(table: Table, land: Landscape, results: dict[str, list[Outcome]], fix
     epochs, seconds = grid_compute(table)
     best_c, best_e = land.best
     values = sorted(per_config.values())
-    print(f"# search: demo space discretised, probe data, {len(table.items)} validation items, "
+    metric = table.about.get("metric", "accuracy")
+    selects = {"accuracy": "the validation benchmark's accuracy", "loss": "validation loss"}[metric]
+    print(f"# search: demo space discretised, probe data, {len(table.items)} validation items, selecting on {selects}, "
           f"{table.about['epochs']:g} epochs, ASHA grace {table.about['grace_period']} reduction "
           f"{table.about['reduction_factor']}; {seeds} seeds per strategy"
           + (f" [--quick: a {len(table.configs)}-point corner of the space, {QUICK_ITEMS} items]" if quick else ""))
@@ -203,8 +251,8 @@ def _print(table: Table, land: Landscape, results: dict[str, list[Outcome]], fix
           f"{len(table.configs) - len(candidates)} no-ops that keep every weight), {epochs} trial-epochs, "
           f"{seconds:.0f} trial-seconds (an epoch: {costs.train_s:.1f} s training + {costs.eval_s_per_item * 1000:.0f} "
           f"ms per validation item, the table's medians)")
-    print(f"grid spread (each candidate's best report): worst {100 * values[0]:.1f}%, median "
-          f"{100 * values[len(values) // 2]:.1f}%, best {100 * values[-1]:.1f}% "
+    print(f"grid spread (each candidate's best report, {metric}): worst {show(values[0], metric)}, median "
+          f"{show(values[len(values) // 2], metric)}, best {show(values[-1], metric)} "
           f"({config_key(table.configs[best_c])}, epoch {best_e + 1})")
     print(f"within noise of the best: {near} of {len(candidates)} candidates (a report whose 95% paired bootstrap "
           "interval of the per-item difference from the best report reaches 0)")
@@ -231,7 +279,7 @@ def _verdict(results: dict[str, list[Outcome]], grid_epochs: int) -> None:
     tpe, rand = results["TPE + ASHA"], results["random"]
     median = quantiles(_epochs(tpe, math.inf))[2] / grid_epochs
     better = quantiles(_epochs(tpe, math.inf))[2] < quantiles(_epochs(rand, math.inf))[2]
-    print(f"TPE + ASHA: median {median:.2f}x the grid's trial-epochs ({'meets' if median <= TARGET else 'MISSES'} "
+    print(f"TPE + ASHA: median {median:.3f}x the grid's trial-epochs ({'meets' if median <= TARGET else 'MISSES'} "
           f"the {TARGET:.0%} target); its median is {'lower' if better else 'NOT lower'} than random search's "
           f"(one-sided Wilcoxon signed-rank over the seeds, paired: a seed's first draws are the same random "
           f"points in both; p={_paired_p(tpe, rand, grid_epochs):.2g})")

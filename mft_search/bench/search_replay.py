@@ -99,7 +99,9 @@ class Replay:
 
     def run(self, sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner,
             budget_epochs: int, stop_at_target: bool = True) -> Outcome:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        # ERROR: GPSampler warns on every trial that the conditional space (threshold only in
+        # global mode) makes it sample that parameter independently; the README says so once.
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
         study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
         self.epochs, self.seconds, self.trials = 0, 0.0, 0
         self.incumbent: tuple[float, int] | None = None  # (metric, configuration)

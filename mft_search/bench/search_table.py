@@ -141,14 +141,22 @@ def train_point(study, params: dict[str, Any], name: str, workdir: Path) -> tupl
 
     session = _ItemsSession(workdir / name)
     run_job(study.mft_job(params, name, "probe"), session)
-    epochs, ids, before = [], [], {"time_train_s": 0.0, "time_eval_s": 0.0}
-    for report in session.local.reports:
-        scored = session.items[int(report["report"])].items
-        ids = [i for i, _ in scored]
-        epochs.append(Epoch(tuple(float(s) for _, s in scored), report["time_train_s"] - before["time_train_s"],
-                            (report["time_eval_s"] - before["time_eval_s"]) / len(scored)))
-        before = report
+    ids, epochs = epochs_of(session.local.reports, session.items)
     return ids, epochs, bool(session.local.reports[-1].get("no_op"))
+
+
+def epochs_of(reports: list[dict[str, Any]], items: dict[int, Any]) -> tuple[list[str], list[Epoch]]:
+    """A trial's reports as table epochs: (item ids, per-report scores and seconds). Scores are
+    higher-better: a benchmark's as they are, a loss (ItemScores kind 'loss') negated."""
+    epochs, ids, before = [], [], {"time_train_s": 0.0, "time_eval_s": 0.0}
+    for report in reports:
+        recorded = items[int(report["report"])]
+        sign = -1.0 if recorded.kind == "loss" else 1.0
+        ids = [i for i, _ in recorded.items]
+        epochs.append(Epoch(tuple(sign * float(s) for _, s in recorded.items), report["time_train_s"] - before["time_train_s"],
+                            (report["time_eval_s"] - before["time_eval_s"]) / len(recorded.items)))
+        before = report
+    return ids, epochs
 
 
 def record(study, points: list[dict[str, Any]], path: Path, about: dict[str, Any], log=print) -> Table:
@@ -168,8 +176,8 @@ def record(study, points: list[dict[str, Any]], path: Path, about: dict[str, Any
             done["configs"].append({"params": params, "no_op": no_op, "epochs": [_epoch_json(e) for e in epochs]})
             _write(path, done)
             best = max(sum(e.scores) / len(e.scores) for e in epochs)
-            log(f"# recorded {len(done['configs'])}/{len(points)}: {config_key(params)} best {100 * best:.1f}% "
-                f"({time.perf_counter() - started:.0f} s)")
+            log(f"# recorded {len(done['configs'])}/{len(points)}: {config_key(params)} best "
+                f"{show(best, about.get('metric', 'accuracy'))} ({time.perf_counter() - started:.0f} s)")
     done["complete"] = True
     _write(path, done)
     return load(path)
@@ -200,6 +208,11 @@ def _read(path: Path) -> dict[str, Any]:
 
 def _write(path: Path, data: dict[str, Any]) -> None:
     files.write_text(path, json.dumps(data))  # atomic: a reader never sees half a table
+
+
+def show(value: float, metric: str) -> str:
+    """A table score as people read it: accuracy in percent, loss (stored negated) in nats."""
+    return f"{100 * value:.1f}%" if metric == "accuracy" else f"{-value:.4f} nats"
 
 
 def mean(values) -> float:

@@ -143,6 +143,6 @@ def _print_backbone(path: Path) -> None:
     files = sorted(path.glob("*.safetensors"))
     size = sum(f.stat().st_size for f in files)
     with safe_open(str(files[0]), framework="pt") as f:
-        dtypes = sorted({str(f.get_slice(k).get_dtype()) for k in f.keys()})
+        dtypes = sorted({str(f.get_slice(k).get_dtype()) for k in f.keys()})  # noqa: SIM118 (safe_open has keys(), no __iter__)
     print(f"# backbone: {len(files)} safetensors file(s), {size / 1e6:.1f} MB, stored as {', '.join(dtypes)}; "
           "a CPU trial loads float32 (bfloat16 on GPU): a file in another dtype is converted on load, once per trial")
