@@ -422,7 +422,15 @@ def _finished_trials(exp) -> dict:
 def test_a_killed_trial_process_is_retried_or_recorded_and_the_sweep_finishes(tmp_path, tiny_backbone, problems_dir):
     # SIGKILL of a running trial's own process, found as a user would (ps), mid-probe. The refine
     # stage's Tuner is built after the error: that is where the sweep used to die (PicklingError).
-    config = write_config(tmp_path, tiny_backbone, problems_dir, lean=True)
+    # The same sweep selects on a validation benchmark with rung-wise validation (ASHA's first
+    # rung scores half of its 8 problems), the one e2e run of it through Ray Tune.
+    rows = (problems_dir / "train.jsonl").read_text().splitlines()[200:208]  # past the 96 trained on
+    (tmp_path / "validation.jsonl").write_text("\n".join(rows) + "\n")
+    lean = yaml.safe_load(write_config(tmp_path, tiny_backbone, problems_dir, lean=True).read_text())
+    domain = {**lean["domains"][0], "validation": {"evaluator": "gsm8k", "source": str(tmp_path / "validation.jsonl"),
+                                                   "max_new_tokens": 4}}
+    search = {**lean["search"], "asha": {**lean["search"]["asha"], "validation_subset": 0.5}}
+    config = write_config(tmp_path, tiny_backbone, problems_dir, lean=True, domains=[domain], search=search)
     exp = tmp_path / "runs" / "e2e"
     driver = subprocess.Popen([sys.executable, "-m", "mft_search.sweep", "--config", str(config)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -448,6 +456,12 @@ def test_a_killed_trial_process_is_retried_or_recorded_and_the_sweep_finishes(tm
     assert len(probe) == 4 and set(probe) <= {"completed", "pruned", "failed"}, probe.to_dict()
     failed = frame[frame["status"] == "failed"]
     assert failed["error"].notna().all()  # a trial whose retry failed too says why
+    scored = frame[(frame["stage"] == "probe") & frame["metric"].notna()]
+    rungs = {int(r): sorted(set(zip(g["validation_items"], g["validation_subset"])))
+             for r, g in scored.groupby("report")}
+    assert rungs == {1: [(4, 1)], 2: [(8, 0)]}, rungs  # rung 1 on a seeded half, the last rung on all
+    refine = frame[(frame["stage"] == "refine") & frame["metric"].notna()]
+    assert (refine["validation_items"] == 8).all()  # no ASHA there: every report scores every problem
 
 
 def test_the_fft_stage_resumes_after_a_driver_kill_and_the_search_masks_its_best_point(
