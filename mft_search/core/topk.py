@@ -27,11 +27,12 @@ def top_k_mask(values: torch.Tensor, k: int) -> torch.Tensor:
     if k <= 0:
         return torch.zeros_like(values, dtype=torch.bool)
     cut = kth_largest(flat, k)
+    keep = flat >= cut
+    if int(keep.sum()) == k:  # the usual case with continuous scores: no tie to break at the cut
+        return keep.view_as(values)
     above = flat > cut
     tied = flat == cut
     room = k - int(above.sum())
-    if room == int(tied.sum()):  # the usual case with continuous scores: no tie to break
-        return (above | tied).view_as(values)
     keep = above | (tied & (torch.cumsum(tied, 0) <= room))
     return keep.view_as(values)
 
