@@ -42,3 +42,14 @@ def test_a_directory_downloads_with_its_subdirectories(s3, tmp_path):
         (staging / "items.json").write_text("[]")
     local = (root / "checkpoint_000001").download(tmp_path / "fresh" / "checkpoint")
     assert (local / "items.json").read_text() == "[]" and (local / "a" / "b" / "c.json").read_text() == "{}"
+
+
+def test_a_directory_staged_for_a_bucket_is_uploaded_whole_and_its_staging_removed(s3):
+    root = files.location(f"s3://{s3.new_bucket()}/run")
+    target = root / "checkpoint_000001"
+    staged = target.staging_directory()
+    assert not str(staged).startswith("s3:") and staged.is_dir()
+    (staged / "weights.safetensors").write_bytes(b"w")
+    target.store_directory(staged)
+    assert not staged.exists() and (target / "weights.safetensors").read_bytes() == b"w"
+    assert target.stale_staging() == []

@@ -40,3 +40,17 @@ def test_directory_replaces_earlier_copy_or_keeps_it_on_failure(tmp_path):
         (staging / "mask.json").write_text("third")
     assert sorted(os.listdir(out)) == ["mask.json"]
     assert os.listdir(tmp_path) == ["best"]
+
+
+def test_a_directory_staged_beside_its_target_is_stored_by_a_rename_not_a_copy(tmp_path):
+    # A one-worker job's checkpoint (an FFT's weights: gigabytes) is filled in one call and stored
+    # in a later one: staged beside its target, storing it moves no byte and needs no temp disk.
+    target = files.location(tmp_path / "run" / "checkpoint_000001")
+    staged = target.staging_directory()
+    assert staged.parent == tmp_path / "run" and staged.name.startswith(".checkpoint_000001.")
+    (staged / "weights.safetensors").write_text("w")
+    inode = (staged / "weights.safetensors").stat().st_ino
+    assert target.stale_staging() == [staged]  # until stored, a kill would leave it: findable
+    target.store_directory(staged)
+    assert (tmp_path / "run" / "checkpoint_000001" / "weights.safetensors").stat().st_ino == inode
+    assert os.listdir(tmp_path / "run") == ["checkpoint_000001"] and target.stale_staging() == []

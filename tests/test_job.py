@@ -337,12 +337,15 @@ def test_a_directory_session_killed_inside_a_report_loses_no_point(tmp_path, mon
         _point(resumed, number)
     assert [r["report"] for r in resumed.reports] == [1, 2, 3]
     assert [r["report"] for r in DirectorySession(directory).history()] == [1, 2, 3]
+    # checkpoints are staged in the run's directory (stored by a rename); a killed one's staging
+    # is removed by the next, never left to pile up
+    assert sorted(p.name for p in directory.iterdir()) == ["checkpoint_000003", "latest", "reports.jsonl"]
 
 
 def _point(session: DirectorySession, number: int) -> None:
     """An evaluation point as a job writes it: a checkpoint that knows its report number, then the report."""
     checkpoint = session.new_checkpoint_dir()
-    checkpoint.mkdir()
+    checkpoint.mkdir(exist_ok=True)  # as save_state does: a session may hand over an empty directory
     (checkpoint / "progress.json").write_text(json.dumps({"report": number}))
     session.report({"report": number, "metric": float(number)}, checkpoint)
 

@@ -206,16 +206,43 @@ class Location:
 
         On an object store the directory is uploaded file by file, each whole: a reader may see
         some of its files during the upload, never half a file."""
+        staged = self.staging_directory()
+        try:
+            yield staged
+            self.store_directory(staged)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+
+    def staging_directory(self) -> Path:
+        """A new, empty local directory to fill and then `store_directory` here: beside this
+        location on a local disk, so storing it is a rename (no copy, and no temporary disk the
+        size of a checkpoint), or in the system's temporary directory for a bucket, which it is
+        uploaded from. A hidden name (`.NAME.xxxx`): `stale_staging` finds those a kill left."""
         if self.is_local:
-            with _replacing_directory(Path(self.path)) as staging:
-                yield staging
+            parent = Path(self.path).parent
+            parent.mkdir(parents=True, exist_ok=True)
+            return Path(tempfile.mkdtemp(dir=parent, prefix=f".{self.name}."))
+        return Path(tempfile.mkdtemp(prefix="mft_upload_"))
+
+    def store_directory(self, staged: Path) -> None:
+        """Make the filled `staged` directory (from `staging_directory`) this one, replacing an
+        earlier one: a rename on a local disk, each file uploaded whole to a bucket."""
+        if self.is_local:
+            ordinary_permissions(staged)
+            shutil.rmtree(self.path, ignore_errors=True)
+            staged.rename(self.path)
             return
-        with tempfile.TemporaryDirectory(prefix="mft_upload_") as scratch:
-            yield Path(scratch)
-            self.rmtree()
-            for path in sorted(Path(scratch).rglob("*")):
-                if path.is_file():
-                    (self / path.relative_to(scratch).as_posix())._upload(path.read_bytes())
+        self.rmtree()
+        for path in sorted(staged.rglob("*")):
+            if path.is_file():
+                (self / path.relative_to(staged).as_posix())._upload(path.read_bytes())
+        shutil.rmtree(staged, ignore_errors=True)
+
+    def stale_staging(self) -> list[Path]:
+        """Staging directories of this location that a killed process left beside it (local only)."""
+        if not self.is_local:
+            return []
+        return sorted(Path(self.path).parent.glob(f".{self.name}.*"))
 
     def mkdir(self, parents: bool = True, exist_ok: bool = True) -> None:
         """A directory where directories exist; nothing on an object store (a key's prefix is its directory)."""
@@ -299,19 +326,6 @@ def _replacing(path: Path) -> Iterator[Path]:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
-
-
-@contextmanager
-def _replacing_directory(out: Path) -> Iterator[Path]:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
-        yield staging
-        ordinary_permissions(staging)
-        shutil.rmtree(out, ignore_errors=True)
-        staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def ordinary_permissions(root: str | Path) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Protocol
 
@@ -29,7 +28,10 @@ class Session(Protocol):
 
     def latest_checkpoint(self) -> Path | None: ...
 
-    def new_checkpoint_dir(self) -> Path: ...
+    def new_checkpoint_dir(self) -> Path:
+        """A local directory for the next checkpoint: fill it (create it if it does not exist yet)
+        and pass it to `report`, which stores it."""
+        ...
 
 
 class LocalSession:
@@ -59,7 +61,8 @@ class DirectorySession(LocalSession):
     job run as a plain Ray task, which a retry or a later driver (on any machine) resumes.
 
     Every write is a whole file (the storage's atomic write; an object store cannot append or
-    rename): reports.jsonl is rewritten with each report, a checkpoint is staged on local disk and
+    rename): reports.jsonl is rewritten with each report, a checkpoint is staged (in the run's
+    directory on a local disk, so storing it is a rename; on temporary disk for a bucket) and
     stored under checkpoint_NNNNNN/, and only then does `latest` name it, so a process killed
     mid-upload never leaves a half checkpoint to resume from; older ones are removed (one kept,
     as the Ray Train path keeps). The report is written before the checkpoint: a job resumes
@@ -70,6 +73,7 @@ class DirectorySession(LocalSession):
 
     REPORTS = "reports.jsonl"
     LATEST = "latest"  # the name of the newest whole checkpoint
+    NEXT = "checkpoint_next"  # what a checkpoint is staged beside; its number is chosen when stored
 
     def __init__(self, directory: str | Location, device: torch.device | None = None) -> None:
         self.rank, self.world_size = 0, 1
@@ -95,10 +99,8 @@ class DirectorySession(LocalSession):
         if checkpoint_dir is not None:
             previous = self._latest_name()
             name = f"checkpoint_{int(previous.split('_')[-1]) + 1 if previous else 1:06d}"
-            with (self.directory / name).atomic_directory() as staging:
-                shutil.copytree(checkpoint_dir, staging, dirs_exist_ok=True)
+            (self.directory / name).store_directory(checkpoint_dir)
             (self.directory / self.LATEST).write_text(name)
-            shutil.rmtree(checkpoint_dir.parent, ignore_errors=True)
             for old in self.directory.glob("checkpoint_*"):
                 if old.name != name:
                     old.rmtree()
@@ -111,7 +113,11 @@ class DirectorySession(LocalSession):
         return (self.directory / name).download()
 
     def new_checkpoint_dir(self) -> Path:
-        return Path(tempfile.mkdtemp(prefix="mft_ckpt_")) / "checkpoint"  # staged on local disk
+        # Only the job writes here, and its last staging was stored (renamed) before it asks
+        # again: any staging left now is a killed attempt's, removed so it cannot pile up.
+        for stale in (self.directory / self.NEXT).stale_staging():
+            shutil.rmtree(stale, ignore_errors=True)
+        return (self.directory / self.NEXT).staging_directory()
 
     def _latest_name(self) -> str | None:
         path = self.directory / self.LATEST
