@@ -191,3 +191,32 @@ def test_every_trial_and_the_results_arrive_in_offline_wandb(tracked):
         assert "config/ratio" not in run["history"][-1]
     assert by_name["e2e-summary"]["artifacts"] == {"e2e-results": [
         "best/tiny/gsm/config.yaml", "best/tiny/gsm/mask.json", "best/tiny/gsm/mask.safetensors", "leaderboard.md"]}
+
+
+def test_the_summary_of_a_sweep_stored_in_a_bucket_reaches_mlflow_and_wandb(s3, tmp_path, monkeypatch):
+    """The summary's files (leaderboard, best mask) live in the bucket: the trackers' clients open
+    local paths, so they are downloaded first, and arrive under their own names and folders."""
+    from mlflow.tracking import MlflowClient
+
+    from mft_search.core import files
+    from mft_search.tune.tracking import log_summary
+
+    for d in ("CONFIG", "CACHE", "DATA"):
+        monkeypatch.setenv(f"WANDB_{d}_DIR", str(tmp_path / d.lower()))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    exp = files.location(f"s3://{s3.new_bucket()}/runs/demo")
+    files.write_text(exp / "leaderboard.md", "| Model |\n")
+    files.write_text(exp / "best" / "tiny" / "math" / "mask.json", "{}")
+    cfg = parse_config(with_tracking({
+        "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "bucketed"},
+        "wandb": {"mode": "offline", "dir": str(tmp_path / "wandb")}}))
+    lines = []
+    log_summary(cfg, exp, log=lines.append)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.search_runs([client.get_experiment_by_name("bucketed").experiment_id])[0]
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["best", "leaderboard.md"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "best/tiny/math")] == ["best/tiny/math/mask.json"]
+    offline = next((tmp_path / "wandb").rglob("offline-run-*"))
+    assert wandb_run(offline)["artifacts"] == {"demo-results": ["best/tiny/math/mask.json", "leaderboard.md"]}
+    assert lines == ["MLflow: 2 result file(s) in run demo-summary of experiment bucketed",
+                     "W&B (offline): 2 result file(s) in run demo-summary"]

@@ -184,13 +184,16 @@ def log_summary(cfg: SweepConfig, exp_dir: Path, log=print) -> None:
     tracking = cfg.tracking
     if tracking is None:
         return
-    files = result_files(cfg, exp_dir)
-    if tracking.mlflow is not None:
-        where = _mlflow_summary(tracking.mlflow, cfg, files)
-        log(f"MLflow: {len(files)} result file(s) in run {cfg.name}-summary of experiment {where}")
-    if tracking.wandb is not None:
-        _wandb_summary(tracking.wandb, cfg, exp_dir, files)
-        log(f"W&B ({tracking.wandb.mode}): {len(files)} result file(s) in run {cfg.name}-summary")
+    with contextlib.ExitStack() as stack:
+        # The trackers' clients open local paths: an experiment in a bucket is downloaded first
+        # (a local file is used where it is).
+        files = [(folder, stack.enter_context(path.local_copy())) for folder, path in result_files(cfg, exp_dir)]
+        if tracking.mlflow is not None:
+            where = _mlflow_summary(tracking.mlflow, cfg, files)
+            log(f"MLflow: {len(files)} result file(s) in run {cfg.name}-summary of experiment {where}")
+        if tracking.wandb is not None:
+            _wandb_summary(tracking.wandb, cfg, exp_dir, files)
+            log(f"W&B ({tracking.wandb.mode}): {len(files)} result file(s) in run {cfg.name}-summary")
 
 
 def _mlflow_summary(spec: MLflowTracking, cfg: SweepConfig, files: list[tuple[str, Path]]) -> str:
