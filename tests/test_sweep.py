@@ -179,8 +179,12 @@ def finished(tmp_path_factory, tiny_backbone, problems_dir):
 
 
 def test_a_sweep_writes_every_output(finished):
+    from mft_search.tune.study import journal_copies
+
     exp, result = finished
     assert "# MFT leaderboard" in result.stdout and "trial" in result.stdout
+    assert (exp / "studies" / "tiny__gsm" / "optuna.journal").exists()  # published: its working copy is gone
+    assert not journal_copies(files.location(exp)).exists()
     frame = pd.read_parquet(exp / "results.parquet")
     probe = frame[frame["stage"] == "probe"]
     assert probe["trial_id"].nunique() == 4 and (frame["stage"] == "refine").any()

@@ -9,6 +9,7 @@ when a stage starts: a driver lost with its disk loses at most the trials runnin
 from __future__ import annotations
 
 import hashlib
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,8 +129,19 @@ def journal_storage(study: Study) -> optuna.storages.JournalStorage:
 def journal_path(study: Study) -> Path:
     """The driver's working copy of the study's journal: the same path on any machine for the same
     experiment, since a restored Tune searcher holds the path it was pickled with."""
-    key = hashlib.sha256(str(study.exp_dir).encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"mft_search-journals-{key}" / study.slug / layout.JOURNAL
+    return journal_copies(study.exp_dir) / study.slug / layout.JOURNAL
+
+
+def journal_copies(exp_dir: Location) -> Path:
+    """The local directory of an experiment's working copies of its journals."""
+    key = hashlib.sha256(str(exp_dir).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"mft_search-journals-{key}"
+
+
+def discard_journal_copies(exp_dir: Location) -> None:
+    """Remove the working copies once the sweep has finished: every journal is published, and a
+    later `--resume` restores its copy from there (a killed driver's stay, for that resume)."""
+    shutil.rmtree(journal_copies(exp_dir), ignore_errors=True)
 
 
 def restore_journal(study: Study) -> None:

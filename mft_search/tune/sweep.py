@@ -17,15 +17,24 @@ from mft_search.experiment.fft_record import load_fft_record
 from mft_search.experiment.results import ResultsTable
 from mft_search.experiment.storage import Storage
 from mft_search.train.spec import EvalVariant
-from mft_search.tune.evaluate import (
-    FftCurve, best_candidates, continued_fft, export_best, lora_baseline, paired_gains, row_and_seed, run_evaluation,
-    verdict, write_summary)
 from mft_search.tune.budget import budget_stop
+from mft_search.tune.evaluate import (
+    FftCurve,
+    best_candidates,
+    continued_fft,
+    export_best,
+    lora_baseline,
+    paired_gains,
+    row_and_seed,
+    run_evaluation,
+    verdict,
+    write_summary,
+)
 from mft_search.tune.fft_stage import fine_tuned_study, run_fft_stage
 from mft_search.tune.guards import check_winner, guard_limits, measure_references
 from mft_search.tune.replicates import fft_replicates, lora_replicates, mask_replicates, mft_replicates
 from mft_search.tune.stage import run_stage
-from mft_search.tune.study import Study
+from mft_search.tune.study import Study, discard_journal_copies
 
 
 class SweepState:
@@ -58,6 +67,7 @@ def run_sweep(cfg: SweepConfig, exp_dir: Location, *, resume: bool, finish: Call
             from mft_search.tune.tracking import log_summary  # imports mlflow and wandb: seconds, only if used
 
             log_summary(cfg, exp_dir, log)  # the leaderboard finish wrote and the best masks, as artefacts
+        discard_journal_copies(exp_dir)
     except Exception as exc:  # storage that filled or vanished, however deep Ray wrapped it
         failure = storage.failure(exc)
         if failure is None:
