@@ -126,7 +126,9 @@ def sampled(row) -> dict:
 
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory, tiny_backbone, problems_dir):
-    """A two-trial, one-epoch sweep (probe only, the unmasked baseline only) that tracks to both."""
+    """A one-epoch sweep (the unmasked baseline only) that tracks to both. It also carries the
+    time budget's end-to-end check (one sweep fewer in the suite): a 1 s budget ends the probe
+    after its first trial (one at a time), and refine still re-runs it."""
     from test_sweep import sweep, write_config
 
     tmp = tmp_path_factory.mktemp("tracked")
@@ -135,8 +137,8 @@ def tracked(tmp_path_factory, tiny_backbone, problems_dir):
                 "wandb": {"project": "mft-tracking", "mode": "offline", "dir": str(tmp / "wandb")}}
     config = write_config(
         tmp, tiny_backbone, problems_dir, lean=True, tracking=tracking,
-        train={**lean["train"], "epochs": 1}, stages={"probe": {"data_fraction": 0.5}, "refine": {"top_k": 0}},
-        search={**lean["search"], "num_trials": 2, "asha": None},
+        train={**lean["train"], "epochs": 1}, stages={"probe": {"data_fraction": 0.5}, "refine": {"top_k": 1}},
+        search={**lean["search"], "num_trials": 3, "max_concurrent_trials": 1, "asha": None, "time_budget_s": 1},
         selection={"min_gain": -1e9})  # always export the best mask: the summary's artefact
     # W&B's own settings, cache and staged artefacts under tmp, never in the user's home
     env = {**os.environ, "WANDB_SILENT": "true", **{f"WANDB_{d}_DIR": str(tmp / d.lower()) for d in ("CONFIG", "CACHE", "DATA")}}
@@ -159,7 +161,8 @@ def test_every_trial_and_the_results_arrive_in_mlflow(tracked):
     assert set(runs) == {*trials.index, "e2e-summary"}  # one run per trial, named by its trial id
     for trial_id, row in trials.iterrows():
         run = runs[trial_id]
-        assert run.info.status == "FINISHED" and run.data.tags["stage"] == "probe" and run.data.tags["study"] == "tiny/gsm"
+        assert run.info.status == "FINISHED" and run.data.tags["stage"] == row["stage"]
+        assert run.data.tags["study"] == "tiny/gsm"
         params, metrics = run.data.params, run.data.metrics
         assert params == {k: str(v) for k, v in sampled(row).items()}
         assert not any(k.startswith("params/") for k in params)  # the sampled point, not Tune's config
@@ -185,7 +188,7 @@ def test_every_trial_and_the_results_arrive_in_offline_wandb(tracked):
     assert set(by_name) == {*trials.index, "e2e-summary"}
     for trial_id, row in trials.iterrows():
         run = by_name[trial_id]
-        assert run["id"] == trial_id and run["group"] == "tiny__gsm-probe"
+        assert run["id"] == trial_id and run["group"] == f"tiny__gsm-{row['stage']}"
         assert {k: v for k, v in run["config"].items() if k != "_wandb"} == sampled(row)
         assert run["history"][-1]["val_loss"] == pytest.approx(row["val_loss"])
         assert "config/ratio" not in run["history"][-1]
@@ -220,3 +223,19 @@ def test_the_summary_of_a_sweep_stored_in_a_bucket_reaches_mlflow_and_wandb(s3, 
     assert wandb_run(offline)["artifacts"] == {"demo-results": ["best/tiny/math/mask.json", "leaderboard.md"]}
     assert lines == ["MLflow: 2 result file(s) in run demo-summary of experiment bucketed",
                      "W&B (offline): 2 result file(s) in run demo-summary"]
+
+
+@pytest.mark.ray
+def test_a_time_budget_stops_the_probe_and_keeps_its_finished_trials(tracked):
+    import pandas as pd
+
+    _, exp, result = tracked
+    frame = pd.read_parquet(exp / "results.parquet")
+    probe = frame[frame["stage"] == "probe"]
+    assert probe["trial_id"].nunique() == 1 and (probe["status"] == "completed").all()
+    assert (frame["stage"] == "refine").any()  # refine and evaluation still ran
+    assert "the probe search stopped early: search.time_budget_s 1 s spent" in result.stdout
+    assert "after 1 of 3 trials" in result.stdout
+    summary = json.loads((exp / "studies" / "tiny__gsm" / "summary.json").read_text())
+    assert "after 1 of 3 trials" in summary["budget_stop"]
+    assert "stopped early" in (exp / "leaderboard.md").read_text()
