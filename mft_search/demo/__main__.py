@@ -9,7 +9,7 @@ from mft_search.demo.build import build_demo
 
 def main(argv: list[str]) -> None:
     assets = build_demo(Path(argv[0]) if argv else None)
-    for label in ("pretrained", "train", "train_noisy", "fft_selection", "validation", "test", "facts_path"):
+    for label in ("pretrained", "train", "fft_selection", "validation", "test", "facts_path"):
         print(f"{label:>13}: {getattr(assets, label)}")
     print(json.dumps(assets.facts()["pretrain"], indent=2))
 

@@ -1,7 +1,7 @@
 """Building the demo's assets offline: data splits, tokenizer, pre-trained base.
 
     assets = build_demo()            # minutes the first time, then instant (cached)
-    assets.pretrained                # ~/.cache/mft_search/demo/v3/pretrained: what the fft stage fine-tunes
+    assets.pretrained                # ~/.cache/mft_search/demo/v2/pretrained: what the fft stage fine-tunes
 
 The sweep's fft stage (demo.yaml) fine-tunes the base with a decaying learning rate well past its
 best epoch, picked on the FFT-selection split, so that "MFT beats the best FFT" is measured against
@@ -18,17 +18,16 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
-from mft_search.demo.assets import COMPLETE, SAME_BASE, VERSION, DemoAssets, DemoSize, default_cache_dir
+from mft_search.demo.assets import COMPLETE, VERSION, DemoAssets, DemoSize, default_cache_dir
 from mft_search.demo.domain import TEMPLATE
 from mft_search.demo.pretrain import pack_documents, pretrain
-from mft_search.demo.problems import Splits, WordProblem, make_splits, pretraining_corpus, with_label_noise
+from mft_search.demo.problems import Splits, WordProblem, make_splits, pretraining_corpus
 from mft_search.demo.tiny import tiny_llama, tiny_tokenizer
 
 Log = Callable[[str], None]
 
 
-def build_demo(cache_dir: Path | None = None, *, size: DemoSize | None = None,
-               log: Log = print) -> DemoAssets:
+def build_demo(cache_dir: Path | None = None, *, size: DemoSize = DemoSize(), log: Log = print) -> DemoAssets:
     """The demo assets under `cache_dir`, built first unless a complete build is there.
 
     The build runs in a sibling temporary directory renamed into place only once complete, so a
@@ -36,7 +35,6 @@ def build_demo(cache_dir: Path | None = None, *, size: DemoSize | None = None,
     is rebuilt.
     """
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    size = size if size is not None else DemoSize()
     if (root / COMPLETE).exists():
         return DemoAssets(root)
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -45,7 +43,7 @@ def build_demo(cache_dir: Path | None = None, *, size: DemoSize | None = None,
     shutil.rmtree(work, ignore_errors=True)
     try:
         log(f"Building the demo's pre-trained base and data in {root} (once; a few minutes on 2 CPU cores)")
-        _build(work, size, log, _reusable_base(root, size))
+        _build(work, size, log)
         (work / COMPLETE).write_text(VERSION + "\n", encoding="utf-8")
         _install(work, root)
     finally:
@@ -82,20 +80,7 @@ def _install(work: Path, root: Path) -> None:
             raise
 
 
-def _reusable_base(root: Path, size: DemoSize) -> DemoAssets | None:
-    """A complete build beside `root` of an older version with this version's base recipe
-    (SAME_BASE) and the same base settings, whose base this build copies instead of
-    pre-training for a quarter of an hour; None when there is none."""
-    for version in SAME_BASE:
-        old = DemoAssets(root.parent / version)
-        if old.root != root and (old.root / COMPLETE).exists() and old.facts_path.exists():
-            facts = old.facts()
-            if {k: v for k, v in facts["size"].items() if k != "label_noise"} == size.base_settings():
-                return old
-    return None
-
-
-def _build(work: Path, size: DemoSize, log: Log, reuse: DemoAssets | None = None) -> None:
+def _build(work: Path, size: DemoSize, log: Log) -> None:
     start = time.perf_counter()
     work.mkdir(parents=True)
     assets = DemoAssets(work)
@@ -104,15 +89,7 @@ def _build(work: Path, size: DemoSize, log: Log, reuse: DemoAssets | None = None
     facts: dict = {"version": VERSION, "seed": size.seed, "size": asdict(size),
                    "splits": {"train": "2-step problems, 4 of 8 phrasings",
                               "fft_selection_validation_and_test": "2- and 3-step problems, all 8 phrasings"}}
-    facts["label_noise"] = _write_noisy_train(assets, splits.train, size)
-    # The base's tokenizer learnt the clean training answers: an older build's base is this one's
-    # only if its train.jsonl is the same file.
-    if reuse is not None and reuse.train.read_bytes() == assets.train.read_bytes():
-        log(f"Reusing the pre-trained base of {reuse.root} (same recipe and settings)")
-        shutil.copytree(reuse.pretrained, assets.pretrained)
-        facts["pretrain"] = {**reuse.facts()["pretrain"], "reused_from": str(reuse.root)}
-    else:
-        facts["pretrain"] = _pretrain(assets, splits, size, log)
+    facts["pretrain"] = _pretrain(assets, splits, size, log)
     facts["total_seconds"] = round(time.perf_counter() - start, 1)
     assets.facts_path.write_text(json.dumps(facts, indent=2) + "\n", encoding="utf-8")
     log(f"Demo base built in {facts['total_seconds']:.0f} s: pre-training loss {facts['pretrain']['final_loss']:.3f}")
@@ -122,15 +99,6 @@ def _write_splits(assets: DemoAssets, splits: Splits) -> None:
     for path, problems in ((assets.train, splits.train), (assets.fft_selection, splits.fft_selection),
                            (assets.validation, splits.validation), (assets.test, splits.test)):
         path.write_text("".join(json.dumps(p.record()) + "\n" for p in problems), encoding="utf-8")
-
-
-def _write_noisy_train(assets: DemoAssets, train: list[WordProblem], size: DemoSize) -> dict:
-    # Its own seed: the splits (seed) and the pre-training corpus (seed + 1) stay as they were.
-    seed = size.seed + 2
-    noisy, wrong = with_label_noise(train, size.label_noise, seed)
-    assets.train_noisy.write_text("".join(json.dumps(p.record()) + "\n" for p in noisy), encoding="utf-8")
-    return {"fraction": size.label_noise, "seed": seed, "corrupted": len(wrong), "problems": wrong,
-            "how": "one step's result off by 1..9, later steps computed from it, so the final answer is wrong"}
 
 
 def _sft_text(problem: WordProblem) -> str:

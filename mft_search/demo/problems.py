@@ -120,33 +120,6 @@ def make_splits(seed: int, train: int, fft_selection: int, validation: int, test
     )
 
 
-MAX_SLIP = 9  # a label-noised step is off by 1..MAX_SLIP
-
-
-def with_wrong_step(problem: WordProblem, rng: random.Random) -> WordProblem:
-    """The problem with one step's result off by 1..MAX_SLIP (step and slip drawn from `rng`):
-    later steps compute correctly from the wrong value, so the final answer is wrong too and the
-    worked answer keeps the clean format (a real SFT set's slips, not random answers). The story,
-    hence the question, is the clean one's; no running total goes below 0."""
-    k = rng.randrange(len(problem.steps))
-    floor = min(after for _, _, after in problem.steps[k:])  # every later total moves by the slip too
-    slip = rng.choice([s for s in range(-MAX_SLIP, MAX_SLIP + 1) if s and floor + s >= 0])
-    steps = [(before + (slip if i > k else 0), change, after + (slip if i >= k else 0))
-             for i, (before, change, after) in enumerate(problem.steps)]
-    return WordProblem(problem.story, problem.item, problem.name, steps)
-
-
-def with_label_noise(problems: list[WordProblem], fraction: float, seed: int) -> tuple[list[WordProblem], list[int]]:
-    """`problems` with round(fraction * len) of them, chosen by `seed`, given a wrong step
-    (`with_wrong_step`): the copy and the sorted indices of the corrupted ones."""
-    rng = random.Random(seed)
-    wrong = sorted(rng.sample(range(len(problems)), round(fraction * len(problems))))
-    out = list(problems)
-    for i in wrong:
-        out[i] = with_wrong_step(problems[i], rng)
-    return out, wrong
-
-
 def pretraining_document(rng: random.Random) -> str:
     """Plain text that teaches reading numbers off a story and adding them up, in no Q/A format.
 
