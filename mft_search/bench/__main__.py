@@ -17,6 +17,7 @@ SUITES = {
     "maskfile": "maskfile",  # mask-file bytes against numel/8 and the entropy bound
     "eval": "evaluation",    # batched vs one-at-a-time generation, parallel vs serial code runs
     "storage": "storage",    # the Optuna journal on a bucket: its upload per trial
+    "peak": "peak",          # the demo's fft stage per seed: does it pass an overfitting peak?
 }
 
 
