@@ -168,8 +168,8 @@ def run(quick: bool = False, argv: list[str] | None = None) -> None:
         row, ok = report(seed, curve)
         rows.append(row)
         passed += ok
-    print("\n| Seed | Best (epoch) | Final | Best - final ± paired SE | Last-quarter mean | Validation at best "
-          "| at final | Best - final ± paired SE | Seconds |")
+    print("\n| Seed | Best (epoch) | Final | Best - final ± paired SE (selection) | Last-quarter mean "
+          "| Validation at best | at final | Best - final ± paired SE (validation) | Seconds |")
     print("|---:|---:|---:|---|---:|---:|---:|---|---:|")
     print("\n".join(rows))
     print(f"\nbest - final above two paired SEs on FFT selection and on validation: {passed} of {len(args.seeds)} seeds")
