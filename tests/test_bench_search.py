@@ -198,3 +198,14 @@ def test_the_loss_landscape_reads_the_same_validation_problems_as_the_demos_benc
     assert (data / "train.jsonl").resolve() == (tmp_path / "train.jsonl").resolve()
     assert search.loss_domain(domain) == loss  # again: the links are kept, not remade
     assert show(-0.6286, "loss") == "0.6286 nats" and show(0.308, "accuracy") == "30.8%"
+
+
+def test_two_searches_that_spend_the_same_on_every_seed_are_not_told_apart():
+    from mft_search.bench.search import _paired_p
+    from mft_search.bench.search_replay import Outcome
+
+    same = [Outcome(4, 1.0, 4, 1.0, 2, 0), Outcome(6, 1.0, 6, 1.0, 3, 0)]
+    assert _paired_p(same, same, grid_epochs=10) == 1.0
+    faster = [Outcome(e, 1.0, e, 1.0, 1, 0) for e in (1, 2, 1, 2, 1, 2, 1, 2)]
+    slower = [Outcome(e, 1.0, e, 1.0, 1, 0) for e in (5, 6, 7, 8, 5, 6, 7, 8)]
+    assert _paired_p(faster, slower, grid_epochs=10) < 0.01

@@ -288,9 +288,12 @@ def _verdict(results: dict[str, list[Outcome]], grid_epochs: int) -> None:
 def _paired_p(a: list[Outcome], b: list[Outcome], grid_epochs: int) -> float:
     """P-value that a needs fewer trial-epochs than b; a miss counts one epoch past the budget
     (a rank test: the cap's value does not matter)."""
+    x, y = _epochs(a, grid_epochs + 1), _epochs(b, grid_epochs + 1)
+    if x == y:  # every seed the same for both: nothing to tell them apart (scipy would warn, nan)
+        return 1.0
     try:
-        return float(stats.wilcoxon(_epochs(a, grid_epochs + 1), _epochs(b, grid_epochs + 1), alternative="less").pvalue)
-    except ValueError:  # every seed the same for both: nothing to tell them apart
+        return float(stats.wilcoxon(x, y, alternative="less").pvalue)
+    except ValueError:
         return 1.0
 
 
