@@ -180,7 +180,7 @@ def test_a_lower_loss_that_every_item_shares_stands_apart_from_noise():
 
 
 def test_the_loss_landscape_reads_the_same_validation_problems_as_the_demos_benchmark(tmp_path, monkeypatch):
-    import mft_search.bench.search as search
+    from mft_search.bench import search
     from mft_search.bench.search_table import show
     from mft_search.config.schema import DomainSpec
 
