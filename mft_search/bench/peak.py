@@ -21,7 +21,7 @@ import argparse
 import math
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -82,24 +82,16 @@ class Curve:
 
 def run_fft(raw: dict, log=print) -> Curve:
     """The fft stage of the config `raw` (demo.yaml's shape), in this process; every point's items kept."""
+    from mft_search.bench.search_table import ItemsSession
     from mft_search.config.schema import parse_config
     from mft_search.core.backbone import load_model, load_tokenizer
     from mft_search.train.evaluation import score_benchmark
     from mft_search.train.job import run_job
-    from mft_search.train.session import LocalSession
     from mft_search.train.spec import report_artifact
     from mft_search.tune.study import Study
 
-    class ItemSession(LocalSession):
-        """Keeps each point's per-item scores (the loop's record_items hook)."""
-
-        def __init__(self, directory: Path) -> None:
-            super().__init__(directory)
-            self.items: list[dict] = []
-
-        def record_items(self, report: int, items) -> None:
-            self.items.append(dict(items.items))
-            log(f"  point {report}: {100 * _mean(self.items[-1]):.1f}")
+    def show(report: int, items) -> None:
+        log(f"  point {report}: {100 * _mean(dict(items.items)):.1f}")
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = parse_config({**raw, "storage": tmp})
@@ -107,19 +99,19 @@ def run_fft(raw: dict, log=print) -> Curve:
         job = study.job("fft", "fft", data=study.domain.train, train=cfg.stages.fft.train,
                         evaluation=study.domain.fft_selection)
         study.prepare_data("refine")
-        session = ItemSession(Path(tmp) / "session")
+        session = ItemsSession(Path(tmp) / "session", on_record=show)
         start = time.perf_counter()
         run_job(job, session)
         seconds = time.perf_counter() - start
-        epochs = [float(r["epoch"]) for r in session.reports]
-        best = max(range(len(session.items)), key=lambda i: (_mean(session.items[i]), -i))
+        curve = Curve([float(r["epoch"]) for r in session.local.reports],
+                      [dict(session.items[r].items) for r in sorted(session.items)], {}, {}, seconds)
         validation = []
-        for report in (best + 1, len(session.items)):  # reports count from 1
+        for report in (curve.best + 1, len(curve.selection)):  # reports count from 1
             spec = study.backbone.model_copy(update={"source": str(report_artifact(job.artifact_dir, report))})
             model = load_model(spec, torch.float32, study.cache_dir)
             validation.append(dict(score_benchmark(study.domain.validation, model,
                                                    load_tokenizer(spec, study.cache_dir)).items))
-    return Curve(epochs, session.items, validation[0], validation[1], seconds)
+    return replace(curve, validation_best=validation[0], validation_final=validation[1])
 
 
 def _mean(items: dict) -> float:

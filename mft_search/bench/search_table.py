@@ -20,6 +20,7 @@ import json
 import math
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,15 +112,17 @@ def table_path(key: dict[str, Any]) -> Path:
     return CACHE_DIR / f"search-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}.json"
 
 
-class _ItemsSession:
-    """A LocalSession that keeps each report's per-item scores (train.loop's record_items hook)."""
+class ItemsSession:
+    """A LocalSession that keeps each report's per-item scores (train.loop's record_items hook),
+    handing each to `on_record` too when given (bench peak prints its points as they come)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, on_record: Callable[[int, Any], None] | None = None) -> None:
         from mft_search.train.session import LocalSession
 
         self.local = LocalSession(directory)
         self.rank, self.world_size, self.device = 0, 1, self.local.device
         self.items: dict[int, Any] = {}
+        self.on_record = on_record
 
     def report(self, metrics, checkpoint_dir) -> None:
         self.local.report(metrics, checkpoint_dir)
@@ -132,6 +135,8 @@ class _ItemsSession:
 
     def record_items(self, report: int, items) -> None:
         self.items[report] = items
+        if self.on_record is not None:
+            self.on_record(report, items)
 
 
 def train_point(study, params: dict[str, Any], name: str, workdir: Path) -> tuple[list[str], list[Epoch], bool]:
@@ -139,7 +144,7 @@ def train_point(study, params: dict[str, Any], name: str, workdir: Path) -> tupl
     no-op: a mask that keeps every weight ends the trial at its first report, never a candidate)."""
     from mft_search.train.job import run_job
 
-    session = _ItemsSession(workdir / name)
+    session = ItemsSession(workdir / name)
     run_job(study.mft_job(params, name, "probe"), session)
     ids, epochs = epochs_of(session.local.reports, session.items)
     return ids, epochs, bool(session.local.reports[-1].get("no_op"))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from mft_search.train.step import linear_schedule
+from mft_search.train.step import lr_schedule
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ def pretrain(model: PreTrainedModel, rows: torch.Tensor, settings: PretrainSetti
     order = random.Random(settings.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay,
                                   betas=(0.9, 0.95))
-    scheduler = linear_schedule(optimizer, settings.steps, settings.warmup_ratio)
+    scheduler = lr_schedule(optimizer, settings.steps, settings.warmup_ratio)  # linear, as it always was
     model.train()
     tail = max(1, settings.steps // 10)
     losses: list[float] = []

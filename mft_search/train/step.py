@@ -70,11 +70,6 @@ def lr_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float):
-    """Linear warm-up to the peak rate, then linear decay to zero at `total_steps`."""
-    return lr_schedule(optimizer, total_steps, warmup_ratio, "linear")
-
-
 def make_optimizer(params: Iterable[nn.Parameter], settings: TrainSettings, total_steps: int):
     """AdamW on `params` with the settings' schedule; returns (optimizer, scheduler)."""
     optimizer = torch.optim.AdamW(list(params), lr=settings.lr, weight_decay=settings.weight_decay)
