@@ -15,8 +15,9 @@ every epoch, per item. Replayed on it (bench.search_replay), each with SEEDS see
   validation items (search.asha.validation_subset; tune.rungs says which report is which rung).
 Searches run one trial at a time (the demo runs two), without the demo's enqueued point (a user's
 hint would flatter every search), until the configuration they would select is within noise of
-the grid's best (bench.search_replay says how that is decided) or they have spent the grid's
-trial-epochs ("not reached", counted as infinite).
+the grid's best (bench.search_replay says how that is decided), or they have spent the grid's
+trial-epochs or exhausted the space ("not reached", counted as infinite). As in the sweep, a
+point a search already ran is not run again: it is told its outcome at no cost (tune.duplicates).
 """
 
 from __future__ import annotations
@@ -218,8 +219,8 @@ def run(quick: bool = False, argv: list[str] | None = None) -> None:
     land = landscape(table)
     seeds = QUICK_SEEDS if quick else SEEDS
     results = replay_all(table, land, seeds)
-    # Rung-wise validation's question: at the same trial-epochs (the grid's), does the search
-    # select as good a configuration for fewer trial-seconds?
+    # Rung-wise validation's question: with the same budget (the grid's trial-epochs), does the
+    # search select as good a configuration for fewer trial-seconds?
     names = tuple(n for n in results if n.startswith("TPE + ASHA"))
     fixed = replay_all(table, land, seeds, stop_at_target=False, names=names)
     _print(table, land, results, fixed, seeds, quick, time.perf_counter() - started)
@@ -306,7 +307,8 @@ def _rungwise(results: dict[str, list[Outcome]], fixed: dict[str, list[Outcome]]
     good = [sum(o.selected in within for o in runs) for runs in (full, subset)]
     seconds = [quantiles([o.seconds for o in runs])[2] / grid_seconds for runs in (full, subset)]
     lo, _, med, _, hi = quantiles([b.seconds / a.seconds for a, b in zip(full, subset, strict=True)])
-    print(f"rung-wise validation, both searches run for the grid's trial-epochs: {name} selects a configuration "
+    print(f"rung-wise validation, both searches run until they spend the grid's trial-epochs or exhaust the space: "
+          f"{name} selects a configuration "
           f"within noise of the best in {good[1]}/{len(subset)} seeds (without it: {good[0]}/{len(full)}), the same "
           f"one as without it in {same}/{len(subset)}, for a median {seconds[1]:.2f}x the grid's trial-seconds "
           f"(without it: {seconds[0]:.2f}x; per seed, with/without: median {med:.2f}, {lo:.2f}-{hi:.2f})")
