@@ -6,8 +6,9 @@ from pathlib import Path
 import optuna
 import pytest
 
+from mft_search.bench import search
 from mft_search.bench.search import quick_space, strategies
-from mft_search.bench.search_replay import Replay, UnitCosts, grid_compute, landscape, quantiles
+from mft_search.bench.search_replay import Outcome, Replay, UnitCosts, grid_compute, landscape, quantiles
 from mft_search.bench.search_table import Epoch, Table, config_key, discretise, grid_points
 from mft_search.config.space import FloatRange, SearchSpace, grid_size
 from mft_search.tune.duplicates import MAX_REPEATS, REPEAT_OF
@@ -111,7 +112,7 @@ def test_a_repeated_point_is_told_its_outcome_and_costs_nothing():
     # c, c again, then b: the sweep runs c once (tune.searcher), so b's target costs 2 + 2 epochs, not 6
     sampler = _Enqueued(["c", "c", "b"])
     outcome = replay_with(sampler)
-    assert (outcome.epochs_to_target, outcome.trials, outcome.repeats) == (4, 2, 1)
+    assert (outcome.epochs_to_target, outcome.trials, outcome.repeats, outcome.exhausted) == (4, 2, 1, False)
     first, copy, _ = sampler.study.trials
     assert copy.state == first.state == optuna.trial.TrialState.COMPLETE and copy.value == first.value == 0.2
     assert copy.intermediate_values == first.intermediate_values == {1: 0.1, 2: 0.2}
@@ -139,7 +140,7 @@ def test_a_search_that_exhausts_the_space_stops_and_has_not_reached():
     run = Replay(table, landscape(table), lambda t: {"x": t.suggest_categorical("x", ["a", "c"])})
     outcome = run.run(optuna.samplers.RandomSampler(seed=0), optuna.pruners.ThresholdPruner(lower=0.45), 100)
     assert outcome.epochs_to_target is None and (outcome.epochs, outcome.trials) == (2, 2)
-    assert outcome.repeats >= MAX_REPEATS
+    assert outcome.repeats >= MAX_REPEATS and outcome.exhausted
 
 
 def test_the_grid_compute_counts_every_epoch_and_its_seconds():
@@ -250,3 +251,10 @@ def test_two_searches_that_spend_the_same_on_every_seed_are_not_told_apart():
     faster = [Outcome(e, 1.0, e, 1.0, 1, 0) for e in (1, 2, 1, 2, 1, 2, 1, 2)]
     slower = [Outcome(e, 1.0, e, 1.0, 1, 0) for e in (5, 6, 7, 8, 5, 6, 7, 8)]
     assert _paired_p(faster, slower, grid_epochs=10) < 0.01
+
+
+def test_the_report_counts_the_searches_that_repeats_ended_short_of_the_target(capsys):
+    ended, reached = Outcome(None, None, 2, 4.0, 2, 0, 100, True), Outcome(2, 4.0, 2, 4.0, 1, 0, 100, True)
+    search._repeats({"GP": [ended, reached], "TPE": [reached, reached]})
+    assert capsys.readouterr().out.endswith(f"{MAX_REPEATS} times in a row and stopped short of the target: "
+                                            "GP 1/2, TPE 0/2\n")

@@ -49,6 +49,7 @@ from mft_search.bench.search_table import (
     show,
     table_path,
 )
+from mft_search.tune.duplicates import MAX_REPEATS
 
 QUICK_ITEMS = 50
 SEEDS = 20
@@ -267,9 +268,18 @@ def _print(table: Table, land: Landscape, results: dict[str, list[Outcome]], fix
         e = [o.epochs_to_target if o.epochs_to_target is not None else math.inf for o in outcomes]
         s = [o.seconds_to_target if o.seconds_to_target is not None else math.inf for o in outcomes]
         print(f"{name:<30} {reached:>3}/{len(outcomes):<3}  {_fmt(e, epochs):<54}  {_fmt(s, seconds)}")
+    _repeats(results)
     _verdict(results, epochs)
     _rungwise(results, fixed, land, seconds)
     print(f"the suite took {wall_s:.0f} s")
+
+
+def _repeats(results: dict[str, list[Outcome]]) -> None:
+    """How many searches ended by the repeat rule (tune.duplicates) without having reached."""
+    ended = ", ".join(f"{name} {sum(o.exhausted and o.epochs_to_target is None for o in outs)}/{len(outs)}"
+                      for name, outs in results.items())
+    print(f"a repeated point is told its outcome, not run; searches that drew only finished points "
+          f"{MAX_REPEATS} times in a row and stopped short of the target: {ended}")
 
 
 def _epochs(outcomes: list[Outcome], cap: float) -> list[float]:

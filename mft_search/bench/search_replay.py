@@ -67,7 +67,8 @@ def landscape(table: Table, seed: int = 0) -> Landscape:
 class Outcome:
     """One search: trial-epochs and trial-seconds until it reached the target (None: not within
     its budget, or it exhausted the space first), what it spent in all, its trials (each ran),
-    the configuration it would select, and its repeats (draws of a finished point, not run)."""
+    the configuration it would select, its repeats (draws of a finished point, not run) and
+    whether repeats ended it."""
 
     epochs_to_target: int | None
     seconds_to_target: float | None
@@ -76,6 +77,7 @@ class Outcome:
     trials: int
     selected: int | None
     repeats: int = 0  # draws of a finished point, told its outcome at no cost (tune.duplicates)
+    exhausted: bool = False  # ended by MAX_REPEATS repeats in a row, before its budget
 
 
 @dataclass(frozen=True)
@@ -113,13 +115,14 @@ class Replay:
         self.epochs, self.seconds, self.trials = 0, 0.0, 0
         self.incumbent: tuple[float, int] | None = None  # (metric, configuration)
         self.reached: tuple[int, float] | None = None
-        self.repeats = 0
+        self.repeats, exhausted = 0, False
         while self.epochs < budget_epochs and not (stop_at_target and self.reached):
             if not self._trial(study, budget_epochs):
-                break  # the space is exhausted: the sweep ends the search here
+                exhausted = True  # the sweep ends the search here (tune.searcher)
+                break
         selected = self.incumbent[1] if self.incumbent else None
         return Outcome(*(self.reached or (None, None)), self.epochs, self.seconds, self.trials, selected,
-                       self.repeats)
+                       self.repeats, exhausted)
 
     def _trial(self, study: optuna.Study, budget_epochs: int) -> bool:
         """Run one trial; False when MAX_REPEATS draws in a row repeated finished trials."""
