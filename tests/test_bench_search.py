@@ -6,10 +6,12 @@ from pathlib import Path
 import optuna
 import pytest
 
+from mft_search.bench import search
 from mft_search.bench.search import quick_space, strategies
-from mft_search.bench.search_replay import Replay, UnitCosts, grid_compute, landscape, quantiles
+from mft_search.bench.search_replay import Outcome, Replay, UnitCosts, grid_compute, landscape, quantiles
 from mft_search.bench.search_table import Epoch, Table, config_key, discretise, grid_points
 from mft_search.config.space import FloatRange, SearchSpace, grid_size
+from mft_search.tune.duplicates import MAX_REPEATS, REPEAT_OF
 from mft_search.tune.sampling import define_by_run
 
 ITEMS = 100
@@ -39,19 +41,24 @@ def sample(trial):
 
 
 def replay(order, pruner=None, subsets=None, budget=100, stop=True):
+    return replay_with(_Enqueued(order), pruner, subsets, budget, stop)
+
+
+def replay_with(sampler, pruner=None, subsets=None, budget=100, stop=True):
     table = make_table()
     run = Replay(table, landscape(table), sample, subsets)
-    return run.run(_Enqueued(order), pruner or optuna.pruners.NopPruner(), budget, stop)
+    return run.run(sampler, pruner or optuna.pruners.NopPruner(), budget, stop)
 
 
 class _Enqueued(optuna.samplers.RandomSampler):
-    """Proposes `order` first (a fixed sequence of points), then random ones."""
+    """Proposes `order` first (a fixed sequence of points), then random ones; keeps the study."""
 
     def __init__(self, order):
         super().__init__(seed=0)
         self.order = list(order)
 
     def sample_independent(self, study, trial, name, distribution):
+        self.study = study
         if self.order:
             return self.order.pop(0)
         return super().sample_independent(study, trial, name, distribution)
@@ -92,13 +99,48 @@ def test_a_subset_report_costs_its_items_only_and_is_never_selected():
 
 
 def test_a_search_that_spends_its_budget_has_not_reached():
-    outcome = replay(["c", "c", "c"], budget=5)
-    assert outcome.epochs_to_target is None and outcome.epochs == 5
+    outcome = replay(["c", "d", "b"], budget=4)  # b is cut off after its first epoch (30%)
+    assert outcome.epochs_to_target is None and outcome.epochs == 4
 
 
 def test_without_stopping_at_the_target_a_search_spends_its_budget_and_keeps_the_best():
-    outcome = replay(["b", "a", "c", "c"], budget=8, stop=False)
-    assert outcome.epochs == 8 and outcome.selected == 0 and outcome.epochs_to_target == 2
+    outcome = replay(["b", "a", "c"], budget=6, stop=False)
+    assert outcome.epochs == 6 and outcome.selected == 0 and outcome.epochs_to_target == 2
+
+
+def test_a_repeated_point_is_told_its_outcome_and_costs_nothing():
+    # c, c again, then b: the sweep runs c once (tune.searcher), so b's target costs 2 + 2 epochs, not 6
+    sampler = _Enqueued(["c", "c", "b"])
+    outcome = replay_with(sampler)
+    assert (outcome.epochs_to_target, outcome.trials, outcome.repeats, outcome.exhausted) == (4, 2, 1, False)
+    first, copy, _ = sampler.study.trials
+    assert copy.state == first.state == optuna.trial.TrialState.COMPLETE and copy.value == first.value == 0.2
+    assert copy.intermediate_values == first.intermediate_values == {1: 0.1, 2: 0.2}
+    assert copy.user_attrs == {REPEAT_OF: 0}
+
+
+def test_a_repeat_of_a_pruned_trial_is_pruned_with_its_reports_and_no_rung_of_its_own():
+    # Successive halving (reduction 4) keeps the best of each rung: a passes rung 0, c (10%) and b
+    # (30%) are pruned there. c's repeat is PRUNED with c's report but never asked the pruner, so
+    # it holds no rung (Ray's ASHA never hears of a repeat in the sweep either).
+    sampler = _Enqueued(["a", "c", "c", "b"])
+    outcome = replay_with(sampler, pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1), budget=4, stop=False)
+    _, pruned, copy, _ = sampler.study.trials
+    assert pruned.state == copy.state == optuna.trial.TrialState.PRUNED
+    assert copy.intermediate_values == pruned.intermediate_values == {1: 0.1} and copy.value == 0.1
+    assert "completed_rung_0" in pruned.system_attrs
+    assert not any(k.startswith("completed_rung") for k in copy.system_attrs)
+    assert (outcome.epochs, outcome.trials, outcome.repeats) == (4, 3, 1)
+
+
+def test_a_search_that_exhausts_the_space_stops_and_has_not_reached():
+    # Two points, each pruned at its first epoch (below 45%): a random sampler then repeats them
+    # forever, at no cost; the search ends after MAX_REPEATS repeats in a row, short of its budget.
+    table = make_table({"a": (40, 60), "c": (10, 20)}, no_op=())
+    run = Replay(table, landscape(table), lambda t: {"x": t.suggest_categorical("x", ["a", "c"])})
+    outcome = run.run(optuna.samplers.RandomSampler(seed=0), optuna.pruners.ThresholdPruner(lower=0.45), 100)
+    assert outcome.epochs_to_target is None and (outcome.epochs, outcome.trials) == (2, 2)
+    assert outcome.repeats >= MAX_REPEATS and outcome.exhausted
 
 
 def test_the_grid_compute_counts_every_epoch_and_its_seconds():
@@ -209,3 +251,10 @@ def test_two_searches_that_spend_the_same_on_every_seed_are_not_told_apart():
     faster = [Outcome(e, 1.0, e, 1.0, 1, 0) for e in (1, 2, 1, 2, 1, 2, 1, 2)]
     slower = [Outcome(e, 1.0, e, 1.0, 1, 0) for e in (5, 6, 7, 8, 5, 6, 7, 8)]
     assert _paired_p(faster, slower, grid_epochs=10) < 0.01
+
+
+def test_the_report_counts_the_searches_that_repeats_ended_short_of_the_target(capsys):
+    ended, reached = Outcome(None, None, 2, 4.0, 2, 0, 100, True), Outcome(2, 4.0, 2, 4.0, 1, 0, 100, True)
+    search._repeats({"GP": [ended, reached], "TPE": [reached, reached]})
+    assert capsys.readouterr().out.endswith(f"{MAX_REPEATS} times in a row and stopped short of the target: "
+                                            "GP 1/2, TPE 0/2\n")

@@ -21,6 +21,7 @@ from mft_search.report import plots
 from mft_search.report.experiment import StudyRecord, Summary, SummaryRow, per_trial
 from mft_search.report.importance import FLAGGED_BELOW, WITHHELD_BELOW, param_importances
 from mft_search.report.noise import noise_half_width, unmasked_reference
+from mft_search.tune.duplicates import REPEAT_OF
 
 # 400 validation items, 240 of them correct: p = 0.6, so std**2 = p(1 - p) = 0.24 and the band's
 # half-width is 1.96 * sqrt(2) * sqrt(0.24) / sqrt(400) = 0.0679, 6.8 points.
@@ -131,6 +132,17 @@ def test_importances_on_few_trials_are_shown_but_flagged(tmp_path: Path, complet
     assert f"rests on only {completed} completed trials" in importances.flag
     title = plots.importance_bars(_study(CELLS), importances).axes[0].get_title()
     assert f"from {completed} completed trials" in title and f"flagged: fewer than {FLAGGED_BELOW}" in title
+
+
+def test_importances_count_only_the_trials_that_ran_not_their_repeats(tmp_path: Path) -> None:
+    path = _journal(tmp_path / "optuna.journal", FLAGGED_BELOW - 1)
+    study = optuna.load_study(study_name="tiny/arith", storage=JournalStorage(JournalFileBackend(str(path))))
+    first = study.trials[0]
+    for _ in range(3):  # the sweep's record of a point drawn again: told, not run (tune.duplicates)
+        study.add_trial(create_trial(state=TrialState.COMPLETE, value=first.value, params=first.params,
+                                     distributions=first.distributions, user_attrs={REPEAT_OF: first.number}))
+    importances = param_importances(path, "tiny/arith")
+    assert importances.values and importances.trials == FLAGGED_BELOW - 1 and importances.flag is not None
 
 
 def test_importances_from_the_flag_threshold_on_are_not_flagged(tmp_path: Path) -> None:

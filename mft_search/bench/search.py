@@ -15,8 +15,9 @@ every epoch, per item. Replayed on it (bench.search_replay), each with SEEDS see
   validation items (search.asha.validation_subset; tune.rungs says which report is which rung).
 Searches run one trial at a time (the demo runs two), without the demo's enqueued point (a user's
 hint would flatter every search), until the configuration they would select is within noise of
-the grid's best (bench.search_replay says how that is decided) or they have spent the grid's
-trial-epochs ("not reached", counted as infinite).
+the grid's best (bench.search_replay says how that is decided), or they have spent the grid's
+trial-epochs or exhausted the space ("not reached", counted as infinite). As in the sweep, a
+point a search already ran is not run again: it is told its outcome at no cost (tune.duplicates).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from mft_search.bench.search_table import (
     show,
     table_path,
 )
+from mft_search.tune.duplicates import MAX_REPEATS
 
 QUICK_ITEMS = 50
 SEEDS = 20
@@ -218,8 +220,8 @@ def run(quick: bool = False, argv: list[str] | None = None) -> None:
     land = landscape(table)
     seeds = QUICK_SEEDS if quick else SEEDS
     results = replay_all(table, land, seeds)
-    # Rung-wise validation's question: at the same trial-epochs (the grid's), does the search
-    # select as good a configuration for fewer trial-seconds?
+    # Rung-wise validation's question: with the same budget (the grid's trial-epochs), does the
+    # search select as good a configuration for fewer trial-seconds?
     names = tuple(n for n in results if n.startswith("TPE + ASHA"))
     fixed = replay_all(table, land, seeds, stop_at_target=False, names=names)
     _print(table, land, results, fixed, seeds, quick, time.perf_counter() - started)
@@ -266,9 +268,18 @@ def _print(table: Table, land: Landscape, results: dict[str, list[Outcome]], fix
         e = [o.epochs_to_target if o.epochs_to_target is not None else math.inf for o in outcomes]
         s = [o.seconds_to_target if o.seconds_to_target is not None else math.inf for o in outcomes]
         print(f"{name:<30} {reached:>3}/{len(outcomes):<3}  {_fmt(e, epochs):<54}  {_fmt(s, seconds)}")
+    _repeats(results)
     _verdict(results, epochs)
     _rungwise(results, fixed, land, seconds)
     print(f"the suite took {wall_s:.0f} s")
+
+
+def _repeats(results: dict[str, list[Outcome]]) -> None:
+    """How many searches ended by the repeat rule (tune.duplicates) without having reached."""
+    ended = ", ".join(f"{name} {sum(o.exhausted and o.epochs_to_target is None for o in outs)}/{len(outs)}"
+                      for name, outs in results.items())
+    print(f"a repeated point is told its outcome, not run; searches that drew only finished points "
+          f"{MAX_REPEATS} times in a row and stopped short of the target: {ended}")
 
 
 def _epochs(outcomes: list[Outcome], cap: float) -> list[float]:
@@ -306,7 +317,8 @@ def _rungwise(results: dict[str, list[Outcome]], fixed: dict[str, list[Outcome]]
     good = [sum(o.selected in within for o in runs) for runs in (full, subset)]
     seconds = [quantiles([o.seconds for o in runs])[2] / grid_seconds for runs in (full, subset)]
     lo, _, med, _, hi = quantiles([b.seconds / a.seconds for a, b in zip(full, subset, strict=True)])
-    print(f"rung-wise validation, both searches run for the grid's trial-epochs: {name} selects a configuration "
+    print(f"rung-wise validation, both searches run until they spend the grid's trial-epochs or exhaust the space: "
+          f"{name} selects a configuration "
           f"within noise of the best in {good[1]}/{len(subset)} seeds (without it: {good[0]}/{len(full)}), the same "
           f"one as without it in {same}/{len(subset)}, for a median {seconds[1]:.2f}x the grid's trial-seconds "
           f"(without it: {seconds[0]:.2f}x; per seed, with/without: median {med:.2f}, {lo:.2f}-{hi:.2f})")

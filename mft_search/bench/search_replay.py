@@ -12,6 +12,10 @@ on every validation item (never a subset score: selection does not rank those), 
 of the grid's best report: the paired bootstrap interval of its per-item difference from that
 best report (core.statistics.paired_gain, 95%) reaches 0. A configuration whose mask kept every
 weight (a no-op: the unmasked model) is never a candidate, as in the sweep.
+
+As in the sweep, a drawn point that a finished trial already ran is told that trial's outcome
+and costs nothing (tune.duplicates); MAX_REPEATS such draws in a row end the search (the space
+is exhausted), reached or not.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import optuna
 from mft_search.bench.search_table import Table
 from mft_search.core.statistics import paired_gain
 from mft_search.train.evaluation import subset_indices
+from mft_search.tune.duplicates import MAX_REPEATS, finished_twin, tell_as_twin
 
 CONFIDENCE = 0.95
 
@@ -61,7 +66,9 @@ def landscape(table: Table, seed: int = 0) -> Landscape:
 @dataclass(frozen=True)
 class Outcome:
     """One search: trial-epochs and trial-seconds until it reached the target (None: not within
-    its budget), what it spent in all, its trials, and the configuration it would select."""
+    its budget, or it exhausted the space first), what it spent in all, its trials (each ran),
+    the configuration it would select, its repeats (draws of a finished point, not run) and
+    whether repeats ended it."""
 
     epochs_to_target: int | None
     seconds_to_target: float | None
@@ -69,6 +76,8 @@ class Outcome:
     seconds: float
     trials: int
     selected: int | None
+    repeats: int = 0  # draws of a finished point, told its outcome at no cost (tune.duplicates)
+    exhausted: bool = False  # ended by MAX_REPEATS repeats in a row, before its budget
 
 
 @dataclass(frozen=True)
@@ -106,14 +115,29 @@ class Replay:
         self.epochs, self.seconds, self.trials = 0, 0.0, 0
         self.incumbent: tuple[float, int] | None = None  # (metric, configuration)
         self.reached: tuple[int, float] | None = None
+        self.repeats, exhausted = 0, False
         while self.epochs < budget_epochs and not (stop_at_target and self.reached):
-            self._trial(study, budget_epochs)
+            if not self._trial(study, budget_epochs):
+                exhausted = True  # the sweep ends the search here (tune.searcher)
+                break
         selected = self.incumbent[1] if self.incumbent else None
-        return Outcome(*(self.reached or (None, None)), self.epochs, self.seconds, self.trials, selected)
+        return Outcome(*(self.reached or (None, None)), self.epochs, self.seconds, self.trials, selected,
+                       self.repeats, exhausted)
 
-    def _trial(self, study: optuna.Study, budget_epochs: int) -> None:
-        trial = study.ask()
-        config = self.table.index(self.sample(trial))
+    def _trial(self, study: optuna.Study, budget_epochs: int) -> bool:
+        """Run one trial; False when MAX_REPEATS draws in a row repeated finished trials."""
+        for _ in range(MAX_REPEATS):  # the sweep's rule (tune.searcher): a repeat is told, not run
+            trial = study.ask()
+            point = self.sample(trial)
+            twin = finished_twin(study, trial)
+            if twin is None:
+                self._run(study, trial, self.table.index(point), budget_epochs)
+                return True
+            tell_as_twin(study, trial, twin)
+            self.repeats += 1
+        return False
+
+    def _run(self, study: optuna.Study, trial: optuna.Trial, config: int, budget_epochs: int) -> None:
         epochs = self.table.epochs[config]
         self.trials += 1
         best_full = None

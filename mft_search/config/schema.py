@@ -177,7 +177,8 @@ class SearchSettings(BaseModel):
     algorithm: Algorithm = Field(
         "tpe", description="tpe (default), gp (needs scipy), random, or grid (every point of a finite space)")
     num_trials: int | None = Field(
-        None, ge=1, description=f"probe trials per study; null = {DEFAULT_TRIALS}, or the whole grid for grid")
+        None, ge=1, description=f"probe trials per study that run (a point drawn again after it finished is told its "
+                          f"outcome, not run, and not counted); null = {DEFAULT_TRIALS}, or the whole grid for grid")
     max_concurrent_trials: int = Field(2, ge=1, description="trials running at once per study")
     seed: int = Field(0, description="sampler seed; defaults to the top-level seed")
     asha: AshaSettings | None = Field(

@@ -8,7 +8,7 @@ The directory is a core.files.Location: a local (or NFS) directory or a bucket p
     <experiment>/leaderboard.md                      the report (python -m mft_search.report)
     <experiment>/plots/<study>/*.png                 the report's figures
     <experiment>/studies/<backbone>__<domain>/       a study: optuna.journal, summary.json, fft.json, artifacts/,
-                                                     budget_stop.json when a budget stopped its probe
+                                                     budget_stop.json when a budget (or an exhausted space) stopped its probe
     <experiment>/studies/<study>/artifacts/<trial>/  report_NNN.mask.safetensors (MFT) or report_NNN/ (FFT)
     <experiment>/best/<backbone>/<domain>/           mask.safetensors, mask.json, config.yaml of the selection
     <experiment>/cache/                              tokenised data shared by every trial, builds.jsonl

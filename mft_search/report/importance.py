@@ -15,6 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from mft_search.core.files import Location, location
 from mft_search.report.experiment import first_line
+from mft_search.tune.duplicates import REPEAT_OF
 
 # PED-ANOVA (named here, not left to Optuna's default, because the thresholds below rest on it)
 # contrasts the parameter distribution of the best TARGET_QUANTILE of the completed trials with
@@ -69,7 +70,11 @@ def param_importances(journal: str | os.PathLike | Location, study_name: str) ->
 
 
 def _importances(study: optuna.Study) -> Importances:
-    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    everything = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    # A repeat (tune.duplicates) never ran: it would count a point twice and weigh it double.
+    completed = [t for t in everything if REPEAT_OF not in t.user_attrs]
+    if len(completed) < len(everything):
+        study = _study_of(completed, study.direction)
     n = len(completed)
     if n < WITHHELD_BELOW:
         return Importances({}, f"needs at least {WITHHELD_BELOW} completed trials, the study has {n}", n)
@@ -83,6 +88,15 @@ def _importances(study: optuna.Study) -> Importances:
         values = optuna.importance.get_param_importances(
             study, params=varying, evaluator=PedAnovaImportanceEvaluator(target_quantile=TARGET_QUANTILE))
     return Importances(values, _caveat([str(w.message) for w in caught]), n)
+
+
+def _study_of(trials: list[FrozenTrial], direction: optuna.study.StudyDirection) -> optuna.Study:
+    """An in-memory study of `trials` (importances read a study's trials; the journal is not written)."""
+    storage = optuna.storages.InMemoryStorage()  # created through the storage: create_study logs a line
+    storage.create_new_study([direction], "ran")
+    study = optuna.Study("ran", storage)
+    study.add_trials(trials)
+    return study
 
 
 def _caveat(messages: list[str]) -> str | None:

@@ -66,9 +66,8 @@ class Budget:
 
     def record_stop(self, reason: str) -> None:
         """Write what stopped the search, once (the first reason stays)."""
-        if self.note_path is not None and not files.location(self.note_path).exists():
-            files.write_text(self.note_path, json.dumps({"reason": reason, "elapsed_s": round(self.elapsed(), 1),
-                                                              "gpu_hours": round(self.gpu_hours(), 6)}))
+        if self.note_path is not None:
+            record_stop(self.note_path, reason, elapsed_s=round(self.elapsed(), 1), gpu_hours=round(self.gpu_hours(), 6))
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickled with the searcher's state: the time this session spent joins the earlier sessions',
@@ -76,6 +75,13 @@ class Budget:
         state = dict(self.__dict__)
         state["elapsed_before"], state["session_start"] = self.elapsed(), None
         return state
+
+
+def record_stop(note_path: str | Path, reason: str, **figures: float) -> None:
+    """Write what stopped the probe search early (a budget, or an exhausted space), once: the
+    first reason stays."""
+    if not files.location(note_path).exists():
+        files.write_text(note_path, json.dumps({"reason": reason, **figures}))
 
 
 def budget_stop(study_dir) -> dict[str, Any] | None:

@@ -17,7 +17,8 @@ from mft_search.config.space import enqueue_points
 from mft_search.experiment import layout
 from mft_search.experiment.guards import constraint_values
 from mft_search.experiment.results import selection_metric, trial_status, trial_value
-from mft_search.tune.budget import Budget
+from mft_search.tune.budget import Budget, record_stop
+from mft_search.tune.duplicates import MAX_REPEATS, finished_twin, tell_as_twin
 from mft_search.tune.guards import guard_limits
 from mft_search.tune.rungs import max_reports
 from mft_search.tune.sampling import define_by_run, make_sampler
@@ -42,8 +43,18 @@ class PrunedAwareOptunaSearch(OptunaSearch):
     """
 
     def suggest(self, trial_id: str) -> dict | str | None:
-        """The next point, or FINISHED once a budget is spent: Tune then starts no new trial and
-        ends the stage when the running ones finish (none is stopped, none thrown away)."""
+        """The next point, or FINISHED once a budget is spent or the space is exhausted: Tune then
+        starts no new trial and ends the stage when the running ones finish (none is stopped,
+        none thrown away).
+
+        A drawn point that a finished (COMPLETE or PRUNED) trial of the study already ran is not
+        run again (tune.duplicates): its Optuna trial is told the earlier outcome and the sampler
+        draws again. Tune never sees the repeat, so `search.num_trials` (Tune's num_samples)
+        counts the trials that ran; a repeat counts toward none. MAX_REPEATS repeats in a row
+        end the search as a spent budget does, with the reason in the study's stop note: the
+        space is exhausted, or the sampler keeps proposing what it ran (GP does, on a small
+        discrete space: the repeat's outcome does not move its model).
+        """
         budget = self.__dict__.get("_budget")
         if budget is not None:
             budget.start()
@@ -51,7 +62,23 @@ class PrunedAwareOptunaSearch(OptunaSearch):
             if reason is not None:
                 budget.record_stop(reason)
                 return Searcher.FINISHED
-        return super().suggest(trial_id)
+        for _ in range(MAX_REPEATS):
+            config = super().suggest(trial_id)
+            trial = self._ot_trials[trial_id]
+            twin = finished_twin(self._ot_study, trial)
+            if twin is None:
+                return config
+            tell_as_twin(self._ot_study, trial, twin)
+            # Forget the told trial: the next super().suggest asks Optuna for a new one under this id.
+            del self._ot_trials[trial_id]
+        self._record_exhausted()
+        return Searcher.FINISHED
+
+    def _record_exhausted(self) -> None:
+        note = self.__dict__.get("_stop_note")
+        if note is not None:
+            record_stop(note, f"the sampler drew {MAX_REPEATS} finished points in a row (the space is exhausted, "
+                              "or the sampler keeps returning to what it ran)")
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._note_best(trial_id, result)
@@ -137,6 +164,7 @@ def make_searcher(study: Study, *, enqueue: bool = True) -> PrunedAwareOptunaSea
         sampler=make_sampler(search.algorithm, search.seed, search.space),
         study_name=study.name, storage=storage)
     searcher._journal = (str(journal_path(study)), str(study.dir / layout.JOURNAL))
+    searcher._stop_note = str(study.dir / layout.BUDGET_STOP)  # what ended the search early, if anything
     budget = make_budget(study)
     if budget.active:
         searcher._budget = budget  # in __dict__: saved with the searcher, so a restored stage keeps its spending
