@@ -38,3 +38,24 @@ def test_a_peak_passes_only_when_best_beats_final_by_two_standard_errors_on_both
     assert ok and row.startswith("| 0 | 50.0 (4) | 20.0 | +30.0")
     assert not report(0, curve(0.1, 0.5, 0.2, validation=(0.3, 0.3)))[1]  # gone on validation: selection's luck
     assert not report(0, curve(0.1, 0.5, 0.49, validation=(0.5, 0.2)))[1]  # a plateau on selection
+
+
+def test_problems_are_sorted_by_what_the_fine_tuning_data_lacks(tmp_path):
+    import json
+    import random
+
+    from mft_search.bench.peak import by_kind, problem_kinds
+    from mft_search.demo.problems import OTHER_PHRASINGS, TRAIN_PHRASINGS, word_problem
+
+    rng = random.Random(0)
+    problems = [word_problem(rng, 2, TRAIN_PHRASINGS), word_problem(rng, 2, OTHER_PHRASINGS),
+                word_problem(rng, 3, TRAIN_PHRASINGS), word_problem(rng, 2, TRAIN_PHRASINGS)]
+    path = tmp_path / "selection.jsonl"
+    path.write_text("".join(json.dumps(p.record()) + "\n" for p in problems))
+    kinds = problem_kinds(path)
+    assert kinds == {"0": "2 steps, fine-tuning phrasings", "1": "2 steps, other phrasings", "2": "3 steps",
+                     "3": "2 steps, fine-tuning phrasings"}
+    assert problem_kinds(path, limit=2).keys() == {"0", "1"}
+    lines = by_kind(Curve([1.0, 2.0], [items(0, 1, 0, 1), items(1, 1, 0, 1)], {}, {}, 1.0), kinds)
+    assert lines == ["  2 steps, fine-tuning phrasings (2): 50.0 100.0", "  2 steps, other phrasings (1): 100.0 100.0",
+                     "  3 steps (1): 0.0 0.0"]

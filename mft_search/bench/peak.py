@@ -13,12 +13,19 @@ real when it holds there too, on most seeds.
 
     python -m mft_search.bench peak                                  # the demo, seeds 0 1 2
     python -m mft_search.bench peak --seeds 0 --set stages.fft.train.schedule=constant --threads 2
+    python -m mft_search.bench peak --seeds 0 --by-kind   # the FFT-selection curve per kind of problem
+
+`--by-kind` splits the FFT-selection curve by what the fine-tuning data lacks (demo.problems):
+two-step problems told only in the fine-tuning phrasings, two-step problems with another
+phrasing, and three-step problems (the fine-tuning data has none).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import re
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -114,6 +121,38 @@ def run_fft(raw: dict, log=print) -> Curve:
     return replace(curve, validation_best=validation[0], validation_final=validation[1])
 
 
+def problem_kinds(path: str | Path, limit: int | None = None) -> dict[str, str]:
+    """Item id (the row's index, as the GSM8K evaluator numbers them) -> its kind: "2 steps,
+    fine-tuning phrasings", "2 steps, other phrasings" or "3 steps" (demo.problems' splits)."""
+    from mft_search.demo.problems import TRAIN_PHRASINGS
+
+    own = [re.compile(re.sub(r"\\{(name|other|item)\\}", r"\\w+", re.escape(text)).replace(r"\{n\}", r"\d+"))
+           for text, _ in TRAIN_PHRASINGS]
+    kinds = {}
+    with open(Path(path).expanduser(), encoding="utf-8") as rows:
+        for i, line in enumerate(rows):
+            if limit is not None and i >= limit:
+                break
+            sentences = json.loads(line)["question"].split(". ")  # start, one per step, the question
+            steps = [f"{s}." for s in sentences[1:-1]]
+            if len(steps) != 2:
+                kinds[str(i)] = f"{len(steps)} steps"
+            else:
+                trained = all(any(p.fullmatch(step) for p in own) for step in steps)
+                kinds[str(i)] = f"2 steps, {'fine-tuning' if trained else 'other'} phrasings"
+    return kinds
+
+
+def by_kind(curve: Curve, kinds: dict[str, str]) -> list[str]:
+    """Per kind of problem, its FFT-selection accuracy at every point."""
+    lines = []
+    for kind in sorted(set(kinds.values())):
+        ids = [i for i in kinds if kinds[i] == kind]
+        acc = [100 * sum(point[i] for i in ids) / len(ids) for point in curve.selection]
+        lines.append(f"  {kind} ({len(ids)}): " + " ".join(f"{a:.1f}" for a in acc))
+    return lines
+
+
 def _mean(items: dict) -> float:
     return sum(items.values()) / len(items)
 
@@ -141,6 +180,8 @@ def run(quick: bool = False, argv: list[str] | None = None) -> None:
                         help="torch threads (default 1: the sweep's one-CPU workers, whose run it then repeats)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override one demo config field, as the sweep's --set does (repeatable)")
+    parser.add_argument("--by-kind", action="store_true",
+                        help="also print the FFT-selection curve per kind of problem (steps, phrasings)")
     args = parser.parse_args(argv or [])
     # The thread count changes the order of float sums, and a long run at a constant rate
     # amplifies that: measured, seed 1's curve peaked and fell at 1 thread and climbed to its
@@ -157,6 +198,9 @@ def run(quick: bool = False, argv: list[str] | None = None) -> None:
         print(f"seed {seed}:")
         curve = run_fft(raw)
         print("  FFT selection by epoch: " + " ".join(f"{e:g}:{100 * a:.1f}" for e, a in zip(curve.epochs, curve.accuracy)))
+        if args.by_kind:
+            selection = raw["domains"][0]["fft_selection"]
+            print("\n".join(by_kind(curve, problem_kinds(selection["source"], selection.get("limit")))))
         row, ok = report(seed, curve)
         rows.append(row)
         passed += ok
