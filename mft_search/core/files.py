@@ -16,7 +16,8 @@ pyarrow rather than fsspec: Ray Tune and Train take a `pyarrow.fs.FileSystem` as
 pyarrow is already installed (parquet) with S3 and GCS built in, where fsspec needs s3fs/gcsfs.
 Credentials and endpoints come from the SDKs' own variables (AWS_ACCESS_KEY_ID,
 AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, AWS_ENDPOINT_URL, GOOGLE_APPLICATION_CREDENTIALS),
-which pyarrow's bundled AWS and Google SDKs read themselves.
+which pyarrow's bundled AWS and Google SDKs read themselves, or from pyarrow's options in the URI
+(`gs://anonymous@bucket/prefix?endpoint_override=host:port`), which every path made from it keeps.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class Location:
     """A file or directory on a pyarrow filesystem, with the part of pathlib.Path the project uses.
 
     Pickles (Ray ships it to trials), compares by URI, and `str()` gives what a user would type:
-    the local path, or `s3://bucket/key`."""
+    the local path, or `s3://bucket/key` (`gs://user@bucket/key?options` where the URI had them)."""
 
     def __init__(self, fs: pafs.FileSystem, path: str, user: str = "", query: str = "") -> None:
         self.fs, self.path = fs, path.rstrip("/") or "/"
