@@ -7,6 +7,11 @@ from the URI itself: `gs://anonymous@BUCKET/PREFIX?scheme=http&endpoint_override
 on this machine, retries for minutes); `retry_limit_seconds` so a mistake fails in seconds.
 The test's own checks go through the emulator's JSON API with urllib, not through pyarrow, so a
 bug in how the project drives pyarrow cannot hide itself.
+
+Where the emulator is not GCS (2026.7.19): it ignores `includeTrailingDelimiter`, so a one-level
+pyarrow listing shows no subdirectory even where a marker object exists (real GCS returns the
+marker). core.files infers directories from the objects' names, which holds on both; a test of a
+listing made by pyarrow alone (Ray's, say) would see less here than on GCS.
 """
 
 import contextlib
