@@ -10,6 +10,7 @@ import random
 from pathlib import Path
 
 import pytest
+from gcsserver import gcs  # noqa: F401 - the GCS server fixture (gcp-storage-emulator's)
 from s3server import s3  # noqa: F401 - the S3 server fixture (moto's), for the tests that use a bucket
 
 from mft_search.core.backbone import BackboneSpec
@@ -52,3 +53,10 @@ def sft_data(problems_dir) -> DataSpec:
     return DataSpec(source=str(problems_dir / "train.jsonl"), prompt_field="question", response_field="answer",
                     limit=64, validation_fraction=0.25, max_length=512)
 
+
+
+@pytest.fixture(params=["s3", "gcs"])
+def store(request):
+    """Each object store in turn (moto's S3, the GCS emulator): `store.uri(store.new_bucket(), "runs")`
+    is a storage URI on a fresh bucket; `store.keys(bucket)` lists it through the store's own API."""
+    return request.getfixturevalue(request.param)

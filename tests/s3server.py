@@ -24,6 +24,12 @@ class S3Server:
     endpoint: str
     env: dict[str, str]  # the variables a process needs to reach it (added to os.environ)
 
+    scheme = "s3"
+
+    def uri(self, bucket: str, path: str = "") -> str:
+        """What a user writes as `storage:` to reach BUCKET/PATH (the endpoint comes from `env`)."""
+        return f"s3://{bucket}/{path}"
+
     def client(self):
         import boto3
 
@@ -56,7 +62,7 @@ class S3Server:
         raise AssertionError(f"{bucket} never emptied")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -64,7 +70,7 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def s3_server() -> Iterator[S3Server]:
-    port = _free_port()
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

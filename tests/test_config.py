@@ -296,6 +296,20 @@ def test_storage(tmp_path, s3):
         resolve_storage(parse_config(merged(base(), {"storage": str(tmp_path / "file" / "runs")})))
 
 
+def test_a_gs_storage_uri_keeps_its_options_and_refuses_a_secret(gcs, tiny_dir):
+    # the emulator is reached through the URI's own options: they must survive the check, and the
+    # experiment's name goes into the path, before them
+    bucket = gcs.new_bucket()
+    cfg = parse_config(merged(base(tiny_dir), {"storage": gcs.uri(bucket, "runs/")}))
+    assert resolve_storage(cfg) == gcs.uri(bucket, "runs")
+    assert gcs.keys(bucket) == []  # the probe object is gone
+    assert f"outputs in {gcs.uri(bucket, 'runs/demo/')}\n" in describe_plan(cfg, {})
+    with pytest.raises(ConfigError, match=r"storage: cannot write to gs://anonymous@no-such-bucket/runs\?.*check that the bucket"):
+        resolve_storage(parse_config(merged(base(tiny_dir), {"storage": gcs.uri("no-such-bucket", "runs")})))
+    with pytest.raises(ConfigError, match="storage: .*has a secret before '@'.*GOOGLE_APPLICATION_CREDENTIALS"):
+        parse_config(merged(base(tiny_dir), {"storage": "gs://KEY:SECRET@bucket/runs"}))
+
+
 def test_plan_names_studies_trials_resources_and_outputs(tiny_dir, tmp_path):
     cfg = parse_config(merged(base(tiny_dir), {
         "storage": str(tmp_path), "backbones": [{"source": str(tiny_dir), "name": "a"}, {"source": str(tiny_dir), "name": "b"}],

@@ -342,6 +342,21 @@ def test_a_directory_session_killed_inside_a_report_loses_no_point(tmp_path, mon
     assert sorted(p.name for p in directory.iterdir()) == ["checkpoint_000003", "latest", "reports.jsonl"]
 
 
+def test_a_directory_session_in_a_bucket_keeps_one_whole_checkpoint_and_resumes_from_it(store):
+    # On a bucket each checkpoint is uploaded file by file: the older ones must still be found (a
+    # GCS listing shows no directory without a marker object) and removed, and the latest downloaded
+    bucket = store.new_bucket()
+    session = DirectorySession(store.uri(bucket, "run"))
+    for number in (1, 2):
+        _point(session, number)
+    resumed = DirectorySession(store.uri(bucket, "run"))
+    assert json.loads((resumed.latest_checkpoint() / "progress.json").read_text())["report"] == 2
+    _point(resumed, 3)
+    objects = [k for k in store.keys(bucket) if not k.endswith("/")]  # pyarrow's S3 delete_dir leaves a parent marker
+    assert objects == ["run/checkpoint_000003/progress.json", "run/latest", "run/reports.jsonl"]
+    assert [r["report"] for r in DirectorySession(store.uri(bucket, "run")).history()] == [1, 2, 3]
+
+
 def _point(session: DirectorySession, number: int) -> None:
     """An evaluation point as a job writes it: a checkpoint that knows its report number, then the report."""
     checkpoint = session.new_checkpoint_dir()

@@ -18,6 +18,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState, create_trial
 
 from mft_search.cli import run
+from mft_search.core import files
 from mft_search.report import main, write_report
 from mft_search.experiment.items import add_items, items_path
 from mft_search.experiment.results import NO_OP
@@ -270,6 +271,20 @@ def test_module_entry_point_exits_2_with_one_line(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1
     assert done.stdout == ""
+
+
+def test_a_report_of_an_experiment_in_a_bucket_finds_its_studies(finished: Path, store, capsys) -> None:
+    # uploaded object by object, as the sweep writes: on GCS no directory has a marker object, and
+    # the report must still find studies/<study>/ (its listing once found none)
+    bucket = store.new_bucket()
+    exp = files.location(store.uri(bucket, "runs/exp"))
+    for path in sorted(p for p in finished.rglob("*") if p.is_file()):
+        (exp / path.relative_to(finished).as_posix()).write_bytes(path.read_bytes())
+    assert run(main, [str(exp)]) == 0
+    assert f"leaderboard: {exp / 'leaderboard.md'}" in capsys.readouterr().out
+    text = (exp / "leaderboard.md").read_text()
+    assert "| tiny/arithmetic | 3 | 2 | 1 | 1 | 0 | 0 | 7 |" in text and "| Best MFT | 1 | 64.0 | 61.0 | +1.0 [" in text
+    assert "runs/exp/plots/tiny__arithmetic/heatmap.png" in store.keys(bucket, "runs/exp/plots/")
 
 
 def test_report_modifies_no_input(finished: Path) -> None:

@@ -41,7 +41,7 @@ from mft_search.core.backbone import BackboneSpec, load_config, load_tokenizer
 from mft_search.core.data import DataSpec
 from mft_search.core.evaluation.records import BENCHMARK_DATA, data_identity
 from mft_search.core.evaluation.spec import EvalSpec
-from mft_search.core.files import URI_SCHEMES, is_uri, location
+from mft_search.core.files import URI_SCHEMES, is_uri, join_uri, location, split_uri
 from mft_search.errors import ConfigError, DataError, did_you_mean
 from mft_search.train.spec import LoraAdapters, Resources
 from mft_search.train.step import TrainSettings
@@ -341,10 +341,11 @@ class SweepConfig(BaseModel):
     @classmethod
     def _scheme(cls, storage: str) -> str:
         if is_uri(storage):
-            scheme, rest = storage.split("://", 1)
-            if scheme not in URI_SCHEMES or not rest.split("/", 1)[0]:
+            scheme = storage.split("://", 1)[0]
+            if scheme not in URI_SCHEMES:
                 raise ValueError(f"'{storage}' is not a bucket URI this sweep writes to; give s3://BUCKET/PREFIX, "
                                  f"gs://BUCKET/PREFIX ({', '.join(s + '://' for s in URI_SCHEMES)}) or a directory")
+            split_uri(storage)  # ValueError naming the fix: no bucket, or a secret in the URI
         return storage
 
     @field_validator("baselines")
@@ -665,7 +666,7 @@ def _check_bucket(uri: str) -> str:
         raise ConfigError(f"storage: cannot write to {uri} ({_first_line(str(exc))}); check that the bucket exists "
                           "and the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_DEFAULT_REGION, "
                           "AWS_ENDPOINT_URL for another S3 API; GOOGLE_APPLICATION_CREDENTIALS for gs://)") from None
-    return uri.rstrip("/")
+    return str(location(uri))  # as typed, less a trailing '/' (before the options, where it is)
 
 
 def _first_line(text: str) -> str:
@@ -682,11 +683,12 @@ def describe_plan(cfg: SweepConfig, model_configs: dict[str, PretrainedConfig]) 
     refine = cfg.stages.refine.top_k
     per_study = search.trials + refine
     storage = cfg.storage if is_uri(cfg.storage) else str(Path(cfg.storage).expanduser())
+    outputs = join_uri(storage, f"{cfg.name}/") if is_uri(storage) else f"{storage.rstrip('/')}/{cfg.name}/"
     asha = f"ASHA grace {search.asha.grace_period}, reduction {search.asha.reduction_factor}" if search.asha else "no early stopping"
     if search.asha and search.asha.validation_subset is not None:
         asha += f" (rung-wise validation from {search.asha.validation_subset:.0%} of the items)"
     lines = [
-        f"experiment {cfg.name}: outputs in {storage.rstrip('/')}/{cfg.name}/",
+        f"experiment {cfg.name}: outputs in {outputs}",
         f"studies (backbone x domain): {len(cfg.backbones)} x {len(cfg.domains)} = {studies}",
         *[f"  backbone {label}: {mc.model_type}, {model_depth(mc)} blocks" for label, mc in model_configs.items()],
         *[f"  domain {d.name}: train {d.train.source}; select on {_bench(d.validation) or 'validation loss'}; "

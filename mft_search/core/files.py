@@ -16,7 +16,8 @@ pyarrow rather than fsspec: Ray Tune and Train take a `pyarrow.fs.FileSystem` as
 pyarrow is already installed (parquet) with S3 and GCS built in, where fsspec needs s3fs/gcsfs.
 Credentials and endpoints come from the SDKs' own variables (AWS_ACCESS_KEY_ID,
 AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, AWS_ENDPOINT_URL, GOOGLE_APPLICATION_CREDENTIALS),
-which pyarrow's bundled AWS and Google SDKs read themselves.
+which pyarrow's bundled AWS and Google SDKs read themselves, or from pyarrow's options in the URI
+(`gs://anonymous@bucket/prefix?endpoint_override=host:port`), which every path made from it keeps.
 """
 
 from __future__ import annotations
@@ -28,13 +29,17 @@ import os
 import posixpath
 import shutil
 import tempfile
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 import pyarrow.fs as pafs
 
 _SCHEMES = {"s3": "s3", "gcs": "gs"}  # pyarrow's type_name -> the URI scheme users write
+# pyarrow's filesystems whose listings show a directory only where a marker object names it
+_LISTS_OBJECTS_ONLY = {"gcs"}
 URI_SCHEMES = ("s3", "gs", "gcs")  # the object stores taken as storage (from_uri opens more: untested here)
 UPLOAD_REFUSED = "cannot write to the bucket"  # an upload's error (EIO), as a trial's error text shows it
 
@@ -48,10 +53,17 @@ class Location:
     """A file or directory on a pyarrow filesystem, with the part of pathlib.Path the project uses.
 
     Pickles (Ray ships it to trials), compares by URI, and `str()` gives what a user would type:
-    the local path, or `s3://bucket/key`."""
+    the local path, or `s3://bucket/key` (`gs://user@bucket/key?options` where the URI had them)."""
 
-    def __init__(self, fs: pafs.FileSystem, path: str) -> None:
+    def __init__(self, fs: pafs.FileSystem, path: str, user: str = "", query: str = "") -> None:
         self.fs, self.path = fs, path.rstrip("/") or "/"
+        # The URI's user and options (`gs://anonymous@bucket/key?endpoint_override=...`) are part of
+        # which store this is: every path joined onto it keeps them, so its str() opens the same store
+        # again (a mask path recorded in results.parquet is reopened from that text).
+        self.user, self.query = user, query
+
+    def _at(self, path: str) -> Location:
+        return Location(self.fs, path, self.user, self.query)
 
     # -- naming -------------------------------------------------------------------------------
     @property
@@ -59,7 +71,11 @@ class Location:
         return self.fs.type_name == "local"
 
     def __str__(self) -> str:
-        return self.path if self.is_local else f"{_SCHEMES.get(self.fs.type_name, self.fs.type_name)}://{self.path}"
+        if self.is_local:
+            return self.path
+        scheme = _SCHEMES.get(self.fs.type_name, self.fs.type_name)
+        user, query = f"{self.user}@" if self.user else "", f"?{self.query}" if self.query else ""
+        return f"{scheme}://{user}{self.path}{query}"  # the options last, as typed: the path stays readable
 
     def __repr__(self) -> str:
         return f"Location({str(self)!r})"
@@ -78,10 +94,10 @@ class Location:
         return hash(str(self))
 
     def __lt__(self, other: Location) -> bool:  # sorted() of directory listings
-        return str(self) < str(other)
+        return self.path < other.path  # not str(): a URI's options after the path would sort 'a/b?..' after 'a?..'
 
     def __truediv__(self, part: str | os.PathLike) -> Location:
-        return Location(self.fs, posixpath.join(self.path, str(part)))
+        return self._at(posixpath.join(self.path, str(part)))
 
     @property
     def name(self) -> str:
@@ -93,7 +109,7 @@ class Location:
 
     @property
     def parent(self) -> Location:
-        return Location(self.fs, posixpath.dirname(self.path))
+        return self._at(posixpath.dirname(self.path))
 
     def with_name(self, name: str) -> Location:
         return self.parent / name
@@ -127,18 +143,27 @@ class Location:
         return pd.read_parquet(self.path, filesystem=self.fs)
 
     def _children(self, recursive: bool) -> list[Location]:
-        infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True, recursive=recursive))
-        return [Location(self.fs, i.path) for i in infos]
+        if self.fs.type_name not in _LISTS_OBJECTS_ONLY:
+            infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True, recursive=recursive))
+            return [self._at(i.path) for i in infos]
+        # The directories are inferred from the objects' names, as pyarrow's S3 listing does: on GCS
+        # it shows a directory only through a marker object, which an object uploaded on its own
+        # (ours, gsutil's) never has. So a listing reads the whole subtree, one level or not.
+        found: set[str] = set()
+        for info in self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True, recursive=True)):
+            parts = PurePosixPath(info.path).relative_to(self.path).parts
+            found.update(posixpath.join(self.path, *parts[:i]) for i in range(1, (len(parts) if recursive else 1) + 1))
+        return [self._at(path) for path in found]
 
     def iterdir(self) -> Iterator[Location]:
-        return iter(sorted(self._children(False), key=str))
+        return iter(sorted(self._children(False)))
 
     def glob(self, pattern: str) -> list[Location]:
         """Children whose name matches `pattern` (one level: no '**')."""
-        return sorted((c for c in self._children(False) if fnmatch.fnmatch(c.name, pattern)), key=str)
+        return sorted(c for c in self._children(False) if fnmatch.fnmatch(c.name, pattern))
 
     def rglob(self, pattern: str) -> list[Location]:
-        return sorted((c for c in self._children(True) if fnmatch.fnmatch(c.name, pattern)), key=str)
+        return sorted(c for c in self._children(True) if fnmatch.fnmatch(c.name, pattern))
 
     @contextmanager
     def local_copy(self) -> Iterator[Path]:
@@ -161,7 +186,11 @@ class Location:
         if self.is_local:
             return Path(self.path)
         target = target or Path(tempfile.mkdtemp(prefix="mft_download_")) / (self.name or "root")
-        target.mkdir(parents=True, exist_ok=True)  # copy_files creates no directories on the local side
+        target.mkdir(parents=True, exist_ok=True)
+        # copy_files creates only the directories the store's listing names, and GCS names none without markers
+        for info in self.fs.get_file_info(pafs.FileSelector(self.path, recursive=True)):
+            if info.type == pafs.FileType.File:
+                (target / PurePosixPath(info.path).relative_to(self.path)).parent.mkdir(parents=True, exist_ok=True)
         pafs.copy_files(self.path, str(target), source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem())
         return target
 
@@ -257,8 +286,15 @@ class Location:
                 raise
 
     def rmtree(self) -> None:
-        if self.is_dir():
+        if not self.is_dir():
+            return
+        try:
             self.fs.delete_dir(self.path)
+        except FileNotFoundError:
+            # On GCS pyarrow deletes the contents, then the directory's marker object, which a
+            # directory uploaded file by file never had: gone is what was asked
+            if self.is_dir():
+                raise
 
     def rename(self, target: Location) -> Location:
         """Move a file or directory (on an object store: copy, then delete: not atomic, used to
@@ -269,6 +305,35 @@ class Location:
             pafs.copy_files(self.path, target.path, source_filesystem=self.fs, destination_filesystem=target.fs)
             self.rmtree() if self.is_dir() else self.unlink()
         return target
+
+
+class BucketUri(NamedTuple):
+    scheme: str
+    user: str  # before '@': `anonymous` for gs:// (no credentials), else empty
+    bucket: str
+    key: str  # the prefix inside the bucket, no leading '/'
+    query: str  # pyarrow's options for the store (endpoint_override, scheme, region, ...), no '?'
+
+
+def split_uri(text: str) -> BucketUri:
+    """`scheme://[user@]bucket[/key][?options]` in parts; ValueError (naming the fix) for a URI
+    with no bucket, or with a secret in it: a Location's text is written into results and logs, so
+    credentials come from the SDKs' variables, never from the URI."""
+    parts = urllib.parse.urlsplit(text, allow_fragments=False)  # '#' is a valid character in a key
+    user, _, bucket = parts.netloc.rpartition("@")
+    if not bucket:
+        raise ValueError(f"'{text}' names no bucket; give {parts.scheme}://BUCKET/PREFIX")
+    if ":" in user:
+        raise ValueError(f"'{text}' has a secret before '@', which would be written into results and logs; "
+                         "give credentials in the SDK's variables (AWS_SECRET_ACCESS_KEY, "
+                         "GOOGLE_APPLICATION_CREDENTIALS) instead")
+    return BucketUri(parts.scheme, user, bucket, parts.path.strip("/"), parts.query)
+
+
+def join_uri(uri: str, name: str) -> str:
+    """`name` appended to the path of a bucket URI, before its options: text only, no store opened."""
+    path, mark, query = uri.partition("?")
+    return f"{path.rstrip('/')}/{name}{mark}{query}"
 
 
 @functools.cache
@@ -282,11 +347,10 @@ def location(where: str | os.PathLike | Location) -> Location:
     if isinstance(where, Location):
         return where
     if is_uri(str(where)):
-        text = str(where)
-        scheme, rest = text.split("://", 1)
-        bucket = rest.split("/", 1)[0]
-        fs = _filesystem(f"{scheme}://{bucket}")
-        return Location(fs, rest.split("?", 1)[0])
+        uri = split_uri(str(where))
+        user = f"{uri.user}@" if uri.user else ""
+        fs = _filesystem(f"{uri.scheme}://{user}{uri.bucket}" + (f"?{uri.query}" if uri.query else ""))
+        return Location(fs, posixpath.join(uri.bucket, uri.key), uri.user, uri.query)
     if str(where).startswith("file://"):
         where = str(where).removeprefix("file://")
     return Location(pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(os.fspath(where))))
