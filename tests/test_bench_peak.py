@@ -59,3 +59,11 @@ def test_problems_are_sorted_by_what_the_fine_tuning_data_lacks(tmp_path):
     lines = by_kind(Curve([1.0, 2.0], [items(0, 1, 0, 1), items(1, 1, 0, 1)], {}, {}, 1.0), kinds)
     assert lines == ["  2 steps, fine-tuning phrasings (2): 50.0 100.0", "  2 steps, other phrasings (1): 100.0 100.0",
                      "  3 steps (1): 0.0 0.0"]
+
+
+def test_a_config_without_an_fft_stage_is_refused_naming_it():
+    from mft_search.bench.peak import run
+
+    with pytest.raises(SystemExit) as stop:
+        run(argv=["--config", "search_spaces/llama3_1_8b_math.yaml"])
+    assert stop.value.code == 2

@@ -2,8 +2,8 @@
 
 The paper's protocol wants the FFT run past its peak, so that Best FFT (the best evaluation
 point on the FFT-selection split) and Continued FFT (the last) differ (README, "The FFT's
-overfitting peak"). This runs the demo's fft stage (search_spaces/demo.yaml, `--set` overrides
-as the sweep reads them) in this process, without Ray, once per training seed, and prints per
+overfitting peak"). This runs the demo's fft stage (search_spaces/demo.yaml; `--config` another
+sweep config's, e.g. the SmolLM2 study's; `--set` overrides as the sweep reads them) in this process, without Ray, once per training seed, and prints per
 seed: the curve on FFT selection, best - final there with its paired standard error over the
 items, the mean of the last quarter of the points, and best - final on the validation split.
 
@@ -14,6 +14,7 @@ real when it holds there too, on most seeds.
     python -m mft_search.bench peak                                  # the demo, seeds 0 1 2
     python -m mft_search.bench peak --seeds 0 --set stages.fft.train.schedule=constant --threads 2
     python -m mft_search.bench peak --seeds 0 --by-kind   # the FFT-selection curve per kind of problem
+    python -m mft_search.bench peak --config search_spaces/smollm2_135m_arithmetic.yaml --seeds 0
 
 `--by-kind` splits the FFT-selection curve by what the fine-tuning data lacks (demo.problems):
 two-step problems told only in the fine-tuning phrasings, two-step problems with another
@@ -179,7 +180,9 @@ def run(quick: bool = False, argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: the sweep's one-CPU workers, whose run it then repeats)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY.PATH=VALUE",
-                        help="override one demo config field, as the sweep's --set does (repeatable)")
+                        help="override one config field, as the sweep's --set does (repeatable)")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="a sweep config with an fft stage (default: the demo's, search_spaces/demo.yaml)")
     parser.add_argument("--by-kind", action="store_true",
                         help="also print the FFT-selection curve per kind of problem (steps, phrasings)")
     args = parser.parse_args(argv or [])
@@ -187,11 +190,15 @@ def run(quick: bool = False, argv: list[str] | None = None) -> None:
     # amplifies that: measured, seed 1's curve peaked and fell at 1 thread and climbed to its
     # end at 2 (README). One thread repeats what the sweep's worker computes.
     torch.set_num_threads(args.threads)
-    build_demo()  # the base and data the demo config names (cached)
+    config = args.config or DEMO_CONFIG
     sets = [*(QUICK if quick else []), *args.sets]
-    base = apply_overrides(yaml.safe_load(DEMO_CONFIG.read_text()), [parse_override(s) for s in sets])
+    base = apply_overrides(yaml.safe_load(config.read_text()), [parse_override(s) for s in sets])
+    if not (base.get("stages") or {}).get("fft"):
+        parser.error(f"{config} has no stages.fft: give a config that fine-tunes a pretrained model first")
+    build_demo()  # the base and data the demo config names (cached); the SmolLM2 study reads its problems too
     fft = base["stages"]["fft"]["train"]
-    print(f"demo fft stage, {' '.join(sets) or 'as configured'}: {fft}; {args.threads} torch thread(s)")
+    print(f"{'demo' if args.config is None else config} fft stage, {' '.join(sets) or 'as configured'}: {fft}; "
+          f"{args.threads} torch thread(s)")
     rows, passed = [], 0
     for seed in args.seeds:
         raw = apply_overrides(base, [parse_override(f"stages.fft.train.seed={seed}")])
