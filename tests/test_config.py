@@ -322,6 +322,18 @@ def test_plan_names_studies_trials_resources_and_outputs(tiny_dir, tmp_path):
         assert expected in plan
 
 
+def test_a_finite_space_caps_the_probe_at_its_points_and_the_plan_says_why(tiny_dir, tmp_path):
+    # No point runs twice (tune.duplicates), so a 4-point space runs 4 probe trials, not 8
+    space = {"layer_group": [[0, 1], [2, 3]], "mode": ["local"], "ratio": [0.1], "init": ["magnitude", "normal"],
+             "threshold": None, "lr": None}
+    cfg = parse_config(merged(base(tiny_dir), {"storage": str(tmp_path), "search": {"num_trials": 8, "space": space},
+                                               "stages": {"refine": {"top_k": 1}}}))
+    assert (cfg.search.trials, cfg.search.asked_trials) == (4, 8)
+    assert "probe 4 trials (the space's 4 points: num_trials asks 8, and no point runs twice)" in describe_plan(cfg, {})
+    continuous = parse_config(merged(base(tiny_dir), {"storage": str(tmp_path), "search": {"num_trials": 8}}))
+    assert continuous.search.trials == 8 and "probe 8 trials on" in describe_plan(continuous, {})
+
+
 def test_the_plan_flags_selection_on_a_carve_out_of_the_fine_tuning_data(tiny_dir, tmp_path):
     carved = {"domains": [{"name": "math", "validation": None,
                            "train": {"source": "train.jsonl", "prompt_field": "question", "response_field": "answer",

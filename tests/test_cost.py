@@ -126,7 +126,7 @@ def _tiny_config(tmp_path, backbone, data_dir) -> str:
                         "validation": None,
                         "test": {"evaluator": "gsm8k", "source": str(data_dir / "test.jsonl"), "limit": 8}}],
            "train": {"global_batch_size": 16, "micro_batch_size": 8},
-           "search": {"num_trials": 4, "space": {"layer_group": [[0, 1], [2, 3]], "ratio": 0.1}},
+           "search": {"num_trials": 4, "space": {"layer_group": [[0, 1], [2, 3]], "ratio": [0.1, 0.2]}},
            "resources": {"gpus_per_worker": 1}}
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(cfg))

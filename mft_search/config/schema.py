@@ -32,6 +32,7 @@ from mft_search.config.space import (
     check_algorithm_available,
     describe_space,
     enqueue_points,
+    finite_size,
     grid_size,
     layer_groups,
 )
@@ -178,7 +179,8 @@ class SearchSettings(BaseModel):
         "tpe", description="tpe (default), gp (needs scipy), random, or grid (every point of a finite space)")
     num_trials: int | None = Field(
         None, ge=1, description=f"probe trials per study that run (a point drawn again after it finished is told its "
-                          f"outcome, not run, and not counted); null = {DEFAULT_TRIALS}, or the whole grid for grid")
+                          f"outcome, not run, and not counted), at most a finite space's points; null = {DEFAULT_TRIALS}, "
+                          "or the whole grid for grid")
     max_concurrent_trials: int = Field(2, ge=1, description="trials running at once per study")
     seed: int = Field(0, description="sampler seed; defaults to the top-level seed")
     asha: AshaSettings | None = Field(
@@ -195,7 +197,15 @@ class SearchSettings(BaseModel):
 
     @property
     def trials(self) -> int:
-        """Probe trials per study."""
+        """Probe trials per study: at most the points of a finite space, since a point a finished
+        trial ran is never run again (tune.duplicates): Tune then starts no more than that."""
+        asked = self.asked_trials
+        size = finite_size(self.space)
+        return asked if size is None else min(asked, size)
+
+    @property
+    def asked_trials(self) -> int:
+        """num_trials as configured: null is DEFAULT_TRIALS, or the whole grid for grid."""
         if self.num_trials is not None:
             return self.num_trials
         return grid_size(self.space) if self.algorithm == "grid" else DEFAULT_TRIALS
@@ -669,6 +679,13 @@ def _check_bucket(uri: str) -> str:
     return str(location(uri))  # as typed, less a trailing '/' (before the options, where it is)
 
 
+def _capped(search: SearchSettings) -> str:
+    """Why the probe runs fewer trials than num_trials asks, if it does."""
+    if search.trials == search.asked_trials:
+        return ""
+    return f" (the space's {search.trials} points: num_trials asks {search.asked_trials}, and no point runs twice)"
+
+
 def _first_line(text: str) -> str:
     return text.strip().splitlines()[0][:300] if text.strip() else "no detail"
 
@@ -699,7 +716,8 @@ def describe_plan(cfg: SweepConfig, model_configs: dict[str, PretrainedConfig]) 
         f"search: {search.algorithm}, seed {search.seed}, {len(search.enqueue)} enqueued point(s), {asha}",
         *[f"  {line}" for line in describe_space(search.space)],
         *_fft_plan(cfg),
-        f"stages per study: probe {search.trials} trials on {cfg.stages.probe.data_fraction:.0%} of the training data"
+        f"stages per study: probe {search.trials} trials{_capped(search)} on {cfg.stages.probe.data_fraction:.0%} "
+        "of the training data"
         + (f", refine the top {refine} on all of it" if refine else ", no refine stage"),
         f"trials: {per_study} per study, {per_study * studies} in all, plus {len(cfg.baselines)} baseline run(s) per study "
         f"({', '.join(cfg.baselines)}); failed trials retried {cfg.retries} time(s)",

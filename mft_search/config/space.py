@@ -340,6 +340,14 @@ def grid_size(space: SearchSpace) -> int:
         return _grid_size(space)
 
 
+def finite_size(space: SearchSpace) -> int | None:
+    """Distinct points of the space, or None when a dimension is continuous."""
+    try:
+        return _grid_size(space)
+    except FieldIssue:
+        return None
+
+
 def _grid_size(space: SearchSpace) -> int:
     size = len(layer_groups(space)) * len(space.kinds or [None])
     branches = {mode: _count(name, getattr(space, name)) for mode, name in CUT_SETTING.items()}
