@@ -327,7 +327,7 @@ def test_a_finite_space_caps_the_probe_at_its_points_and_the_plan_says_why(tiny_
     space = {"layer_group": [[0, 1], [2, 3]], "mode": ["local"], "ratio": [0.1], "init": ["magnitude", "normal"],
              "threshold": None, "lr": None}
     cfg = parse_config(merged(base(tiny_dir), {"storage": str(tmp_path), "search": {"num_trials": 8, "space": space},
-                                               "stages": {"refine": {"top_k": 1}}}))
+                                               "stages": {"refine": {"top_k": 6}}}))  # refines what there is
     assert (cfg.search.trials, cfg.search.asked_trials) == (4, 8)
     assert "probe 4 trials (the space's 4 points: num_trials asks 8, and no point runs twice)" in describe_plan(cfg, {})
     continuous = parse_config(merged(base(tiny_dir), {"storage": str(tmp_path), "search": {"num_trials": 8}}))

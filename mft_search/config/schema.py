@@ -374,9 +374,10 @@ class SweepConfig(BaseModel):
                                      "outputs are named by it, give each a distinct name")
         for i, backbone in enumerate(self.backbones):
             _check_name(backbone.label, f"backbones[{i}].name")
-        if self.stages.refine.top_k > self.search.trials:
-            raise FieldIssue("stages.refine.top_k", f"{self.stages.refine.top_k} exceeds the {self.search.trials} "
-                             "probe trials; lower it")
+        # num_trials as asked: a finite space with fewer points than top_k refines all it has
+        if self.stages.refine.top_k > self.search.asked_trials:
+            raise FieldIssue("stages.refine.top_k", f"{self.stages.refine.top_k} exceeds the "
+                             f"{self.search.asked_trials} probe trials; lower it")
         for i, backbone in enumerate(self.backbones):
             if self.stages.fft is not None and backbone.pretrained is not None:
                 raise FieldIssue(f"backbones[{i}].pretrained", "with stages.fft the source is the pretrained model "
