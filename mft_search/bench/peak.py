@@ -3,9 +3,10 @@
 The paper's protocol wants the FFT run past its peak, so that Best FFT (the best evaluation
 point on the FFT-selection split) and Continued FFT (the last) differ (README, "The FFT's
 overfitting peak"). This runs the demo's fft stage (search_spaces/demo.yaml; `--config` another
-sweep config's, e.g. the SmolLM2 study's; `--set` overrides as the sweep reads them) in this process, without Ray, once per training seed, and prints per
-seed: the curve on FFT selection, best - final there with its paired standard error over the
-items, the mean of the last quarter of the points, and best - final on the validation split.
+sweep config's, e.g. the SmolLM2 study's; `--set` overrides as the sweep reads them) in this
+process, without Ray, once per training seed, and prints per seed: the curve on FFT selection,
+best - final there with its paired standard error over the items, the mean of the last quarter
+of the points, and best - final on the validation split.
 
 Best - final on FFT selection is biased upward: the best is the maximum over many noisy
 points. The validation split did not pick the point, so best - final there is not; a peak is
