@@ -329,7 +329,9 @@ def test_a_finite_space_caps_the_probe_at_its_points_and_the_plan_says_why(tiny_
     cfg = parse_config(merged(base(tiny_dir), {"storage": str(tmp_path), "search": {"num_trials": 8, "space": space},
                                                "stages": {"refine": {"top_k": 6}}}))  # refines what there is
     assert (cfg.search.trials, cfg.search.asked_trials) == (4, 8)
-    assert "probe 4 trials (the space's 4 points: num_trials asks 8, and no point runs twice)" in describe_plan(cfg, {})
+    plan = describe_plan(cfg, {})
+    assert "probe 4 trials (the space's 4 points: num_trials asks 8, and no point runs twice)" in plan
+    assert cfg.refine_trials == 4 and "refine the top 4 on" in plan and "trials: 8 per study" in plan
     continuous = parse_config(merged(base(tiny_dir), {"storage": str(tmp_path), "search": {"num_trials": 8}}))
     assert continuous.search.trials == 8 and "probe 8 trials on" in describe_plan(continuous, {})
 

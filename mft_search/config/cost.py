@@ -251,7 +251,7 @@ class _Context:
         runs = [self.mft("probe trial", self.cfg.search.trials, shape, dtype, domain, train, probe_rows, sizes,
                          groups[0], kinds, cheapest=groups[-1])]
         if self.cfg.stages.refine.top_k:
-            runs.append(self.mft("refine trial", self.cfg.stages.refine.top_k, shape, dtype, domain, train,
+            runs.append(self.mft("refine trial", self.cfg.refine_trials, shape, dtype, domain, train,
                                  sizes.train, sizes, groups[0], kinds))
         if self.cfg.seeds > 1:  # the selected point again with each extra seed, on the data it was selected on
             rows = sizes.train if self.cfg.stages.refine.top_k else probe_rows

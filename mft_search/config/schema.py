@@ -413,6 +413,12 @@ class SweepConfig(BaseModel):
                                  "loss, but train has no validation data: set train.validation_fraction or "
                                  "train.validation_split, or give fft_selection a benchmark")
 
+    @property
+    def refine_trials(self) -> int:
+        """Refine trials per study: the top_k probe points, or every probe point of a finite space
+        smaller than top_k (tune.sweep refines the best of what the probe ran)."""
+        return min(self.stages.refine.top_k, self.search.trials)
+
     def caveats(self, domain: DomainSpec) -> list[str]:
         """What biases a domain's figures, said wherever they are read (plan, summary, leaderboard)."""
         return [c for c in (domain.carve_out_caveat(fine_tuned_here=self.stages.fft is not None),) if c]
@@ -698,7 +704,7 @@ def describe_plan(cfg: SweepConfig, model_configs: dict[str, PretrainedConfig]) 
     """What a sweep will run, where, and on what: the text of --dry-run."""
     search, res = cfg.search, cfg.resources
     studies = len(cfg.backbones) * len(cfg.domains)
-    refine = cfg.stages.refine.top_k
+    refine = cfg.refine_trials
     per_study = search.trials + refine
     storage = cfg.storage if is_uri(cfg.storage) else str(Path(cfg.storage).expanduser())
     outputs = join_uri(storage, f"{cfg.name}/") if is_uri(storage) else f"{storage.rstrip('/')}/{cfg.name}/"
