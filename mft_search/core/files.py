@@ -187,10 +187,12 @@ class Location:
             return Path(self.path)
         target = target or Path(tempfile.mkdtemp(prefix="mft_download_")) / (self.name or "root")
         target.mkdir(parents=True, exist_ok=True)
-        # copy_files creates only the directories the store's listing names, and GCS names none without markers
-        for info in self.fs.get_file_info(pafs.FileSelector(self.path, recursive=True)):
-            if info.type == pafs.FileType.File:
-                (target / PurePosixPath(info.path).relative_to(self.path)).parent.mkdir(parents=True, exist_ok=True)
+        if self.fs.type_name in _LISTS_OBJECTS_ONLY:
+            # copy_files creates only the directories the store's listing names, and GCS names none
+            # without markers: made here from the files' names (a listing S3 downloads do not need)
+            for info in self.fs.get_file_info(pafs.FileSelector(self.path, recursive=True)):
+                if info.type == pafs.FileType.File:
+                    (target / PurePosixPath(info.path).relative_to(self.path)).parent.mkdir(parents=True, exist_ok=True)
         pafs.copy_files(self.path, str(target), source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem())
         return target
 
