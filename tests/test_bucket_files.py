@@ -100,3 +100,41 @@ def test_a_uri_keeps_its_user_and_options_through_every_path_made_from_it(gcs):
 def test_a_uri_with_a_secret_or_no_bucket_is_refused_naming_the_fix(uri, fix):
     with pytest.raises(ValueError, match=re.escape(fix)):
         files.location(uri)
+
+
+def test_a_reader_never_sees_a_torn_object_while_a_writer_replaces_it(store):
+    """The sweep rewrites results.parquet after every trial while a report (or a resumed driver's
+    check) reads it. pyarrow reads a bucket object's size and its bytes in separate requests, so a
+    reader racing a replacement got the new object's bytes cut at the old size (CI: "Parquet magic
+    bytes not found in footer"). Every read must give one whole version."""
+    import threading
+    import time
+
+    import pandas as pd
+
+    where = files.location(store.uri(store.new_bucket(), "e")) / "results.parquet"
+    versions = [pd.DataFrame({"trial_id": [f"t{i}" for i in range(n)], "v": range(n)}) for n in range(1, 80)]
+    blobs = [frame.to_parquet() for frame in versions]  # each version a distinct size, as the rows grow
+    where.write_bytes(blobs[0])
+    done = threading.Event()
+
+    def replace_again_and_again():
+        for blob in blobs[1:]:
+            if done.is_set():  # the reader failed: stop before the servers go
+                return
+            where.write_bytes(blob)
+            time.sleep(0.01)  # reads fall between replacements and across them
+        done.set()
+
+    writer = threading.Thread(target=replace_again_and_again)
+    writer.start()
+    reads = 0
+    try:
+        while not done.is_set():
+            data, frame = where.read_bytes(), where.read_parquet()
+            assert data in blobs and len(frame) in range(1, 80)
+            reads += 1
+    finally:
+        done.set()
+        writer.join()
+    assert reads > 5

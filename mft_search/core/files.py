@@ -25,10 +25,12 @@ from __future__ import annotations
 import errno
 import fnmatch
 import functools
+import io
 import os
 import posixpath
 import shutil
 import tempfile
+import time
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,6 +43,7 @@ _SCHEMES = {"s3": "s3", "gcs": "gs"}  # pyarrow's type_name -> the URI scheme us
 # pyarrow's filesystems whose listings show a directory only where a marker object names it
 _LISTS_OBJECTS_ONLY = {"gcs"}
 URI_SCHEMES = ("s3", "gs", "gcs")  # the object stores taken as storage (from_uri opens more: untested here)
+_CONSISTENT_READ_TRIES = 8  # reads of an object a writer keeps replacing, backing off 0.05 s doubled
 UPLOAD_REFUSED = "cannot write to the bucket"  # an upload's error (EIO), as a trial's error text shows it
 
 
@@ -131,6 +134,29 @@ class Location:
         return self._info().type == pafs.FileType.Directory
 
     def read_bytes(self) -> bytes:
+        """The file's bytes, one whole version of it even while a writer replaces it (below)."""
+        if self.is_local:  # a rename replaces a local file; an open file keeps the version it opened
+            return self._read_once()
+        # pyarrow reads an object's size and then its bytes in separate requests, so a read racing a
+        # replacement (the sweep rewrites results.parquet after every trial while a report reads it)
+        # got the new object cut at the old size. A read is kept only where the object's size and
+        # time stood still around it and it gave that many bytes. A same-size replacement within
+        # the store's time resolution (S3: one second) would pass: the files read this way grow.
+        for attempt in range(_CONSISTENT_READ_TRIES):
+            before = self._info()
+            try:
+                data = self._read_once()
+            except OSError:  # the object shrank mid-read ("unexpected end of stream"), or is gone
+                if attempt == _CONSISTENT_READ_TRIES - 1 or not self.exists():
+                    raise
+                data = None
+            after = self._info()
+            if data is not None and len(data) == before.size == after.size and before.mtime == after.mtime:
+                return data
+            time.sleep(0.05 * 2**attempt)
+        raise OSError(errno.EAGAIN, f"the object kept changing in {_CONSISTENT_READ_TRIES} reads", str(self))
+
+    def _read_once(self) -> bytes:
         with self.fs.open_input_stream(self.path) as stream:
             return stream.read()
 
@@ -140,7 +166,7 @@ class Location:
     def read_parquet(self):
         import pandas as pd  # only where a table is read
 
-        return pd.read_parquet(self.path, filesystem=self.fs)
+        return pd.read_parquet(io.BytesIO(self.read_bytes()))  # one whole version (read_bytes)
 
     def _children(self, recursive: bool) -> list[Location]:
         if self.fs.type_name not in _LISTS_OBJECTS_ONLY:
