@@ -113,7 +113,7 @@ def test_a_reader_never_sees_a_torn_object_while_a_writer_replaces_it(store):
     import pandas as pd
 
     where = files.location(store.uri(store.new_bucket(), "e")) / "results.parquet"
-    versions = [pd.DataFrame({"trial_id": [f"t{i}" for i in range(n)], "v": range(n)}) for n in range(1, 80)]
+    versions = [pd.DataFrame({"trial_id": [f"t{i}" for i in range(n)], "v": range(n)}) for n in range(1, 120)]
     blobs = [frame.to_parquet() for frame in versions]  # each version a distinct size, as the rows grow
     where.write_bytes(blobs[0])
     done = threading.Event()
@@ -132,9 +132,9 @@ def test_a_reader_never_sees_a_torn_object_while_a_writer_replaces_it(store):
     try:
         while not done.is_set():
             data, frame = where.read_bytes(), where.read_parquet()
-            assert data in blobs and len(frame) in range(1, 80)
+            assert data in blobs and len(frame) in range(1, 120)
             reads += 1
     finally:
         done.set()
         writer.join()
-    assert reads > 5
+    assert reads >= 2  # reads that began while the writer ran (a loaded machine reads slowly)

@@ -65,6 +65,19 @@ def sweep(*args, timeout=900, **kwargs):
                           timeout=timeout, **kwargs)
 
 
+def sweep_here(capsys, *args) -> subprocess.CompletedProcess:
+    """The sweep command in this process, as `python -m mft_search.sweep` runs it (cli.run of its
+    main): for commands that end before Ray starts (a refusal, a dry run), without a new
+    interpreter's ~5 s of imports. The sweeps themselves run as subprocesses, as a user's do."""
+    from mft_search import cli
+    from mft_search import sweep as command
+
+    capsys.readouterr()
+    code = cli.run(command.main, [str(a) for a in args])
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
+
+
 def error_line(result) -> str:
     lines = [l for l in result.stderr.splitlines() if l.strip()]
     assert result.returncode == 2, result.stderr[-2000:]
@@ -72,43 +85,53 @@ def error_line(result) -> str:
     return lines[-1]
 
 
-def test_a_command_line_override_is_validated_like_the_yaml(tmp_path, tiny_backbone, problems_dir):
+def test_a_command_line_override_is_validated_like_the_yaml(tmp_path, tiny_backbone, problems_dir, capsys,
+                                                            monkeypatch):
     # --storage with a URI once bypassed validation and wrote under ./s3:/ in the working directory.
     config = write_config(tmp_path, tiny_backbone, problems_dir)
-    result = sweep("--config", str(config), "--storage", "ftp://host/runs", "--dry-run", cwd=tmp_path)
+    monkeypatch.chdir(tmp_path)
+    result = sweep_here(capsys, "--config", config, "--storage", "ftp://host/runs", "--dry-run")
     assert error_line(result).startswith("error: --storage: 'ftp://host/runs' is not a bucket URI")
     assert not (tmp_path / "ftp:").exists()
 
 
-def test_dry_run_validates_and_prints_the_plan_and_writes_nothing(tmp_path, tiny_backbone, problems_dir):
-    result = sweep("--config", str(write_config(tmp_path, tiny_backbone, problems_dir)), "--dry-run")
+def test_dry_run_validates_and_prints_the_plan_and_writes_nothing(tmp_path, tiny_backbone, problems_dir, capsys):
+    result = sweep_here(capsys, "--config", write_config(tmp_path, tiny_backbone, problems_dir), "--dry-run")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "studies (backbone x domain): 1 x 1 = 1" in result.stdout and "probe 4 trials" in result.stdout
     assert not (tmp_path / "runs").exists()
     # --set overrides reach the plan, and a bad one is refused naming the option
     config = str(write_config(tmp_path, tiny_backbone, problems_dir))
-    result = sweep("--config", config, "--set", "search.num_trials=6", "--dry-run")
+    result = sweep_here(capsys, "--config", config, "--set", "search.num_trials=6", "--dry-run")
     assert "probe 6 trials" in result.stdout
-    assert error_line(sweep("--config", config, "--set", "train.lr=-1", "--dry-run")).startswith(
+    assert error_line(sweep_here(capsys, "--config", config, "--set", "train.lr=-1", "--dry-run")).startswith(
         "error: --set train.lr=-1: train.lr:")
 
 
 @pytest.mark.parametrize("change, expected", [
     ({"search": {"num_trials": 2, "space": {"layer_group": {"size": 2, "start": {"low": 0, "high": 3}}}}},
      "search.space.layer_group: start 3 + size 2 exceeds"),
-    ({"resources": {"workers_per_trial": 64, "cpus_per_worker": 1}}, "resources: a trial needs 64 worker(s)"),
     ({"storage": "/proc/version/runs"}, "storage:"),
     ({"trainn": {"lr": 0.1}}, "unknown key (did you mean 'train'?)"),
 ])
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing_behind(tmp_path, tiny_backbone, problems_dir, change,
-                                                                expected):
-    result = sweep("--config", str(write_config(tmp_path, tiny_backbone, problems_dir, **change)))
+                                                                expected, capsys):
+    result = sweep_here(capsys, "--config", write_config(tmp_path, tiny_backbone, problems_dir, **change))
     assert expected in error_line(result)
+    assert not (tmp_path / "runs" / "e2e").exists()
+
+
+def test_a_trial_the_cluster_cannot_place_is_one_line_exit_2_and_stops_the_ray_it_started(tmp_path, tiny_backbone,
+                                                                                          problems_dir):
+    # The one refusal that comes after Ray started (what the cluster holds): a command of its own.
+    resources = {"workers_per_trial": 64, "cpus_per_worker": 1}
+    result = sweep("--config", str(write_config(tmp_path, tiny_backbone, problems_dir, resources=resources)))
+    assert "resources: a trial needs 64 worker(s)" in error_line(result)
     assert not (tmp_path / "runs" / "e2e").exists()
     assert not _ray_processes(), "the command left its Ray running"
 
 
-def test_a_test_set_that_shares_prompts_with_training_is_refused(tmp_path, tiny_backbone, problems_dir):
+def test_a_test_set_that_shares_prompts_with_training_is_refused(tmp_path, tiny_backbone, problems_dir, capsys):
     # Three held-out sets where they exist, and none may hold a training prompt: here the test
     # benchmark reads 5 rows of the training file itself (whitespace changed in one of them).
     rows = (problems_dir / "train.jsonl").read_text().splitlines()[:5]
@@ -120,20 +143,22 @@ def test_a_test_set_that_shares_prompts_with_training_is_refused(tmp_path, tiny_
     cfg = yaml.safe_load(config.read_text())
     cfg["domains"][0]["test"].update(source=str(leaked), limit=None)
     config.write_text(yaml.safe_dump(cfg))
-    line = error_line(sweep("--config", str(config), "--dry-run"))
+    line = error_line(sweep_here(capsys, "--config", config, "--dry-run"))
     assert line.startswith("error: domains[0] (gsm): 'train' and 'test' share 5 prompts"), line
     assert not (tmp_path / "runs" / "e2e").exists()
 
 
-def test_an_unreadable_tokenizer_is_refused_before_ray_starts(tmp_path, tiny_backbone, problems_dir):
+def test_an_unreadable_tokenizer_is_refused_before_ray_starts(tmp_path, tiny_backbone, problems_dir, capsys):
+    import ray
+
     backbone = tmp_path / "backbone"
     shutil.copytree(tiny_backbone.source, backbone)
     (backbone / "tokenizer.json").write_text("{not json")
     config = write_config(tmp_path, tiny_backbone, problems_dir,
                           backbones=[{"source": str(backbone), "name": "tiny"}])
-    assert "backbones[0].source: cannot read a tokenizer" in error_line(sweep("--config", str(config)))
+    assert "backbones[0].source: cannot read a tokenizer" in error_line(sweep_here(capsys, "--config", config))
     assert not (tmp_path / "runs" / "e2e").exists()
-    assert not _ray_processes(), "the command left its Ray running"
+    assert not ray.is_initialized() and not _ray_processes(), "the command started Ray"
 
 
 @pytest.mark.parametrize("nodes, workers, cpus, expected", [
@@ -313,18 +338,18 @@ def test_report_rebuilds_the_leaderboard_from_disk(finished):
     assert result.returncode == 0 and (exp / "leaderboard.md").read_text() == before
 
 
-def test_an_existing_experiment_is_never_overwritten(finished, tiny_backbone, problems_dir):
+def test_an_existing_experiment_is_never_overwritten(finished, capsys):
     exp, _ = finished
     config = exp.parent.parent / "sweep.yaml"
-    assert "already holds an experiment; pass --resume" in error_line(sweep("--config", str(config)))
+    assert "already holds an experiment; pass --resume" in error_line(sweep_here(capsys, "--config", config))
 
 
-def test_the_config_that_ran_is_saved_and_a_resume_with_another_is_refused(finished):
+def test_the_config_that_ran_is_saved_and_a_resume_with_another_is_refused(finished, capsys):
     exp, _ = finished
     saved = yaml.safe_load((exp / "config.yaml").read_text())
     assert saved["search"]["max_concurrent_trials"] == 1 and saved["name"] == "e2e"
     config = exp.parent.parent / "sweep.yaml"
-    line = error_line(sweep("--config", str(config), "--resume", "--set", "train.lr=0.5"))
+    line = error_line(sweep_here(capsys, "--config", config, "--resume", "--set", "train.lr=0.5"))
     assert line.startswith("error: --resume: this config differs") and "train.lr: 0.02 then, 0.5 now" in line
 
 
@@ -469,7 +494,7 @@ def test_a_killed_trial_process_is_retried_or_recorded_and_the_sweep_finishes(tm
 
 
 def test_the_fft_stage_resumes_after_a_driver_kill_and_the_search_masks_its_best_point(
-        tmp_path, tiny_backbone, problems_dir):
+        tmp_path, tiny_backbone, problems_dir, capsys):
     """One sweep for both: a driver killed during the fft stage (after its first point, before its
     last) and resumed, then every row the stage brings. Two sweeps would cost a minute more."""
     import torch
@@ -479,7 +504,7 @@ def test_the_fft_stage_resumes_after_a_driver_kill_and_the_search_masks_its_best
     from mft_search.errors import MaskFileError
 
     path = _four_point_fft_config(tmp_path, tiny_backbone, problems_dir)
-    plan = sweep("--config", str(path), "--dry-run")
+    plan = sweep_here(capsys, "--config", path, "--dry-run")
     assert plan.returncode == 0 and "fft stage per study: full fine-tuning" in plan.stdout
     assert "caveat" not in plan.stdout  # the sweep fine-tuned it without the carved-out rows
     exp, study = tmp_path / "runs" / "e2e", tmp_path / "runs" / "e2e" / "studies" / "tiny__gsm"
