@@ -140,8 +140,9 @@ class Location:
         # pyarrow reads an object's size and then its bytes in separate requests, so a read racing a
         # replacement (the sweep rewrites results.parquet after every trial while a report reads it)
         # got the new object cut at the old size. A read is kept only where the object's size and
-        # time stood still around it and it gave that many bytes. A same-size replacement within
-        # the store's time resolution (S3: one second) would pass: the files read this way grow.
+        # time stood still around it and it gave that many bytes. A replacement of the same size
+        # within the store's time resolution (S3: one second) would still pass, since pyarrow's
+        # FileInfo shows no ETag: results.parquet, the file read during a sweep, only grows.
         for attempt in range(_CONSISTENT_READ_TRIES):
             before = self._info()
             try:
