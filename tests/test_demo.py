@@ -78,6 +78,45 @@ def test_a_micro_build_writes_every_asset_and_its_facts(micro):
                                                 for r in assets.test.read_text().splitlines()]
 
 
+def test_an_instruction_tuned_build_fine_tunes_the_base_on_broad_problems_and_keeps_the_other_splits(micro,
+                                                                                                    tmp_path):
+    import dataclasses
+
+    from safetensors.torch import load_file
+
+    plain, _ = micro
+    logged = []
+    size = dataclasses.replace(MICRO, instruct=24, instruct_epochs=1)
+    tuned = build_demo(tmp_path / "instruct", size=size, log=logged.append)
+    rows = [json.loads(line) for line in tuned.instruct.read_text().splitlines()]
+    held_out = {json.loads(line)["question"] for split in (tuned.train, tuned.fft_selection, tuned.validation,
+                                                          tuned.test) for line in split.read_text().splitlines()}
+    assert len(rows) == 24 and not {r["question"] for r in rows} & held_out
+    steps = {r["answer"].count(" = ") for r in rows}
+    assert steps <= {1, 2, 3} and len(steps) > 1  # broad: more than the fine-tuning data's two steps
+    for split in ("train", "fft_selection", "validation", "test"):  # drawn before it: the same problems
+        assert getattr(tuned, split).read_text() == getattr(plain, split).read_text()
+    # the fft stage's start is the instruction-tuned model: same tokenizer, other weights
+    assert (tuned.pretrained / "tokenizer.json").read_text() == (plain.pretrained / "tokenizer.json").read_text()
+    before, after = load_file(plain.pretrained / "model.safetensors"), load_file(tuned.pretrained / "model.safetensors")
+    assert before.keys() == after.keys() and any(not before[k].equal(after[k]) for k in before)
+    facts = tuned.facts()
+    assert facts["instruct"]["problems"] == 24 and facts["instruct"]["final_train_loss"] > 0
+    assert any(line.startswith("Instruction-tuning") for line in logged)
+    assert sorted(p.name for p in tuned.root.iterdir()) == sorted(
+        [".complete", "facts.json", "fft_selection.jsonl", "instruct.jsonl", "pretrained", "test.jsonl",
+         "train.jsonl", "validation.jsonl"])  # the tuning run's own files are gone
+
+
+def test_the_build_command_refuses_a_cache_built_otherwise(micro, capsys):
+    from mft_search import cli
+    from mft_search.demo.__main__ import main
+
+    plain, _ = micro
+    assert cli.run(main, [str(plain.root), "--instruct", "2000"]) == 2
+    assert "--instruct 2000: " in capsys.readouterr().err and (plain.root / ".complete").exists()
+
+
 def test_prompt_and_answer_tokenise_as_at_evaluation(micro):
     assets, _ = micro
     tokenizer = AutoTokenizer.from_pretrained(assets.pretrained)

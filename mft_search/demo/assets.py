@@ -28,6 +28,12 @@ class DemoSize:
     layers: int = 4
     intermediate: int = 384
     pretrain: PretrainSettings = field(default_factory=PretrainSettings)
+    # Instruction tuning after pre-training: the base fine-tuned on this many broad problems (1-3
+    # steps, all phrasings), as a released instruct model is before a user's own fine-tuning; 0:
+    # none. From such a base the fft stage's narrow data erodes what it does not teach (README).
+    instruct: int = 0
+    instruct_epochs: int = 4
+    instruct_lr: float = 1e-3
     max_new_tokens: int = 48  # the longest held-out answer is ~40 tokens (demo.yaml's evaluators)
     seed: int = 0
 
@@ -57,6 +63,10 @@ class DemoAssets:
     @property
     def test(self) -> Path:
         return self.root / "test.jsonl"
+
+    @property
+    def instruct(self) -> Path:
+        return self.root / "instruct.jsonl"
 
     @property
     def facts_path(self) -> Path:

@@ -18,11 +18,16 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
+from mft_search.core.backbone import BackboneSpec
 from mft_search.demo.assets import COMPLETE, VERSION, DemoAssets, DemoSize, default_cache_dir
-from mft_search.demo.domain import TEMPLATE
+from mft_search.demo.domain import TEMPLATE, sft_data_spec
 from mft_search.demo.pretrain import pack_documents, pretrain
 from mft_search.demo.problems import Splits, WordProblem, make_splits, pretraining_corpus
 from mft_search.demo.tiny import tiny_llama, tiny_tokenizer
+from mft_search.train.job import run_job
+from mft_search.train.session import LocalSession
+from mft_search.train.spec import TrialJob, report_artifact
+from mft_search.train.step import TrainSettings
 
 Log = Callable[[str], None]
 
@@ -84,12 +89,15 @@ def _build(work: Path, size: DemoSize, log: Log) -> None:
     start = time.perf_counter()
     work.mkdir(parents=True)
     assets = DemoAssets(work)
-    splits = make_splits(size.seed, size.train, size.fft_selection, size.validation, size.test)
+    splits = make_splits(size.seed, size.train, size.fft_selection, size.validation, size.test, size.instruct)
     _write_splits(assets, splits)
     facts: dict = {"version": VERSION, "seed": size.seed, "size": asdict(size),
                    "splits": {"train": "2-step problems, 4 of 8 phrasings",
                               "fft_selection_validation_and_test": "2- and 3-step problems, all 8 phrasings"}}
     facts["pretrain"] = _pretrain(assets, splits, size, log)
+    if size.instruct:
+        facts["splits"]["instruct"] = "1- to 3-step problems, all 8 phrasings"
+        facts["instruct"] = _instruct(assets, work, size, log)
     facts["total_seconds"] = round(time.perf_counter() - start, 1)
     assets.facts_path.write_text(json.dumps(facts, indent=2) + "\n", encoding="utf-8")
     log(f"Demo base built in {facts['total_seconds']:.0f} s: pre-training loss {facts['pretrain']['final_loss']:.3f}")
@@ -97,8 +105,10 @@ def _build(work: Path, size: DemoSize, log: Log) -> None:
 
 def _write_splits(assets: DemoAssets, splits: Splits) -> None:
     for path, problems in ((assets.train, splits.train), (assets.fft_selection, splits.fft_selection),
-                           (assets.validation, splits.validation), (assets.test, splits.test)):
-        path.write_text("".join(json.dumps(p.record()) + "\n" for p in problems), encoding="utf-8")
+                           (assets.validation, splits.validation), (assets.test, splits.test),
+                           (assets.instruct, splits.instruct)):
+        if problems or path != assets.instruct:
+            path.write_text("".join(json.dumps(p.record()) + "\n" for p in problems), encoding="utf-8")
 
 
 def _sft_text(problem: WordProblem) -> str:
@@ -121,3 +131,25 @@ def _pretrain(assets: DemoAssets, splits: Splits, size: DemoSize, log: Log) -> d
     tokenizer.save_pretrained(assets.pretrained)
     return {"parameters": params, "tokens": rows.numel(), "steps": size.pretrain.steps,
             "final_loss": round(loss, 4), "seconds": round(time.perf_counter() - start, 1)}
+
+
+def _instruct(assets: DemoAssets, work: Path, size: DemoSize, log: Log) -> dict:
+    """Fine-tune the pre-trained model on the broad instruction problems (the SFT machinery the
+    fft stage uses, without Ray) and put the last epoch's weights in its place."""
+    start = time.perf_counter()
+    log(f"Instruction-tuning it on {size.instruct} broad problems ({size.instruct_epochs} epochs)")
+    run = work / "instruct_run"
+    job = TrialJob(name="instruct", kind="fft", backbone=BackboneSpec(source=str(assets.pretrained)),
+                   data=sft_data_spec(assets.instruct),
+                   train=TrainSettings(lr=size.instruct_lr, epochs=size.instruct_epochs, global_batch_size=16,
+                                       micro_batch_size=16, warmup_ratio=0.05, seed=size.seed),
+                   cache_dir=str(run / "cache"), artifact_dir=str(run / "artifacts"))
+    session = LocalSession(run / "session")
+    run_job(job, session)
+    shutil.rmtree(assets.pretrained)
+    shutil.copytree(report_artifact(job.artifact_dir, len(session.reports)), assets.pretrained)
+    shutil.rmtree(run)
+    loss = session.reports[-1]["train_loss"]
+    log(f"  instruction-tuned: training loss {loss:.3f} in the last epoch")
+    return {"problems": size.instruct, "epochs": size.instruct_epochs, "lr": size.instruct_lr,
+            "final_train_loss": round(loss, 4), "seconds": round(time.perf_counter() - start, 1)}

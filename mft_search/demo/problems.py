@@ -105,11 +105,14 @@ class Splits:
     fft_selection: list[WordProblem]
     validation: list[WordProblem]
     test: list[WordProblem]
+    instruct: list[WordProblem]
 
 
-def make_splits(seed: int, train: int, fft_selection: int, validation: int, test: int) -> Splits:
+def make_splits(seed: int, train: int, fft_selection: int, validation: int, test: int, instruct: int = 0) -> Splits:
     """Disjoint splits: narrow training problems (2 steps, half the phrasings), broad held-out ones
-    (2-3, all) for each of FFT selection, mask selection and test."""
+    (2-3, all) for each of FFT selection, mask selection and test, and broad instruction-tuning
+    problems (1-3 steps, all phrasings). The instruction split is drawn last, so the others are the
+    same with it or without it."""
     rng = random.Random(seed)
     seen: set[str] = set()
     return Splits(
@@ -117,6 +120,7 @@ def make_splits(seed: int, train: int, fft_selection: int, validation: int, test
         fft_selection=unique_problems(rng, fft_selection, (2, 3), ALL_PHRASINGS, seen),
         validation=unique_problems(rng, validation, (2, 3), ALL_PHRASINGS, seen),
         test=unique_problems(rng, test, (2, 3), ALL_PHRASINGS, seen),
+        instruct=unique_problems(rng, instruct, (1, 2, 3), ALL_PHRASINGS, seen),
     )
 
 
