@@ -96,7 +96,8 @@ def test_an_instruction_tuned_build_fine_tunes_the_base_on_broad_problems_and_ke
     assert steps <= {1, 2, 3} and len(steps) > 1  # broad: more than the fine-tuning data's two steps
     for split in ("train", "fft_selection", "validation", "test"):  # drawn before it: the same problems
         assert getattr(tuned, split).read_text() == getattr(plain, split).read_text()
-    # the fft stage's start is the instruction-tuned model: same tokenizer, other weights
+    # the fft stage's start is the instruction-tuned model: the same pre-training and tokenizer, other weights
+    assert tuned.facts()["pretrain"]["final_loss"] == plain.facts()["pretrain"]["final_loss"]
     assert (tuned.pretrained / "tokenizer.json").read_text() == (plain.pretrained / "tokenizer.json").read_text()
     before, after = load_file(plain.pretrained / "model.safetensors"), load_file(tuned.pretrained / "model.safetensors")
     assert before.keys() == after.keys() and any(not before[k].equal(after[k]) for k in before)

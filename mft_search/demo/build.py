@@ -104,11 +104,12 @@ def _build(work: Path, size: DemoSize, log: Log) -> None:
 
 
 def _write_splits(assets: DemoAssets, splits: Splits) -> None:
-    for path, problems in ((assets.train, splits.train), (assets.fft_selection, splits.fft_selection),
-                           (assets.validation, splits.validation), (assets.test, splits.test),
-                           (assets.instruct, splits.instruct)):
-        if problems or path != assets.instruct:
-            path.write_text("".join(json.dumps(p.record()) + "\n" for p in problems), encoding="utf-8")
+    written = [(assets.train, splits.train), (assets.fft_selection, splits.fft_selection),
+               (assets.validation, splits.validation), (assets.test, splits.test)]
+    if splits.instruct:  # only a build with instruction tuning has its problems
+        written.append((assets.instruct, splits.instruct))
+    for path, problems in written:
+        path.write_text("".join(json.dumps(p.record()) + "\n" for p in problems), encoding="utf-8")
 
 
 def _sft_text(problem: WordProblem) -> str:
