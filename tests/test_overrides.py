@@ -77,17 +77,14 @@ def test_resume_compares_the_config_with_the_one_the_experiment_ran(config_file,
 def sweep_cli(tmp_path, tiny_backbone, problems_dir):
     """(config path, experiment dir, run(argv) -> (status, stdout, stderr)) for `sweep` in this process."""
     from test_cost import _tiny_config
-
-    from mft_search import cli
-    from mft_search.sweep import main
+    from test_sweep import sweep_here
 
     config = _tiny_config(tmp_path, tiny_backbone, problems_dir)
     exp = tmp_path / "runs" / "cost"
 
     def run(argv, capsys):
-        status = cli.run(main, ["--config", config, *argv])
-        out = capsys.readouterr()
-        return status, out.out, out.err
+        result = sweep_here(capsys, "--config", config, *argv)
+        return result.returncode, result.stdout, result.stderr
 
     return config, exp, run
 
