@@ -11,7 +11,7 @@ from mft_search.core.maskfile import load_mask_file
 from mft_search.core.masking import MaskSpec
 from mft_search.train.step import TrainSettings
 from mft_search.core.files import location
-from mft_search.train.ray_train import build_trainer, fit_job
+from mft_search.train.ray_train import build_trainer, fit_job, fit_jobs
 from mft_search.train.spec import Resources
 
 ray = pytest.importorskip("ray")
@@ -101,3 +101,27 @@ def test_a_failing_one_worker_job_raises_its_own_error_after_its_retries(tmp_pat
     with pytest.raises(FloatingPointError, match="training loss became nan"):
         fit_job(job, Resources(workers_per_trial=1), storage=location(tmp_path / "ray"), max_failures=0,
                 fault={"nan_at_step": 1})
+
+
+@ray.remote(num_cpus=1)
+def _warm_worker() -> None:
+    import time
+
+    import mft_search.train.job  # noqa: F401  (what a job imports: torch, transformers)
+
+    time.sleep(1)  # held, so that the two calls take two worker processes
+
+
+def test_one_worker_jobs_fitted_together_run_side_by_side_and_come_back_in_order(tmp_path, tiny_backbone, sft_data):
+    ray.get([_warm_worker.remote() for _ in range(2)])  # both jobs start at once, not one a worker's start-up later
+    names = ("first", "second")
+    jobs = [mft_job(tmp_path, tiny_backbone, sft_data, name).model_copy(
+        update={"train": SETTINGS.model_copy(update={"epochs": 8})}) for name in names]
+    results = fit_jobs(jobs, Resources(workers_per_trial=1), storage=location(tmp_path / "ray"))
+    assert [r.metrics["step"] for r in results] == [24, 24] and all((tmp_path / "ray" / n).is_dir() for n in names)
+    assert results[0].metrics["train_loss"] == pytest.approx(results[1].metrics["train_loss"], rel=1e-5)
+    # Side by side on the 2 CPUs: each job wrote its first report before the other wrote its last
+    # (in turn, the second would start after the first's last)
+    written = {name: sorted(p.stat().st_mtime for p in (tmp_path / name).glob("report_*.mask.safetensors"))
+               for name in names}
+    assert written["first"][0] < written["second"][-1] and written["second"][0] < written["first"][-1]

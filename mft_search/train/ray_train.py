@@ -124,11 +124,34 @@ def fit_job(job: TrialJob, resources: Resources, *, storage: Location, max_failu
         if result.error:
             raise result.error
         return JobResult(result.metrics, result.metrics_dataframe, result.checkpoint)
-    directory = storage / job.name  # where a Train run of this job would keep its own
+    return _collect(_submit(job, resources, storage, max_failures, fault), storage / job.name)
+
+
+def fit_jobs(jobs: list[TrialJob], resources: Resources, *, storage: Location,
+             max_failures: int = 1) -> list[JobResult]:
+    """`fit_job` for each of `jobs`, in their order. One-worker jobs are submitted together, so
+    they run side by side as far as the cluster has room (a seed's replicates on a 2-CPU demo
+    machine: two at once); multi-worker jobs run in turn. Raises the error of the first job, in
+    their order, that failed; the others' runs stay in their directories for a resumed sweep."""
+    if resources.workers_per_trial > 1:
+        return [fit_job(job, resources, storage=storage, max_failures=max_failures) for job in jobs]
+    pending = [_submit(job, resources, storage, max_failures, None) for job in jobs]
+    return [_collect(ref, storage / job.name) for job, ref in zip(jobs, pending)]
+
+
+def _submit(job: TrialJob, resources: Resources, storage: Location, max_failures: int,
+            fault: dict[str, Any] | None) -> ray.ObjectRef:
+    """A one-worker job started as a Ray task, its run under `storage / job.name` (where a Train
+    run of this job would keep its own)."""
     task = _one_worker_job.options(num_cpus=resources.cpus_per_worker, num_gpus=resources.gpus_per_worker,
                                    max_retries=max_failures, retry_exceptions=True)
+    return task.remote(job.model_dump(mode="json"), str(storage / job.name), resources.use_gpu, fault)
+
+
+def _collect(pending: ray.ObjectRef, directory: Location) -> JobResult:
+    """A one-worker job's result once its task ends; raises the job's own error."""
     try:
-        reports = ray.get(task.remote(job.model_dump(mode="json"), str(directory), resources.use_gpu, fault))
+        reports = ray.get(pending)
     except ray.exceptions.RayTaskError as error:
         raise error.as_instanceof_cause() from None
     latest = DirectorySession(directory).latest_checkpoint()  # downloaded when the run is in a bucket
@@ -149,4 +172,4 @@ def _one_worker_job(job: dict[str, Any], directory: str, use_gpu: bool,
     return session.reports
 
 
-__all__ = ["JobResult", "RaySession", "build_trainer", "fit_job", "train_loop_per_worker"]
+__all__ = ["JobResult", "RaySession", "build_trainer", "fit_job", "fit_jobs", "train_loop_per_worker"]

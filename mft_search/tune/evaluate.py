@@ -21,7 +21,7 @@ from mft_search.experiment.fft_record import FftPoint, FftRecord, best_of
 from mft_search.experiment.guards import GuardLimit, broken_guards
 from mft_search.experiment.items import add_items, gains_over, items_path, read_items, split_unit
 from mft_search.experiment.results import NOT_CANDIDATES, best_reports, params_of
-from mft_search.train.ray_train import JobResult, fit_job
+from mft_search.train.ray_train import JobResult, fit_job, fit_jobs
 from mft_search.train.spec import ITEMS_FILE, EvalVariant, LoraAdapters, report_artifact
 from mft_search.train.step import TrainSettings
 from mft_search.tune.sampling import params_to_trial
@@ -66,23 +66,34 @@ class Scored:
 
 
 def run_evaluation(study: Study, variants: list[EvalVariant], benchmark, split: str) -> Scored:
-    """One job that scores every variant on `benchmark` (None: validation loss), its
-    per-item scores added to items.parquet under `split`."""
-    data = study.domain.train if benchmark is None else None
-    calibration = study.domain.train if any(v.mask == "wanda" for v in variants) else None
-    job = study.job("evaluate", layout.run_name(study.slug, split), variants=variants, evaluation=benchmark, data=data,
-                    calibration=calibration)
-    result = fit(study, job)
-    with result.checkpoint.as_directory() as checkpoint:
-        scored = json.loads((Path(checkpoint) / ITEMS_FILE).read_text())
-    for name, scores in scored.items():
-        variant, seed = row_and_seed(name, study.cfg.seed)
-        add_items(items_path(study.exp_dir), study.name, split, variant, seed, scores["kind"], scores["settings"],
-                  scores["items"])
-    metrics, primary = result.metrics, f"eval_{metric_name(benchmark)}"
+    """Jobs that score every variant on `benchmark` (None: validation loss), their per-item
+    scores added to items.parquet under `split`. The variants are dealt over as many jobs as
+    trials run at once, fitted side by side (fit_all): on the demo's 2 CPUs the validation and
+    test evaluations take half as long; multi-worker jobs run in turn."""
+    parts = max(1, min(study.cfg.search.max_concurrent_trials, len(variants)))
+    shares = [variants[k::parts] for k in range(parts)]
+    names = [split] if parts == 1 else [f"{split}-{k + 1}of{parts}" for k in range(parts)]
+    jobs = [_evaluation_job(study, share, benchmark, name) for share, name in zip(shares, names)]
+    metrics: dict[str, Any] = {}
+    for result in fit_all(study, jobs):
+        with result.checkpoint.as_directory() as checkpoint:
+            scored = json.loads((Path(checkpoint) / ITEMS_FILE).read_text())
+        for name, scores in scored.items():
+            variant, seed = row_and_seed(name, study.cfg.seed)
+            add_items(items_path(study.exp_dir), study.name, split, variant, seed, scores["kind"], scores["settings"],
+                      scores["items"])
+        metrics.update(result.metrics)
+    primary = f"eval_{metric_name(benchmark)}"
     return Scored({v.name: float(metrics.get(f"{v.name}/metric", math.nan)) for v in variants},
                   {v.name: {k.removeprefix(f"{v.name}/eval_"): float(value) for k, value in metrics.items()
                             if k.startswith(f"{v.name}/eval_") and k != f"{v.name}/{primary}"} for v in variants})
+
+
+def _evaluation_job(study: Study, variants: list[EvalVariant], benchmark, name: str):
+    data = study.domain.train if benchmark is None else None
+    calibration = study.domain.train if any(v.mask == "wanda" for v in variants) else None
+    return study.job("evaluate", layout.run_name(study.slug, name), variants=variants, evaluation=benchmark,
+                     data=data, calibration=calibration)
 
 
 # A seed replicate of a row is scored in the same job as the row, under its own name: the
@@ -144,13 +155,23 @@ def lora_baseline(study: Study, seed: int | None = None) -> FftCurve:
     """LoRA from the pretrained model on the same SFT data (the paper's LoRA rows), every point
     scored on what picks the FFT's epoch: fft_selection after the fft stage, else validation.
     `seed`: a replicate's (adapter init and data order), run under its own name."""
+    job = lora_job(study, seed)
+    return lora_curve(job, fit(study, job))
+
+
+def lora_job(study: Study, seed: int | None = None):
+    """The LoRA baseline's job for `seed` (None: the sweep's own run)."""
     settings = study.cfg.lora
     train, name = _for_seed(study, settings.train, "lora", seed)
     selection = study.domain.fft_selection if study.fft is not None else study.domain.validation
-    job = study.job("lora", layout.run_name(study.slug, name), backbone=study.pretrained_backbone,
-                    data=study.domain.train, train=train, evaluation=selection,
-                    lora=LoraAdapters(**settings.model_dump(exclude={"train"})))
-    return FftCurve.of("LoRA", fft_record(job, fit(study, job).history))
+    return study.job("lora", layout.run_name(study.slug, name), backbone=study.pretrained_backbone,
+                     data=study.domain.train, train=train, evaluation=selection,
+                     lora=LoraAdapters(**settings.model_dump(exclude={"train"})))
+
+
+def lora_curve(job, result: JobResult) -> FftCurve:
+    """A finished LoRA job's points, its best picked as the FFT's are."""
+    return FftCurve.of("LoRA", fft_record(job, result.history))
 
 
 def _for_seed(study: Study, train: TrainSettings, name: str, seed: int | None) -> tuple[TrainSettings, str]:
@@ -175,6 +196,11 @@ def fft_record(job, history: pd.DataFrame) -> FftRecord:
 def fit(study: Study, job) -> JobResult:
     """One job outside Tune (evaluations, continued FFT), retried as trials are; raises its error."""
     return fit_job(job, study.resources, storage=study.run_dir(), max_failures=study.cfg.retries)
+
+
+def fit_all(study: Study, jobs: list) -> list[JobResult]:
+    """`fit` for independent jobs (a seed's replicates), side by side where the cluster has room."""
+    return fit_jobs(jobs, study.resources, storage=study.run_dir(), max_failures=study.cfg.retries)
 
 
 def export_best(study: Study, winner: Candidate) -> files.Location:

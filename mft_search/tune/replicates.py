@@ -22,7 +22,7 @@ import pandas as pd
 
 from mft_search.experiment.results import ranked_reports
 from mft_search.train.spec import EvalVariant, TrialJob, mask_artifact
-from mft_search.tune.evaluate import Candidate, continued_fft, fit, lora_baseline, replicate_name
+from mft_search.tune.evaluate import Candidate, continued_fft, fit_all, lora_curve, lora_job, replicate_name
 from mft_search.tune.study import Study
 
 
@@ -34,13 +34,15 @@ def extra_seeds(study: Study) -> list[int]:
 def mft_replicates(study: Study, winner: Candidate, log=print) -> list[EvalVariant]:
     """The winner's point trained again from a score init and data order of each extra seed, on
     the winner's stage's data; each replicate's mask is taken at its best report, as the winner's was."""
+    seeds = extra_seeds(study)
+    if seeds:
+        log(f"[{study.name}] {_listed(seeds)}: the selected configuration trained again")
+    # Unguarded: the guards judge the selected mask, which is the first seed's
+    jobs = [reseeded(study.mft_job(winner.params, f"{winner.trial_id}-seed{seed}", winner.stage, guarded=False),
+                     seed - study.cfg.seed) for seed in seeds]
     variants = []
-    for seed in extra_seeds(study):
-        log(f"[{study.name}] seed {seed}: the selected configuration trained again")
-        # Unguarded: the guards judge the selected mask, which is the first seed's
-        job = reseeded(study.mft_job(winner.params, f"{winner.trial_id}-seed{seed}", winner.stage, guarded=False),
-                       seed - study.cfg.seed)
-        report = best_report(job, fit(study, job).history)
+    for seed, job, result in zip(seeds, jobs, fit_all(study, jobs)):
+        report = best_report(job, result.history)
         variants.append(EvalVariant(name=replicate_name("best_mft", seed), mask="learned",
                                     mask_file=str(mask_artifact(job.artifact_dir, report))))
     return variants
@@ -65,13 +67,23 @@ def lora_replicates(study: Study, log=print) -> list[EvalVariant]:
     order): its best and final points, each picked on its own curve as the first seed's are."""
     if "lora" not in study.cfg.baselines or study.pretrained_backbone is None:
         return []
+    seeds = extra_seeds(study)
+    if seeds:
+        log(f"[{study.name}] {_listed(seeds)}: the LoRA baseline again")
+    jobs = [lora_job(study, seed) for seed in seeds]
     variants = []
-    for seed in extra_seeds(study):
-        log(f"[{study.name}] seed {seed}: the LoRA baseline again")
-        curve = lora_baseline(study, seed)
+    for seed, job, result in zip(seeds, jobs, fit_all(study, jobs)):
+        curve = lora_curve(job, result)
         variants += [EvalVariant(name=replicate_name("best_lora", seed), weights=curve.best.checkpoint),
                      EvalVariant(name=replicate_name("continued_lora", seed), weights=curve.final.checkpoint)]
     return variants
+
+
+def _listed(seeds: list[int]) -> str:
+    """"seed 1", or "seeds 1, 2 (side by side ...)": replicates are fitted together (fit_all)."""
+    if len(seeds) == 1:
+        return f"seed {seeds[0]}"
+    return "seeds " + ", ".join(map(str, seeds)) + " (side by side where the cluster has room)"
 
 
 def fft_replicates(study: Study, winner: Candidate, log=print) -> tuple[list[EvalVariant], dict[str, float]]:
