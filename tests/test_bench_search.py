@@ -258,3 +258,10 @@ def test_the_report_counts_the_searches_that_repeats_ended_short_of_the_target(c
     search._repeats({"GP": [ended, reached], "TPE": [reached, reached]})
     assert capsys.readouterr().out.endswith(f"{MAX_REPEATS} times in a row and stopped short of the target: "
                                             "GP 1/2, TPE 0/2\n")
+
+
+def test_the_benchmark_masks_the_best_fft_of_the_demo_run_under_the_storage_it_is_given(tmp_path):
+    from mft_search.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"no fine-tuned demo backbone in {tmp_path}/demo "):
+        search.run(argv=["--storage", str(tmp_path)])

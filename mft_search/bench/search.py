@@ -62,19 +62,21 @@ FLAT = 0.25  # more than this share of the candidates within noise of the best: 
 METRICS = ("accuracy", "loss")
 
 
-def demo_table(quick: bool = False, log=print, metric: str = "accuracy") -> Table:
+def demo_table(quick: bool = False, log=print, metric: str = "accuracy", storage: str | None = None) -> Table:
     """The demo space's table: recorded once (minutes to an hour on 2 cores), then read from the cache.
 
     `metric` accuracy: the demo's validation benchmark, what its sweep selects on. `loss`: each
     validation problem's mean NLL of its reference answer (the score is its negative, so higher is
     better), what a sweep without a validation benchmark selects on (`validation: null` with a
-    `train.validation_split`), on the same 500 problems."""
+    `train.validation_split`), on the same 500 problems. `storage`: where the demo run whose Best
+    FFT is masked lies, as the sweep's --storage (default: demo.yaml's)."""
     from mft_search.bench.demo_backbone import with_fine_tuned_backbone
     from mft_search.config.schema import parse_config
     from mft_search.sweep import DEMO_CONFIG
     from mft_search.tune.study import Study
 
-    raw = with_fine_tuned_backbone(yaml.safe_load(DEMO_CONFIG.read_text()))
+    raw = yaml.safe_load(DEMO_CONFIG.read_text())
+    raw = with_fine_tuned_backbone({**raw, "storage": storage} if storage else raw)
     if quick:  # a smoke run: a tenth of the validation problems
         raw["domains"][0]["validation"]["limit"] = QUICK_ITEMS
     files_of = _digests(raw["domains"][0], raw["backbones"][0])
@@ -214,9 +216,11 @@ def run(quick: bool = False, argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mft_search.bench search")
     parser.add_argument("--metric", choices=METRICS, default="accuracy",
                         help="accuracy: the demo's validation benchmark; loss: validation loss on the same problems")
+    parser.add_argument("--storage", default=None,
+                        help="where the demo run lies, as the sweep's --storage (default: demo.yaml's, ~/mft_runs)")
     args = parser.parse_args(argv or [])
     started = time.perf_counter()
-    table = demo_table(quick, metric=args.metric)
+    table = demo_table(quick, metric=args.metric, storage=args.storage)
     land = landscape(table)
     seeds = QUICK_SEEDS if quick else SEEDS
     results = replay_all(table, land, seeds)
