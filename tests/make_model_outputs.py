@@ -42,7 +42,7 @@ def outputs(model_name: str, backbone: BackboneSpec, spec: EvalSpec) -> list[dic
 def main(demo_run: Path) -> None:
     fft = json.loads((demo_run / "studies" / "tiny-llama__arithmetic" / "fft.json").read_text())
     best = next(p for p in fft["points"] if p["report"] == fft["best"])["checkpoint"]
-    demo_test = Path.home() / ".cache" / "mft_search" / "demo" / "v2" / "test.jsonl"
+    demo_test = Path.home() / ".cache" / "mft_search" / "demo" / "v3" / "test.jsonl"
     rows = outputs("demo tiny-llama, best FFT", BackboneSpec(source=best),
                    EvalSpec(evaluator="gsm8k", source=str(demo_test), limit=200, num_fewshot=0, max_new_tokens=48,
                             batch_size=50, use_chat_template=False))

@@ -15,7 +15,8 @@ from mft_search.core.evaluation.math import GSM8KEvaluator, gsm8k_reference
 
 DEMO_YAML = Path(__file__).resolve().parents[1] / "search_spaces" / "demo.yaml"
 MICRO = DemoSize(train=16, fft_selection=8, validation=8, test=8, documents=200, vocab_size=300, hidden=32, layers=2,
-                 intermediate=64, pretrain=PretrainSettings(steps=3, batch_size=4, seq_len=64), max_new_tokens=4)
+                 intermediate=64, pretrain=PretrainSettings(steps=3, batch_size=4, seq_len=64), max_new_tokens=4,
+                 instruct=0)  # the pre-trained base alone: the instruction-tuning test adds its own
 
 
 def _pattern(template: str) -> re.Pattern:
@@ -104,6 +105,7 @@ def test_an_instruction_tuned_build_fine_tunes_the_base_on_broad_problems_and_ke
     facts = tuned.facts()
     assert facts["instruct"]["problems"] == 24 and facts["instruct"]["final_train_loss"] > 0
     assert any(line.startswith("Instruction-tuning") for line in logged)
+    assert any(line.startswith("  instruction-tuning epoch 1/1: training loss ") for line in logged)  # progress
     assert sorted(p.name for p in tuned.root.iterdir()) == sorted(
         [".complete", "facts.json", "fft_selection.jsonl", "instruct.jsonl", "pretrained", "test.jsonl",
          "train.jsonl", "validation.jsonl"])  # the tuning run's own files are gone
@@ -113,9 +115,11 @@ def test_the_build_command_refuses_a_cache_built_otherwise(micro, capsys):
     from mft_search import cli
     from mft_search.demo.__main__ import main
 
-    plain, _ = micro
-    assert cli.run(main, [str(plain.root), "--instruct", "2000"]) == 2
+    plain, _ = micro  # instruction-tuned on 0 problems; the command's default is the demo's 2000
+    assert DemoSize().instruct == 2000
+    assert cli.run(main, [str(plain.root)]) == 2
     assert "--instruct 2000: " in capsys.readouterr().err and (plain.root / ".complete").exists()
+    assert cli.run(main, [str(plain.root), "--instruct", "0"]) == 0
 
 
 def test_prompt_and_answer_tokenise_as_at_evaluation(micro):
@@ -156,6 +160,7 @@ def test_demo_yaml_fine_tunes_the_pretrained_base_and_masks_on_the_same_data():
     cache = default_cache_dir()
     domain = cfg.domains[0]
     assert Path(cfg.backbones[0].source) == cache / "pretrained" and cfg.stages.fft.train.epochs == 16
+    assert cfg.stages.fft.train.lr == 1e-4  # a tenth of the rate that plateaus from the plain base (README)
     assert Path(domain.fft_selection.source) == cache / "fft_selection.jsonl"
     assert cfg.caveats(domain) == []
     assert domain.train == sft_data_spec(cache / "train.jsonl").model_copy(update={"source": domain.train.source})

@@ -2,7 +2,7 @@
 and judge it on, built offline. The sweep's fft stage fine-tunes it (demo.yaml).
 
     from mft_search.demo import build_demo
-    assets = build_demo()        # cached under ~/.cache/mft_search/demo/v2
+    assets = build_demo()        # cached under ~/.cache/mft_search/demo/v3
     assets.pretrained, assets.train, assets.fft_selection, assets.validation, assets.test, assets.facts()
 """
 

@@ -1,6 +1,7 @@
 """`python -m mft_search.demo [CACHE_DIR] [--instruct N]`: build the demo assets (or find them
 cached) and list them. `--instruct N` instruction-tunes the pre-trained base on N broad problems
-(DemoSize.instruct): give it a CACHE_DIR of its own, since the default cache holds the plain build."""
+(DemoSize.instruct, 2000 by default; 0: the pre-trained base alone): give another N a CACHE_DIR of
+its own, since the default cache holds the demo's build."""
 
 import argparse
 import json
@@ -16,8 +17,9 @@ from mft_search.errors import ConfigError
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mft_search.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("cache_dir", nargs="?", type=Path, help="where to build (default: the demo's cache)")
-    parser.add_argument("--instruct", type=int, default=0, metavar="N",
-                        help="instruction-tune the base on N broad problems after pre-training (default 0: none)")
+    parser.add_argument("--instruct", type=int, default=DemoSize().instruct, metavar="N",
+                        help="instruction-tune the base on N broad problems after pre-training "
+                             f"(default {DemoSize().instruct}, the demo's; 0: none)")
     args = parser.parse_args(argv)
     if args.instruct < 0:
         raise ConfigError(f"--instruct {args.instruct}: a number of problems, 0 or more")

@@ -8,9 +8,11 @@ from pathlib import Path
 
 from mft_search.demo.pretrain import PretrainSettings
 
-VERSION = "v2"  # bump when the recipe changes: caches of older recipes are then left alone
+VERSION = "v3"  # bump when the recipe changes: caches of older recipes are then left alone
 # v2: the build stops at the pretrained base and writes an FFT-selection split; the sweep's fft
 # stage fine-tunes (v1 fine-tuned in the build and picked its epoch on the validation split).
+# v3: the base is instruction-tuned on 2000 broad problems, so that the fft stage passes a peak;
+# the four splits are v2's files (the instruction problems are drawn after them).
 COMPLETE = ".complete"
 
 
@@ -31,7 +33,7 @@ class DemoSize:
     # Instruction tuning after pre-training: the base fine-tuned on this many broad problems (1-3
     # steps, all phrasings), as a released instruct model is before a user's own fine-tuning; 0:
     # none. From such a base the fft stage's narrow data erodes what it does not teach (README).
-    instruct: int = 0
+    instruct: int = 2000
     instruct_epochs: int = 4
     instruct_lr: float = 1e-3
     max_new_tokens: int = 48  # the longest held-out answer is ~40 tokens (demo.yaml's evaluators)

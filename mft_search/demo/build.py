@@ -1,7 +1,7 @@
 """Building the demo's assets offline: data splits, tokenizer, pre-trained base.
 
     assets = build_demo()            # minutes the first time, then instant (cached)
-    assets.pretrained                # ~/.cache/mft_search/demo/v2/pretrained: what the fft stage fine-tunes
+    assets.pretrained                # ~/.cache/mft_search/demo/v3/pretrained: what the fft stage fine-tunes
 
 The sweep's fft stage (demo.yaml) fine-tunes the base with a decaying learning rate well past its
 best epoch, picked on the FFT-selection split, so that "MFT beats the best FFT" is measured against
@@ -145,7 +145,7 @@ def _instruct(assets: DemoAssets, work: Path, size: DemoSize, log: Log) -> dict:
                    train=TrainSettings(lr=size.instruct_lr, epochs=size.instruct_epochs, global_batch_size=16,
                                        micro_batch_size=16, warmup_ratio=0.05, seed=size.seed),
                    cache_dir=str(run / "cache"), artifact_dir=str(run / "artifacts"))
-    session = LocalSession(run / "session")
+    session = _ProgressSession(run / "session", log, size.instruct_epochs)
     run_job(job, session)
     shutil.rmtree(assets.pretrained)
     shutil.copytree(report_artifact(job.artifact_dir, len(session.reports)), assets.pretrained)
@@ -154,3 +154,16 @@ def _instruct(assets: DemoAssets, work: Path, size: DemoSize, log: Log) -> dict:
     log(f"  instruction-tuned: training loss {loss:.3f} in the last epoch")
     return {"problems": size.instruct, "epochs": size.instruct_epochs, "lr": size.instruct_lr,
             "final_train_loss": round(loss, 4), "seconds": round(time.perf_counter() - start, 1)}
+
+
+class _ProgressSession(LocalSession):
+    """A local session that logs each epoch's report: the build's progress while it tunes."""
+
+    def __init__(self, directory: Path, log: Log, epochs: int) -> None:
+        super().__init__(directory)
+        self.log, self.epochs, self.started = log, epochs, time.perf_counter()
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        super().report(metrics, checkpoint_dir)
+        self.log(f"  instruction-tuning epoch {len(self.reports)}/{self.epochs}: training loss "
+                 f"{metrics['train_loss']:.3f} ({time.perf_counter() - self.started:.0f} s)")
