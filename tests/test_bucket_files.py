@@ -66,6 +66,27 @@ def test_a_directory_staged_for_a_bucket_is_uploaded_whole_and_its_staging_remov
     assert [str(p.relative_to(target)) for p in target.rglob("*")] == ["sub", "sub/optimizer.pt"]
 
 
+def test_upload_staging_a_killed_process_left_is_removed_by_the_next_process(store, tmp_path, monkeypatch):
+    import os
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the system's temporary directory, here
+    monkeypatch.setattr(files, "_uploads_swept", False)  # as in a new process
+    dead, live, unknown = (tmp_path / f"{files.UPLOAD_PREFIX}{name}" for name in
+                           ("999999999_kill", f"{os.getpid()}_mine", "legacy"))
+    for left in (dead, live, unknown):
+        left.mkdir()
+        (left / "results.parquet").write_bytes(b"half")
+    root = files.location(store.uri(store.new_bucket(), "run"))
+    files.write_text(root / "a.json", "x")
+    # the dead process's staging went; this process's and one without a pid stay; the write left none
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (live, unknown))
+    files.write_text(root / "b.json", "y")
+    with files.atomic_directory(root / "best") as staged:
+        assert staged.parent == tmp_path and staged.name.startswith(f"{files.UPLOAD_PREFIX}{os.getpid()}_")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (live, unknown))
+
+
 def test_a_directory_set_aside_is_moved_whole_and_removed(store):
     bucket = store.new_bucket()
     root = files.location(store.uri(bucket, "run"))

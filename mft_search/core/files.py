@@ -244,10 +244,13 @@ class Location:
             with _replacing(Path(self.path)) as temporary:
                 yield temporary
             return
-        with tempfile.TemporaryDirectory(prefix="mft_upload_") as scratch:
-            temporary = Path(scratch) / self.name
+        scratch = upload_scratch()
+        try:
+            temporary = scratch / self.name
             yield temporary
             self._upload(temporary.read_bytes())
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
 
     def _upload(self, data: bytes) -> None:
         """One whole-object upload; a store that refuses it reads as EIO (storage gone) above."""
@@ -280,7 +283,7 @@ class Location:
             parent = Path(self.path).parent
             parent.mkdir(parents=True, exist_ok=True)
             return Path(tempfile.mkdtemp(dir=parent, prefix=f".{self.name}."))
-        return Path(tempfile.mkdtemp(prefix="mft_upload_"))
+        return upload_scratch()
 
     def store_directory(self, staged: Path) -> None:
         """Make the filled `staged` directory (from `staging_directory`) this one, replacing an
@@ -419,6 +422,40 @@ def _replacing(path: Path) -> Iterator[Path]:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+UPLOAD_PREFIX = "mft_upload_"  # then the staging process's pid and "_"
+_uploads_swept = False
+
+
+def upload_scratch() -> Path:
+    """A new directory in the system's temporary directory to stage a bucket upload in, named for
+    this process. A process killed mid-upload cannot remove its own, so the first upload of each
+    process removes those whose process is gone (a kill would otherwise leave one per write)."""
+    global _uploads_swept
+    if not _uploads_swept:
+        remove_abandoned(Path(tempfile.gettempdir()), UPLOAD_PREFIX)
+        _uploads_swept = True
+    return Path(tempfile.mkdtemp(prefix=f"{UPLOAD_PREFIX}{os.getpid()}_"))
+
+
+def remove_abandoned(parent: Path, prefix: str) -> None:
+    """Delete the directories in `parent` named `prefix`, a pid and "_" or "-" and more, whose
+    process is gone. Another machine's pids mean nothing here: use it on local directories only."""
+    for stale in parent.glob(f"{prefix}*"):
+        pid = stale.name[len(prefix):].replace("-", "_").split("_", 1)[0]
+        if stale.is_dir() and pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def ordinary_permissions(root: str | Path) -> None:

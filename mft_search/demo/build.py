@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
+from mft_search.core import files
 from mft_search.core.backbone import BackboneSpec
 from mft_search.demo.assets import COMPLETE, VERSION, DemoAssets, DemoSize, default_cache_dir
 from mft_search.demo.domain import TEMPLATE, sft_data_spec
@@ -58,19 +59,7 @@ def build_demo(cache_dir: Path | None = None, *, size: DemoSize = DemoSize(), lo
 
 def _remove_abandoned_builds(root: Path) -> None:
     """Temporary build directories whose process is gone (a killed build) are deleted."""
-    for stale in root.parent.glob(f"{root.name}.building-*"):
-        pid = stale.name.rsplit("-", 1)[1]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
+    files.remove_abandoned(root.parent, f"{root.name}.building-")
     return True
 
 
