@@ -60,7 +60,6 @@ def build_demo(cache_dir: Path | None = None, *, size: DemoSize = DemoSize(), lo
 def _remove_abandoned_builds(root: Path) -> None:
     """Temporary build directories whose process is gone (a killed build) are deleted."""
     files.remove_abandoned(root.parent, f"{root.name}.building-")
-    return True
 
 
 def _install(work: Path, root: Path) -> None:
