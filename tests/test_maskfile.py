@@ -232,4 +232,5 @@ def test_apply_refuses_a_bad_mask_file_in_one_line_with_exit_2_and_writes_nothin
     assert returncode == 2, stderr
     # transformers may draw progress bars above it; the error itself is one line, last
     assert stderr.strip().splitlines()[-1].startswith(f"error: {expected}")
+    assert "Traceback" not in stderr
     assert not out.exists() and not list(tmp_path.glob(".masked*"))

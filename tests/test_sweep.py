@@ -119,6 +119,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing_behind(tmp_path, tiny_b
     result = sweep_here(capsys, "--config", write_config(tmp_path, tiny_backbone, problems_dir, **change))
     assert expected in error_line(result)
     assert not (tmp_path / "runs" / "e2e").exists()
+    assert not _ray_processes(), "the command left its Ray running"
 
 
 def test_a_trial_the_cluster_cannot_place_is_one_line_exit_2_and_stops_the_ray_it_started(tmp_path, tiny_backbone,
