@@ -17,9 +17,10 @@ from mft_search.errors import ConfigError
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mft_search.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("cache_dir", nargs="?", type=Path, help="where to build (default: the demo's cache)")
-    parser.add_argument("--instruct", type=int, default=DemoSize().instruct, metavar="N",
-                        help="instruction-tune the base on N broad problems after pre-training "
-                             f"(default {DemoSize().instruct}, the demo's; 0: none)")
+    demo = DemoSize().instruct
+    parser.add_argument("--instruct", type=int, default=demo, metavar="N",
+                        help=f"instruction-tune the base on N broad problems after pre-training (default {demo}, "
+                             "the demo's; 0: none)")
     args = parser.parse_args(argv)
     if args.instruct < 0:
         raise ConfigError(f"--instruct {args.instruct}: a number of problems, 0 or more")
